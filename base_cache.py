@@ -1,0 +1,151 @@
+"""The base-model cache: one key function and a locked, atomically published store.
+
+`{cache_dir}/{key}/` holds model.pt, metrics.json, losses.json, config.json,
+fingerprint.json (hashes of the base participants' data files) and
+checksums.json (hashes of the other files). Writers hold `{key}.lock` (an
+flock, so a killed writer's lock dies with it) and publish by renaming a
+finished temporary folder; readers verify checksums and the data fingerprint.
+"""
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+
+from data import SPLITS, check_participants, resolve_fold
+
+log = logging.getLogger("experiment")
+ENTRY_FILES = ("model.pt", "metrics.json", "losses.json", "config.json", "fingerprint.json")
+
+
+class CacheError(Exception):
+    """The key cannot be computed from the given settings; one line."""
+
+
+def key_settings(args, base_participants):
+    """Every setting that determines the base model, and nothing else."""
+    augment = args.use_augmentation
+    return {
+        "base_participants": sorted(base_participants),
+        "model": args.model,
+        "data_path": args.data_path,
+        "window_size": args.window_size,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "early_stopping_patience": args.early_stopping_patience,
+        "max_epochs": args.max_epochs,
+        "use_augmentation": augment,
+        # Augmentation parameters matter only when augmentation is on.
+        "jitter_std": args.jitter_std if augment else None,
+        "magnitude_range": list(args.magnitude_range) if augment else None,
+        "aug_prob": args.aug_prob if augment else None,
+        "seed": args.seed,
+    }
+
+
+def base_key(args, base_participants):
+    text = json.dumps(key_settings(args, base_participants), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def key_for_args(args):
+    """The base key of a run's flags; reads only the folder listing, and not
+    even that when --participants is given."""
+    if args.mode == "target_only":
+        raise CacheError("--mode target_only trains no base model, so it has no base key")
+    participants = args.participants or check_participants(args.data_path, None)
+    _, base_names = resolve_fold(participants, args.fold, args.n_base_participants)
+    return base_key(args, base_names)
+
+
+def _sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def data_fingerprint(data_path, participants):
+    """Content hashes of the participants' data files (mtimes differ between hosts)."""
+    return {f"{p}_{s}.pt": _sha256(Path(data_path) / f"{p}_{s}.pt")
+            for p in sorted(participants) for s in SPLITS}
+
+
+@dataclass
+class Entry:
+    key: str
+    path: Path
+    result: dict
+    reused: bool
+
+
+def _problem(folder, fingerprint):
+    """Why the entry cannot be used, or None when it can."""
+    if not folder.is_dir():
+        return "not in the cache"
+    try:
+        checksums = json.loads((folder / "checksums.json").read_text())
+        for name in ENTRY_FILES:
+            if _sha256(folder / name) != checksums.get(name):
+                return f"checksum mismatch in {name}"
+        stored = json.loads((folder / "fingerprint.json").read_text())
+    except (OSError, ValueError) as err:
+        return f"unreadable entry ({err})"
+    if stored != fingerprint:
+        changed = sorted(n for n in set(stored) | set(fingerprint) if stored.get(n) != fingerprint.get(n))
+        return f"base data changed since it was trained ({', '.join(changed)})"
+    return None
+
+
+def load_entry(folder, device="cpu"):
+    """The stored base result, in the shape the engine's base phase returns."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    losses = json.loads((folder / "losses.json").read_text())
+    state = torch.load(folder / "model.pt", map_location=device, weights_only=True)
+    return dict(metrics, curves=losses, state=state)
+
+
+def _write_entry(folder, result, settings, fingerprint):
+    folder.mkdir(parents=True)
+    torch.save({k: v.cpu() for k, v in result["state"].items()}, folder / "model.pt")
+    metrics = {k: result[k] for k in ("best_epoch", "best_val_loss", "best_val_f1", "epochs_run", "windows_per_s")}
+    contents = {"metrics.json": metrics, "losses.json": result["curves"],
+                "config.json": settings, "fingerprint.json": fingerprint}
+    for name, content in contents.items():
+        (folder / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+    checksums = {name: _sha256(folder / name) for name in ENTRY_FILES}
+    (folder / "checksums.json").write_text(json.dumps(checksums, indent=2) + "\n")
+
+
+def get_or_train(cache_dir, key, fingerprint, settings, train):
+    """Reuse the verified entry for `key`, or train it (once, under the lock) and publish it."""
+    cache_dir = Path(cache_dir)
+    folder = cache_dir / key
+    if _problem(folder, fingerprint) is None:
+        log.info(f"base model {key}: reused from {folder}")
+        return Entry(key, folder, load_entry(folder), reused=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache_dir / f"{key}.lock")):
+        # Another process may have published it while we waited for the lock.
+        problem = _problem(folder, fingerprint)
+        if problem is None:
+            log.info(f"base model {key}: reused from {folder} (trained by another run)")
+            return Entry(key, folder, load_entry(folder), reused=True)
+        log.info(f"base model {key}: training ({problem})")
+        if folder.exists():
+            stale = cache_dir / f".{key}.stale{os.getpid()}"
+            folder.rename(stale)
+            shutil.rmtree(stale)
+        result = train()
+        tmp = cache_dir / f".{key}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            _write_entry(tmp, result, settings, fingerprint)
+            tmp.rename(folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        log.info(f"base model {key}: stored in {folder}")
+        return Entry(key, folder, result, reused=False)

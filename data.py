@@ -1,0 +1,131 @@
+"""The data contract: `DATA/{participant}_{split}.pt` files holding `(X, y)`.
+
+X is float (N, C, T), y is (N,) or (N, 1) with values 0/1. Every problem is a
+`DataError` whose message is one line naming the file; the CLIs turn it into
+exit status 2 before anything is written.
+"""
+from pathlib import Path
+
+import torch
+
+SPLITS = ("train", "val", "test")
+
+
+class DataError(Exception):
+    """Bad input data or a bad data-related flag; the message is one line."""
+
+
+def discover_participants(data_path):
+    """Every participant name found in the folder, sorted.
+
+    A name is what stands before the last `_` of a `*_{split}.pt` file.
+    """
+    folder = Path(data_path)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: data folder not found")
+    names = set()
+    for path in folder.glob("*_*.pt"):
+        name, _, split = path.stem.rpartition("_")
+        if split in SPLITS and name:
+            names.add(name)
+    if not names:
+        raise DataError(f"{folder}: no participant files (expected NAME_train.pt, NAME_val.pt, NAME_test.pt)")
+    return sorted(names)
+
+
+def load_split(data_path, participant, split):
+    """Load and validate one split file; returns (X float32 (N,C,T), y float32 (N,))."""
+    path = Path(data_path) / f"{participant}_{split}.pt"
+    if not path.is_file():
+        raise DataError(f"{path}: missing split file")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many kinds for a bad file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"{path}: unreadable tensor file ({reason})") from None
+    if not (isinstance(content, (tuple, list)) and len(content) == 2
+            and all(isinstance(t, torch.Tensor) for t in content)):
+        raise DataError(f"{path}: expected a pair of tensors (X, y)")
+    X, y = content
+    if X.dim() != 3 or not X.is_floating_point():
+        raise DataError(f"{path}: X must be a 3-D float tensor (N, C, T), got {X.dim()}-D {X.dtype}")
+    if y.dim() == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.dim() != 1:
+        raise DataError(f"{path}: y must have shape (N,) or (N, 1), got {tuple(y.shape)}")
+    if len(y) != len(X):
+        raise DataError(f"{path}: y has {len(y)} labels but X has {len(X)} windows")
+    if len(X) == 0:
+        raise DataError(f"{path}: empty split")
+    if not torch.isfinite(X).all():
+        raise DataError(f"{path}: X contains NaN or inf")
+    y = y.to(torch.float32)
+    if not ((y == 0) | (y == 1)).all():
+        raise DataError(f"{path}: labels must be 0 or 1")
+    return X.to(torch.float32).contiguous(), y
+
+
+def load_participants(data_path, participants, window_size=None):
+    """Load every split of the given participants: {name: {split: (X, y)}}.
+
+    Channel count and window length must agree across all files, and with
+    `window_size` when given.
+    """
+    data = {}
+    shape, shape_file = None, None
+    for name in participants:
+        data[name] = {}
+        for split in SPLITS:
+            X, y = load_split(data_path, name, split)
+            path = Path(data_path) / f"{name}_{split}.pt"
+            if shape is None:
+                shape, shape_file = tuple(X.shape[1:]), path
+            elif tuple(X.shape[1:]) != shape:
+                raise DataError(f"{path}: (channels, window length) {tuple(X.shape[1:])} "
+                                f"differs from {shape} in {shape_file}")
+            data[name][split] = (X, y)
+    if window_size is not None and shape[1] != window_size:
+        raise DataError(f"{shape_file}: window length is {shape[1]} but --window_size is {window_size}")
+    return data
+
+
+def resolve_fold(participants, fold, n_base_participants="all"):
+    """Target and base participants of a leave-one-participant-out fold."""
+    if not 0 <= fold < len(participants):
+        raise DataError(f"--fold {fold} out of range: {len(participants)} participants "
+                        f"({', '.join(participants)}), so 0..{len(participants) - 1}")
+    target = participants[fold]
+    others = [p for p in participants if p != target]
+    if n_base_participants == "all":
+        return target, others
+    n = int(n_base_participants)
+    if n < 1 or n > len(others):
+        raise DataError(f"--n_base_participants {n} is not in 1..{len(others)} "
+                        f"(participants other than the target {target})")
+    return target, others[:n]
+
+
+def check_participants(data_path, participants):
+    """Participants to use: the given list (each must exist) or all found."""
+    found = discover_participants(data_path)
+    if not participants:
+        return found
+    unknown = [p for p in participants if p not in found]
+    if unknown:
+        raise DataError(f"{data_path}: unknown participant(s) {', '.join(unknown)}; found {', '.join(found)}")
+    if len(set(participants)) != len(participants):
+        raise DataError(f"--participants lists a name twice: {' '.join(participants)}")
+    return list(participants)
+
+
+def parse_n_base(value):
+    """argparse type for --n_base_participants: 'all' or a positive integer."""
+    if value == "all":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"expected 'all' or a positive integer, got {value!r}") from None
+    if n < 1:
+        raise ValueError(f"expected 'all' or a positive integer, got {value!r}")
+    return n

@@ -1,0 +1,541 @@
+"""The engine both training CLIs call: one leave-one-participant-out fold.
+
+Base phase (train on the other participants' train+val, early-stop on their
+test split), then target phase (fine-tune, early-stop on the target's val
+split), both on one epoch axis. The target's test split is read once, for the
+final scores. Outputs go to a hidden sibling folder that is renamed into place
+at the end, so a result folder is whole or absent.
+"""
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+import base_cache
+from composed_loader import ComposedBatchDataLoader, TensorBatchLoader
+from data import (SPLITS, DataError, check_participants, load_participants,
+                  parse_n_base, resolve_fold)
+from models import MODELS, build_model
+
+DEMO_DATA_PATH = "data/demo"
+MODES = ("target_only", "full_fine_tuning", "target_only_fine_tuning")
+BASE_MODES = ("full_fine_tuning", "target_only_fine_tuning", "base_only")
+CURVES = ("train_loss", "val_loss", "train_f1", "val_f1")
+EVAL_BATCH_SIZE = 512
+
+log = logging.getLogger("experiment")
+
+
+class ConfigError(Exception):
+    """A bad combination of flags; the message is one line."""
+
+
+# ---------------------------------------------------------------- parser
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def _fraction(text):
+    """A share in (0, 1]."""
+    value = float(text)
+    if not 0 < value <= 1:
+        raise ValueError(text)
+    return value
+
+
+def build_parser(enhanced=False):
+    """The flags of train.py; `enhanced` adds oct1_train.py's."""
+    parser = argparse.ArgumentParser(
+        description="Train one leave-one-participant-out fold: base model, then personalization.")
+    add = parser.add_argument
+    add("--data_path", default=DEMO_DATA_PATH,
+        help=f"folder of NAME_{{train,val,test}}.pt files (default {DEMO_DATA_PATH}: "
+             "the demo dataset, created on first use)")
+    add("--participants", nargs="+", default=None, help="participants to use, in order (default: all found, sorted)")
+    add("--fold", type=int, default=0, help="index of the target participant")
+    add("--n_base_participants", type=parse_n_base, default="all",
+        help="use the first N other participants as the base ('all' by default)")
+    modes = MODES + (("base_only",) if enhanced else ())
+    add("--mode", choices=modes, default="full_fine_tuning")
+    add("--model", choices=sorted(MODELS), default="test")
+    add("--window_size", type=_positive_int, default=None, help="must equal the data's window length when given")
+    add("--batch_size", type=_positive_int, default=64)
+    add("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    add("--max_epochs", type=_positive_int, default=500, help="bound on the epochs of each phase")
+    add("--early_stopping_patience", type=_positive_int, default=10, help="base phase")
+    add("--early_stopping_patience_target", type=_positive_int, default=10, help="target phase")
+    add("--target_data_pct", type=_fraction, default=1.0, help="share of the target's train split used (seeded)")
+    add("--use_augmentation", action="store_true", help="jitter, magnitude scaling and time warp")
+    add("--jitter_std", type=float, default=0.03)
+    add("--magnitude_range", type=float, nargs=2, default=[0.9, 1.1], metavar=("LOW", "HIGH"))
+    add("--aug_prob", type=float, default=0.5, help="chance that each augmentation touches a window")
+    add("--seed", type=int, default=42)
+    add("--device", default="auto", help="auto, cpu, cuda, cuda:N or N")
+    add("--prefix", default="experiment", help="results go to EXPERIMENTS_DIR/PREFIX/fold{k}_{target}/")
+    add("--experiments_dir", default="experiments")
+    add("--overwrite", action="store_true", help="replace an existing result folder")
+    if enhanced:
+        add("--target_batch_pct", type=_fraction, default=None,
+            help="exact share of target windows in every fine-tuning batch (full_fine_tuning only)")
+        add("--base_cache_dir", default="experiments/base_models")
+        add("--no_base_cache", action="store_true", help="always train the base model, store nothing")
+        add("--print_base_key", action="store_true",
+            help="print the base-model key of these settings and exit (needs no data when --participants is given)")
+    return parser
+
+
+def check_args(args):
+    if args.magnitude_range[0] > args.magnitude_range[1] or args.magnitude_range[0] <= 0:
+        raise ConfigError(f"--magnitude_range {args.magnitude_range}: need 0 < LOW <= HIGH")
+    if not 0 <= args.aug_prob <= 1:
+        raise ConfigError(f"--aug_prob {args.aug_prob}: must be within [0, 1]")
+    if getattr(args, "target_batch_pct", None) is not None and args.mode != "full_fine_tuning":
+        raise ConfigError(f"--target_batch_pct works only with --mode full_fine_tuning, not {args.mode}")
+    if args.mode == "base_only" and args.no_base_cache:
+        raise ConfigError("--mode base_only stores the base model in the cache; it cannot run with --no_base_cache")
+
+
+def resolve_device(spec):
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.isdigit():
+        spec = f"cuda:{spec}"
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"--device {spec!r}: expected auto, cpu, cuda, cuda:N or N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {spec}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    elif device.type != "cpu":
+        raise ConfigError(f"--device {spec!r}: expected auto, cpu, cuda, cuda:N or N")
+    return device
+
+
+# ---------------------------------------------------------------- metrics
+
+def batch_counts(logits, y, loss):
+    """[loss * n, tp, fp, fn, tn] of one batch, kept on the device (no sync)."""
+    pred = logits > 0  # sigmoid(logit) > 0.5
+    truth = y > 0.5
+    return torch.stack([loss * len(y), (pred & truth).sum(), (pred & ~truth).sum(),
+                        (~pred & truth).sum(), (~pred & ~truth).sum()]).float()
+
+
+def macro_f1(tp, fp, fn, tn):
+    """Mean F1 over the classes present in the labels or the predictions."""
+    scores = [2 * a / (2 * a + b + c) for a, b, c in ((tp, fp, fn), (tn, fn, fp)) if a + b + c > 0]
+    return sum(scores) / len(scores)
+
+
+def loss_and_f1(counts, n):
+    loss_sum, tp, fp, fn, tn = counts.tolist()  # the one sync per pass
+    return loss_sum / n, macro_f1(tp, fp, fn, tn)
+
+
+@torch.no_grad()
+def evaluate(model, X, y, device):
+    model.eval()
+    loss_fn = nn.BCEWithLogitsLoss()
+    counts = torch.zeros(5, device=device)
+    for xb, yb in TensorBatchLoader(X, y, EVAL_BATCH_SIZE, shuffle=False):
+        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        logits = model(xb)
+        counts += batch_counts(logits, yb, loss_fn(logits, yb))
+    return loss_and_f1(counts, len(y))
+
+
+# ---------------------------------------------------------------- augmentation
+
+class Augmenter:
+    """Jitter, magnitude scaling and a smooth time warp, each applied to a
+    window with probability `prob`; random numbers drawn on the device."""
+
+    def __init__(self, jitter_std, magnitude_range, prob, generator):
+        self.jitter_std = jitter_std
+        self.low, self.high = magnitude_range
+        self.prob = prob
+        self.generator = generator
+
+    def _chosen(self, x):
+        mask = torch.rand(len(x), device=x.device, generator=self.generator) < self.prob
+        return mask.view(-1, 1, 1)
+
+    def __call__(self, x):
+        n, _, t = x.shape
+        g = self.generator
+        noise = torch.randn(x.shape, device=x.device, generator=g) * self.jitter_std
+        x = x + noise * self._chosen(x)
+        scale = self.low + (self.high - self.low) * torch.rand(n, 1, 1, device=x.device, generator=g)
+        x = torch.where(self._chosen(x), x * scale, x)
+        # Time warp: sample positions t + a*sin(2*pi*t/T + phase), linear interpolation.
+        steps = torch.arange(t, device=x.device, dtype=x.dtype)
+        amplitude = 0.05 * t * torch.rand(n, 1, device=x.device, generator=g)
+        phase = 2 * math.pi * torch.rand(n, 1, device=x.device, generator=g)
+        pos = (steps + amplitude * torch.sin(2 * math.pi * steps / t + phase)).clamp(0, t - 1)
+        left = pos.floor().long().clamp(max=t - 2) if t > 1 else pos.floor().long()
+        right = (left + 1).clamp(max=t - 1)
+        frac = (pos - left).unsqueeze(1)
+        index_shape = (n, x.shape[1], t)
+        warped = (x.gather(2, left.unsqueeze(1).expand(index_shape)) * (1 - frac)
+                  + x.gather(2, right.unsqueeze(1).expand(index_shape)) * frac)
+        return torch.where(self._chosen(x), warped, x)
+
+
+# ---------------------------------------------------------------- one phase
+
+def phase_generators(seed, device):
+    """Seed everything a phase draws from, so a phase depends on the seed alone
+    (a reused base model leaves the target phase unchanged)."""
+    torch.manual_seed(seed)
+    loader_generator = torch.Generator().manual_seed(seed)
+    augment_generator = torch.Generator(device=device).manual_seed(seed + 1)
+    return loader_generator, augment_generator
+
+
+def train_epoch(model, loader, optimizer, augment, device):
+    model.train()
+    loss_fn = nn.BCEWithLogitsLoss()
+    counts = torch.zeros(5, device=device)
+    n = 0
+    for xb, yb in loader:
+        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        if augment is not None:
+            xb = augment(xb)
+        logits = model(xb)
+        loss = loss_fn(logits, yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        counts += batch_counts(logits.detach(), yb, loss.detach())
+        n += len(yb)
+    train_loss, train_f1 = loss_and_f1(counts, n)
+    return train_loss, train_f1, n
+
+
+def train_phase(phase, model, loader, val, args, patience, device, augment, first_epoch):
+    """Train until the validation loss has not improved for `patience` epochs.
+
+    Returns the best state (by validation loss), its epoch and scores, the
+    per-epoch curves, and the windows seen per second.
+    """
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    curves = {name: [] for name in CURVES}
+    best = {"epoch": None, "val_loss": math.inf, "val_f1": None, "state": None}
+    windows, seconds = 0, 0.0
+    stale = 0
+    show_bar = sys.stderr.isatty()
+    bar = tqdm(total=args.max_epochs, desc=phase, unit="epoch", leave=False, disable=not show_bar)
+    for epoch in range(args.max_epochs):
+        start = time.perf_counter()
+        train_loss, train_f1, n = train_epoch(model, loader, optimizer, augment, device)
+        val_loss, val_f1 = evaluate(model, *val, device)
+        elapsed = time.perf_counter() - start
+        windows, seconds = windows + n, seconds + elapsed
+        for name, value in zip(CURVES, (train_loss, val_loss, train_f1, val_f1)):
+            curves[name].append(value)
+        if val_loss < best["val_loss"]:
+            best = {"epoch": first_epoch + epoch, "val_loss": val_loss, "val_f1": val_f1,
+                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+            stale = 0
+        else:
+            stale += 1
+        line = (f"{phase} epoch {first_epoch + epoch}: train loss {train_loss:.4f} f1 {train_f1:.3f} | "
+                f"val loss {val_loss:.4f} f1 {val_f1:.3f} | {elapsed:.2f}s, {n / elapsed:.0f} windows/s")
+        # Every epoch goes to the log file; the console gets a bar or a line every 10 epochs.
+        log.debug(line)
+        if show_bar:
+            bar.set_postfix(val_loss=f"{val_loss:.4f}", val_f1=f"{val_f1:.3f}")
+            bar.update()
+        elif epoch % 10 == 0:
+            log.info(line)
+        if stale >= patience:
+            break
+    bar.close()
+    epochs_run = len(curves["train_loss"])
+    log.info(f"{phase}: {epochs_run} epochs, best epoch {best['epoch']} "
+             f"(val loss {best['val_loss']:.4f}, f1 {best['val_f1']:.3f})")
+    return {"best_epoch": best["epoch"], "best_val_loss": best["val_loss"], "best_val_f1": best["val_f1"],
+            "state": best["state"], "curves": curves, "epochs_run": epochs_run,
+            "windows_per_s": windows / seconds if seconds else None}
+
+
+# ---------------------------------------------------------------- the fold
+
+def concat(pairs):
+    return torch.cat([X for X, _ in pairs]), torch.cat([y for _, y in pairs])
+
+
+def subsample(X, y, pct, seed):
+    """A seeded random share of the windows, kept in their original order."""
+    if pct >= 1:
+        return X, y
+    keep = max(1, round(pct * len(X)))
+    index = torch.randperm(len(X), generator=torch.Generator().manual_seed(seed))[:keep].sort().values
+    return X[index], y[index]
+
+
+def place(tensors, device):
+    """Move the data to the device when it fits comfortably, so batches are cut there."""
+    if device.type == "cuda":
+        needed = sum(t.numel() * t.element_size() for t in tensors)
+        free, _ = torch.cuda.mem_get_info(device)
+        if needed > free // 2:
+            log.info(f"data ({needed / 2**30:.1f} GiB) stays in host memory; batches are copied")
+            return [t.pin_memory() for t in tensors]
+    return [t.to(device) for t in tensors]
+
+
+def train_base_model(args, base_data, n_channels, device):
+    """Base phase: train on the base participants' train+val, early-stop on their test."""
+    X_train, y_train = concat([base_data[p][s] for p in base_data for s in ("train", "val")])
+    X_stop, y_stop = concat([base_data[p]["test"] for p in base_data])
+    X_train, y_train, X_stop, y_stop = place([X_train, y_train, X_stop, y_stop], device)
+    loader_gen, augment_gen = phase_generators(args.seed, device)
+    model = build_model(args.model, n_channels).to(device)
+    loader = TensorBatchLoader(X_train, y_train, args.batch_size, shuffle=True, generator=loader_gen)
+    log.info(f"base phase: {len(X_train)} windows from {', '.join(base_data)}, "
+             f"early stopping on their test split ({len(X_stop)} windows)")
+    return train_phase("base", model, loader, (X_stop, y_stop), args, args.early_stopping_patience,
+                       device, make_augmenter(args, augment_gen), first_epoch=1)
+
+
+def make_augmenter(args, generator):
+    if not args.use_augmentation:
+        return None
+    return Augmenter(args.jitter_std, args.magnitude_range, args.aug_prob, generator)
+
+
+def target_loader(args, base_train, target_train, generator):
+    """Fine-tuning batches: target only, plain mixing, or exact composition."""
+    if args.mode in ("target_only", "target_only_fine_tuning"):
+        return TensorBatchLoader(*target_train, args.batch_size, shuffle=True, generator=generator)
+    if getattr(args, "target_batch_pct", None) is not None:
+        return ComposedBatchDataLoader(base_train, target_train, args.batch_size, args.target_batch_pct,
+                                       shuffle=True, generator=generator)
+    X = torch.cat([base_train[0], target_train[0]])
+    y = torch.cat([base_train[1], target_train[1]])
+    return TensorBatchLoader(X, y, args.batch_size, shuffle=True, generator=generator)
+
+
+def curve_axis(base, target):
+    """The eight curves on one epoch axis, None where a curve does not apply."""
+    n_base = base["epochs_run"] if base else 0
+    n_target = target["epochs_run"] if target else 0
+    losses = {"epoch": list(range(1, n_base + n_target + 1)),
+              "transition_epoch": n_base if base else None,
+              "best_base_epoch": base["best_epoch"] if base else None,
+              "best_target_epoch": target["best_epoch"] if target else None}
+    for name in CURVES:
+        losses[f"base_{name}"] = (base["curves"][name] if base else []) + [None] * n_target
+        losses[f"target_{name}"] = [None] * n_base + (target["curves"][name] if target else [])
+    return losses
+
+
+def fold_metrics(args, fold, target_name, base, target, base_test, target_test, base_entry):
+    return {
+        "mode": args.mode, "fold": fold, "target_participant": target_name,
+        "best_base_epoch": base and base["best_epoch"],
+        "best_base_val_loss": base and base["best_val_loss"],
+        "best_base_val_f1": base and base["best_val_f1"],
+        "best_target_epoch": target and target["best_epoch"],
+        "best_target_val_loss": target and target["best_val_loss"],
+        "best_target_val_f1": target and target["best_val_f1"],
+        "transition_epoch": base and base["epochs_run"],
+        "best_base_model_target_test_loss": base_test and base_test[0],
+        "best_base_model_target_test_f1": base_test and base_test[1],
+        "best_target_model_target_test_loss": target_test and target_test[0],
+        "best_target_model_target_test_f1": target_test and target_test[1],
+        "base_epochs_run": base and base["epochs_run"],
+        "target_epochs_run": target and target["epochs_run"],
+        "base_model_reused": bool(base_entry and base_entry.reused),
+        "base_key": base_entry.key if base_entry else None,
+        "train_windows_per_s": (target or base)["windows_per_s"],
+    }
+
+
+def obtain_base(args, participants, base_names, base_data, n_channels, device):
+    """The fold's base model: from the cache when the CLI has one, else trained here."""
+    def train():
+        return train_base_model(args, base_data, n_channels, device)
+    if not getattr(args, "base_cache_dir", None) or args.no_base_cache:
+        return train(), None
+    key = base_cache.base_key(args, base_names)
+    entry = base_cache.get_or_train(args.base_cache_dir, key, base_cache.data_fingerprint(args.data_path, base_names),
+                                    base_cache.key_settings(args, base_names), train)
+    return entry.result, entry
+
+
+def result_dir(args, fold, target_name):
+    return Path(args.experiments_dir) / args.prefix / f"fold{fold}_{target_name}"
+
+
+def run_fold(args):
+    """Run one fold end to end; returns the published result folder (None for base_only)."""
+    started = time.perf_counter()
+    check_args(args)
+    device = resolve_device(args.device)
+    participants = check_participants(args.data_path, args.participants)
+    target_name, base_names = resolve_fold(participants, args.fold, args.n_base_participants)
+    if args.mode == "target_only":
+        base_names = []
+    final = result_dir(args, args.fold, target_name)
+    if args.mode != "base_only" and final.exists() and not args.overwrite:
+        raise ConfigError(f"{final}: result folder exists; pass --overwrite to replace it")
+    data = load_participants(args.data_path, [target_name] + base_names, args.window_size)
+    n_channels, window_size = data[target_name]["train"][0].shape[1:]
+    base_data = {p: data[p] for p in base_names}
+
+    base, base_entry = None, None
+    if base_names:
+        base, base_entry = obtain_base(args, participants, base_names, base_data, n_channels, device)
+    if args.mode == "base_only":
+        print(f"BASE_KEY {base_entry.key}")
+        print(f"BASE_MODEL {base_entry.path}")
+        return None
+
+    target_train = subsample(*data[target_name]["train"], args.target_data_pct, args.seed)
+    tensors = place([*target_train, *data[target_name]["val"]], device)
+    target_train, target_val = tuple(tensors[:2]), tuple(tensors[2:])
+    base_train = None
+    if args.mode == "full_fine_tuning":
+        base_train = tuple(place(list(concat([base_data[p][s] for p in base_names for s in ("train", "val")])),
+                                 device))
+    # The target phase has its own seed so it is the same whether the base was trained or reused.
+    loader_gen, augment_gen = phase_generators(args.seed + 1000, device)
+    model = build_model(args.model, n_channels).to(device)
+    if base is not None:
+        model.load_state_dict(base["state"])
+    loader = target_loader(args, base_train, target_train, loader_gen)
+    log.info(f"target phase ({args.mode}): {len(target_train[0])} target train windows, "
+             f"{len(loader)} batches per epoch, early stopping on {target_name}'s val split")
+    first_epoch = (base["epochs_run"] if base else 0) + 1
+    target = train_phase("target", model, loader, target_val, args, args.early_stopping_patience_target,
+                         device, make_augmenter(args, augment_gen), first_epoch)
+
+    # The target's test split is read here, once, for the final scores only.
+    target_test = data[target_name]["test"]
+    base_test = None
+    if base is not None:
+        model.load_state_dict(base["state"])
+        base_test = evaluate(model, *target_test, device)
+    model.load_state_dict(target["state"])
+    personal_test = evaluate(model, *target_test, device)
+
+    metrics = fold_metrics(args, args.fold, target_name, base, target, base_test, personal_test, base_entry)
+    metrics["total_time_s"] = time.perf_counter() - started
+    hyper = dict(vars(args), participants=participants, target_participant=target_name,
+                 base_participants=base_names, n_channels=int(n_channels), window_size=int(window_size),
+                 device=str(device), script=Path(sys.argv[0]).name)
+    files = {"hyperparameters.json": hyper, "metrics.json": metrics, "losses.json": curve_axis(base, target)}
+    publish(final, files, target["state"], args.overwrite)
+    log.info(f"base model on {target_name}'s test: "
+             + (f"f1 {base_test[1]:.3f}" if base_test else "none") + f"; personalized: f1 {personal_test[1]:.3f}")
+    return final
+
+
+def publish(final, json_files, state, overwrite):
+    """Write everything into a hidden sibling, then rename it into place."""
+    import plotting  # matplotlib is only needed at the very end
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        for name, content in json_files.items():
+            (tmp / name).write_text(json.dumps(content, indent=2) + "\n")
+        torch.save({k: v.cpu() for k, v in state.items()}, tmp / "best_target_model.pt")
+        plotting.plot_training_curves(json_files["losses.json"], tmp)
+        log_handler = _file_handler()
+        if log_handler is not None:
+            log_handler.flush()
+            shutil.copyfile(log_handler.baseFilename, tmp / "train.log")
+        old = None
+        if final.exists():
+            if not overwrite:
+                raise ConfigError(f"{final}: result folder appeared during the run; kept the existing one")
+            old = final.parent / f".{final.name}.old{os.getpid()}"
+            final.rename(old)
+        tmp.rename(final)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- CLI
+
+def _file_handler():
+    return next((h for h in log.handlers if isinstance(h, logging.FileHandler)), None)
+
+
+def setup_logging(log_path):
+    """Console gets INFO; the run's log file gets every epoch."""
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+    console = logging.StreamHandler(sys.stdout)
+    console.setLevel(logging.INFO)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(console)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    file_handler = logging.FileHandler(log_path, mode="w")
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(file_handler)
+
+
+def ensure_demo_data(args):
+    """The default data folder is the demo dataset; make it on first use."""
+    if args.data_path == DEMO_DATA_PATH and not Path(DEMO_DATA_PATH).exists():
+        import make_dataset
+        print(f"{DEMO_DATA_PATH} not found: creating the synthetic demo dataset first")
+        make_dataset.write_synthetic_dataset(DEMO_DATA_PATH)
+
+
+def main(argv=None, enhanced=False):
+    parser = build_parser(enhanced)
+    args = parser.parse_args(argv)
+    prog = parser.prog
+    # SIGTERM unwinds like Ctrl-C so temporary folders and locks are cleaned up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    scratch = Path(args.experiments_dir) / f".log{os.getpid()}"
+    try:
+        if enhanced and args.print_base_key:
+            print(base_cache.key_for_args(args))
+            return 0
+        ensure_demo_data(args)
+        setup_logging(scratch / "train.log")
+        final = run_fold(args)
+        if final is not None:
+            print(f"RESULT_DIR {final}")
+        return 0
+    except (DataError, ConfigError, base_cache.CacheError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; nothing was published", file=sys.stderr)
+        return 130
+    finally:
+        handler = _file_handler()
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -1,0 +1,147 @@
+"""Loss and F1 curves of one experiment, drawn from its losses.json dict.
+
+Uses Figure + FigureCanvasAgg directly instead of pyplot: no global state, so it
+is safe in threads and never changes the backend a caller has chosen.
+"""
+import os
+import pathlib
+import tempfile
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+PHASE_COLORS = {"base": "tab:blue", "target": "tab:orange"}
+SPLIT_STYLES = {"train": "--", "val": "-"}
+BEST_EPOCH_KEYS = {"base": "best_base_epoch", "target": "best_target_epoch"}
+
+
+def as_number(value):
+    """A finite float, or None for None, non-numbers, NaN and infinities."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
+
+
+def to_nan_array(values, length):
+    """A float array of `length`, NaN where a value is None, missing or not a
+    finite number, so matplotlib breaks the line there instead of joining."""
+    out = np.full(length, np.nan)
+    for i, value in enumerate(list(values or [])[:length]):
+        number = as_number(value)
+        if number is not None:
+            out[i] = number
+    return out
+
+
+def epoch_axis(losses):
+    """The x values. Without an "epoch" list, the longest curve sets the length;
+    an unusable entry falls back to its 1-based position."""
+    epochs = losses.get("epoch")
+    if isinstance(epochs, (list, tuple)):
+        length = len(epochs)
+    else:
+        length = max((len(v) for v in losses.values() if isinstance(v, (list, tuple))), default=0)
+    x = to_nan_array(epochs if isinstance(epochs, (list, tuple)) else None, length)
+    missing = np.isnan(x)
+    x[missing] = np.arange(1, length + 1)[missing]
+    return x
+
+
+def curve(losses, phase, split, metric, length):
+    """One curve as a float array; on the log-scale loss plot, values <= 0
+    cannot be drawn, so they become gaps too."""
+    y = to_nan_array(losses.get(f"{phase}_{split}_{metric}"), length)
+    if metric == "loss":
+        y[y <= 0] = np.nan
+    return y
+
+
+def transition_x(losses, x):
+    """Where the phase line goes: halfway between the last base epoch and the
+    next one. None when there is no transition or no epoch after it."""
+    epoch = as_number(losses.get("transition_epoch"))
+    if epoch is None or len(x) == 0 or not x.min() <= epoch < x.max():
+        return None
+    return epoch + 0.5
+
+
+def best_points(losses, metric):
+    """(phase, x, y) of each best epoch on that phase's validation curve,
+    skipping best epochs that are unset, off the axis, or have no value."""
+    losses = losses or {}
+    x = epoch_axis(losses)
+    points = []
+    for phase, key in BEST_EPOCH_KEYS.items():
+        epoch = as_number(losses.get(key))
+        matches = np.flatnonzero(x == epoch) if epoch is not None else []
+        if len(matches) == 0:
+            continue
+        y = curve(losses, phase, "val", metric, len(x))[matches[0]]
+        if not np.isnan(y):
+            points.append((phase, float(epoch), float(y)))
+    return points
+
+
+def draw(ax, losses, metric):
+    """Draw the four curves of one metric; returns False when none has data."""
+    x = epoch_axis(losses)
+    drawn = False
+    for phase, color in PHASE_COLORS.items():
+        for split, style in SPLIT_STYLES.items():
+            y = curve(losses, phase, split, metric, len(x))
+            if np.isnan(y).all():
+                continue
+            # Small markers keep single epochs and values isolated by gaps visible.
+            ax.plot(x, y, style, color=color, marker="o", markersize=3, label=f"{phase} {split}")
+            drawn = True
+    if not drawn:
+        return False
+    line_x = transition_x(losses, x)
+    if line_x is not None:
+        ax.axvline(line_x, color="gray", linestyle=":", label="phase transition")
+    for phase, best_x, best_y in best_points(losses, metric):
+        ax.plot([best_x], [best_y], "*", color=PHASE_COLORS[phase], markersize=12,
+                markeredgecolor="black", label=f"best {phase}")
+    if metric == "loss":
+        ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize="small")
+    return True
+
+
+def save_atomic(fig, path):
+    """Write to a temp file in the same folder, then rename, so a killed process
+    never leaves a half-written PNG under the final name."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            FigureCanvasAgg(fig).print_png(f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def plot_training_curves(losses, out_dir):
+    """Write loss_curves.png (log y) and f1_curves.png into out_dir; return their paths."""
+    losses = losses or {}
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for metric, title in (("loss", "Loss"), ("f1", "Macro F1")):
+        fig = Figure(figsize=(6, 4), dpi=100)
+        ax = fig.add_subplot()
+        ax.set_title(title)
+        if not draw(ax, losses, metric):
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+        fig.tight_layout()
+        path = out_dir / f"{metric}_curves.png"
+        save_atomic(fig, path)
+        paths.append(path)
+    return paths
