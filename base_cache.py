@@ -7,9 +7,11 @@ flock, so a killed writer's lock dies with it) and publish by renaming a
 finished temporary folder; readers verify checksums and the data fingerprint.
 """
 import hashlib
+import io
 import json
 import logging
 import os
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,30 +84,30 @@ class Entry:
     reused: bool
 
 
-def _problem(folder, fingerprint):
-    """Why the entry cannot be used, or None when it can."""
+def read_entry(folder, fingerprint):
+    """(result, None) for a usable entry, else (None, why not).
+
+    Each file is read once, and checked and parsed from the same bytes, so a
+    writer replacing the entry meanwhile cannot slip unverified data in.
+    """
     if not folder.is_dir():
-        return "not in the cache"
+        return None, "not in the cache"
     try:
-        checksums = json.loads((folder / "checksums.json").read_text())
+        blobs = {name: (folder / name).read_bytes() for name in ENTRY_FILES + ("checksums.json",)}
+        checksums = json.loads(blobs["checksums.json"])
         for name in ENTRY_FILES:
-            if _sha256(folder / name) != checksums.get(name):
-                return f"checksum mismatch in {name}"
-        stored = json.loads((folder / "fingerprint.json").read_text())
-    except (OSError, ValueError) as err:
-        return f"unreadable entry ({err})"
-    if stored != fingerprint:
-        changed = sorted(n for n in set(stored) | set(fingerprint) if stored.get(n) != fingerprint.get(n))
-        return f"base data changed since it was trained ({', '.join(changed)})"
-    return None
-
-
-def load_entry(folder, device="cpu"):
-    """The stored base result, in the shape the engine's base phase returns."""
-    metrics = json.loads((folder / "metrics.json").read_text())
-    losses = json.loads((folder / "losses.json").read_text())
-    state = torch.load(folder / "model.pt", map_location=device, weights_only=True)
-    return dict(metrics, curves=losses, state=state)
+            if hashlib.sha256(blobs[name]).hexdigest() != checksums.get(name):
+                return None, f"checksum mismatch in {name}"
+        stored = json.loads(blobs["fingerprint.json"])
+        if stored != fingerprint:
+            changed = sorted(n for n in set(stored) | set(fingerprint) if stored.get(n) != fingerprint.get(n))
+            return None, f"base data changed since it was trained ({', '.join(changed)})"
+        state = torch.load(io.BytesIO(blobs["model.pt"]), map_location="cpu", weights_only=True)
+        metrics = json.loads(blobs["metrics.json"])
+        losses = json.loads(blobs["losses.json"])
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as err:
+        return None, f"unreadable entry ({err})"
+    return dict(metrics, curves=losses, state=state), None
 
 
 def _write_entry(folder, result, settings, fingerprint):
@@ -124,17 +126,21 @@ def get_or_train(cache_dir, key, fingerprint, settings, train):
     """Reuse the verified entry for `key`, or train it (once, under the lock) and publish it."""
     cache_dir = Path(cache_dir)
     folder = cache_dir / key
-    if _problem(folder, fingerprint) is None:
+    result, _ = read_entry(folder, fingerprint)
+    if result is not None:
         log.info(f"base model {key}: reused from {folder}")
-        return Entry(key, folder, load_entry(folder), reused=True)
+        return Entry(key, folder, result, reused=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(cache_dir / f"{key}.lock")):
         # Another process may have published it while we waited for the lock.
-        problem = _problem(folder, fingerprint)
-        if problem is None:
+        result, problem = read_entry(folder, fingerprint)
+        if result is not None:
             log.info(f"base model {key}: reused from {folder} (trained by another run)")
-            return Entry(key, folder, load_entry(folder), reused=True)
+            return Entry(key, folder, result, reused=True)
         log.info(f"base model {key}: training ({problem})")
+        # Holding the lock, no other writer of this key is alive: clear what killed ones left.
+        for leftover in cache_dir.glob(f".{key}.*"):
+            shutil.rmtree(leftover, ignore_errors=True)
         if folder.exists():
             stale = cache_dir / f".{key}.stale{os.getpid()}"
             folder.rename(stale)

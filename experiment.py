@@ -400,6 +400,10 @@ def run_fold(args):
         raise ConfigError(f"{final}: result folder exists; pass --overwrite to replace it")
     data = load_participants(args.data_path, [target_name] + base_names, args.window_size)
     n_channels, window_size = data[target_name]["train"][0].shape[1:]
+    min_window = build_model(args.model, n_channels).min_window
+    if window_size < min_window:
+        raise ConfigError(f"--model {args.model} needs windows of at least {min_window} samples; "
+                          f"the data in {args.data_path} has {window_size}")
     base_data = {p: data[p] for p in base_names}
 
     base, base_entry = None, None

@@ -1,4 +1,6 @@
 """Model registry: 1D CNNs over (N, C, T) windows that output one logit each."""
+import math
+
 from torch import nn
 
 
@@ -26,6 +28,7 @@ class ConvNet(nn.Module):
 
     def __init__(self, widths, kernel_size, pools, dropout=0.0):
         super().__init__()
+        self.min_window = math.prod(pools)  # shorter windows pool down to nothing
         self.features = nn.Sequential(*[
             conv_block(c_in, c_out, kernel_size, pool)
             for c_in, c_out, pool in zip(widths[:-1], widths[1:], pools)])

@@ -2,7 +2,7 @@
 import torch
 
 
-def write_tiny_dataset(folder, participants=("a", "b", "c", "d"), channels=3, window=32,
+def write_tiny_dataset(folder, participants=("a", "b", "c", "d"), channels=3, window=64,
                        sizes=(24, 10, 10), seed=0):
     """Random windows whose label shifts the signal, a little differently per participant."""
     folder.mkdir(parents=True, exist_ok=True)
