@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -103,8 +104,12 @@ def check_args(args):
         raise ConfigError(f"--magnitude_range {args.magnitude_range}: need 0 < LOW <= HIGH")
     if not 0 <= args.aug_prob <= 1:
         raise ConfigError(f"--aug_prob {args.aug_prob}: must be within [0, 1]")
-    if getattr(args, "target_batch_pct", None) is not None and args.mode != "full_fine_tuning":
+    pct = getattr(args, "target_batch_pct", None)
+    if pct is not None and args.mode != "full_fine_tuning":
         raise ConfigError(f"--target_batch_pct works only with --mode full_fine_tuning, not {args.mode}")
+    if pct is not None and not 0 < round(pct * args.batch_size) < args.batch_size:
+        raise ConfigError(f"--target_batch_pct {pct} of --batch_size {args.batch_size} gives "
+                          f"{round(pct * args.batch_size)} target windows per batch; both sides need at least one")
     if args.mode == "base_only" and args.no_base_cache:
         raise ConfigError("--mode base_only stores the base model in the cache; it cannot run with --no_base_cache")
 
@@ -259,12 +264,10 @@ def train_phase(phase, model, loader, val, args, patience, device, augment, firs
         line = (f"{phase} epoch {first_epoch + epoch}: train loss {train_loss:.4f} f1 {train_f1:.3f} | "
                 f"val loss {val_loss:.4f} f1 {val_f1:.3f} | {elapsed:.2f}s, {n / elapsed:.0f} windows/s")
         # Every epoch goes to the log file; the console gets a bar or a line every 10 epochs.
-        log.debug(line)
         if show_bar:
             bar.set_postfix(val_loss=f"{val_loss:.4f}", val_f1=f"{val_f1:.3f}")
             bar.update()
-        elif epoch % 10 == 0:
-            log.info(line)
+        log.log(logging.INFO if not show_bar and epoch % 10 == 0 else logging.DEBUG, line)
         if stale >= patience:
             break
     bar.close()
@@ -400,10 +403,6 @@ def run_fold(args):
         raise ConfigError(f"{final}: result folder exists; pass --overwrite to replace it")
     data = load_participants(args.data_path, [target_name] + base_names, args.window_size)
     n_channels, window_size = data[target_name]["train"][0].shape[1:]
-    min_window = build_model(args.model, n_channels).min_window
-    if window_size < min_window:
-        raise ConfigError(f"--model {args.model} needs windows of at least {min_window} samples; "
-                          f"the data in {args.data_path} has {window_size}")
     base_data = {p: data[p] for p in base_names}
 
     base, base_entry = None, None
@@ -447,10 +446,10 @@ def run_fold(args):
     hyper = dict(vars(args), participants=participants, target_participant=target_name,
                  base_participants=base_names, n_channels=int(n_channels), window_size=int(window_size),
                  device=str(device), script=Path(sys.argv[0]).name)
-    files = {"hyperparameters.json": hyper, "metrics.json": metrics, "losses.json": curve_axis(base, target)}
-    publish(final, files, target["state"], args.overwrite)
     log.info(f"base model on {target_name}'s test: "
              + (f"f1 {base_test[1]:.3f}" if base_test else "none") + f"; personalized: f1 {personal_test[1]:.3f}")
+    files = {"hyperparameters.json": hyper, "metrics.json": metrics, "losses.json": curve_axis(base, target)}
+    publish(final, files, target["state"], args.overwrite)
     return final
 
 
@@ -520,7 +519,8 @@ def main(argv=None, enhanced=False):
     prog = parser.prog
     # SIGTERM unwinds like Ctrl-C so temporary folders and locks are cleaned up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    scratch = Path(args.experiments_dir) / f".log{os.getpid()}"
+    # The log is written aside and copied into the result folder, so a failed run writes nothing.
+    scratch = Path(tempfile.mkdtemp(prefix="train-log-"))
     try:
         if enhanced and args.print_base_key:
             print(base_cache.key_for_args(args))

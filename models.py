@@ -1,6 +1,4 @@
 """Model registry: 1D CNNs over (N, C, T) windows that output one logit each."""
-import math
-
 from torch import nn
 
 
@@ -19,7 +17,7 @@ def conv_block(in_channels, out_channels, kernel_size, pool):
     layers = [nn.Conv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
               ChannelLayerNorm(out_channels), nn.ReLU()]
     if pool > 1:
-        layers.append(nn.MaxPool1d(pool))
+        layers.append(nn.MaxPool1d(pool, ceil_mode=True))  # any window length works
     return nn.Sequential(*layers)
 
 
@@ -28,7 +26,6 @@ class ConvNet(nn.Module):
 
     def __init__(self, widths, kernel_size, pools, dropout=0.0):
         super().__init__()
-        self.min_window = math.prod(pools)  # shorter windows pool down to nothing
         self.features = nn.Sequential(*[
             conv_block(c_in, c_out, kernel_size, pool)
             for c_in, c_out, pool in zip(widths[:-1], widths[1:], pools)])
