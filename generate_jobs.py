@@ -28,6 +28,7 @@ from pathlib import Path
 import base_cache
 import experiment
 from data import DataError, check_participants
+from run_distributed_training import job_argv
 
 GRID_KEYS = {"grid", "fixed", "folds", "prefix"}
 # Flags a grid may not set: fold comes from "folds", the rest are not training runs.
@@ -42,23 +43,6 @@ DEFAULT_GRID = {
 
 class GridError(Exception):
     """A bad grid file, flag or value; the message is one line naming the entry."""
-
-
-def job_argv(job):
-    """The training CLI's arguments for a job (unquoted tokens).
-
-    True is a bare flag, False and None are left out, a list is several values.
-    """
-    argv = []
-    for flag, value in job.items():
-        if flag in ("job_id", "base_key") or value is None or value is False:
-            continue
-        argv.append(f"--{flag}")
-        if isinstance(value, (list, tuple)):
-            argv.extend(str(v) for v in value)
-        elif value is not True:
-            argv.append(str(value))
-    return argv
 
 
 def load_script_parser(script):

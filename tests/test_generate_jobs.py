@@ -7,6 +7,7 @@ import pytest
 
 import experiment
 import generate_jobs
+from run_distributed_training import job_argv
 from tiny_data import write_tiny_dataset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -119,7 +120,7 @@ def test_base_key_matches_training_script(demo_cwd, capsys):
     assert len(jobs) == 4
     for job in jobs:
         capsys.readouterr()
-        assert experiment.main(generate_jobs.job_argv(job) + ["--print_base_key"], enhanced=True) == 0
+        assert experiment.main(job_argv(job) + ["--print_base_key"], enhanced=True) == 0
         assert capsys.readouterr().out.strip() == job["base_key"]
 
 

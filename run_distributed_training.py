@@ -1,0 +1,909 @@
+"""Fan a jobs JSON out over SSH to GPU servers, one device per job, and lose nothing.
+
+    python generate_jobs.py -o jobs_config.json
+    python run_distributed_training.py --dry-run          # the plan and the exact command lines
+    python run_distributed_training.py                    # run it; rerun the same line to resume
+
+One worker per (host, device) slot takes the next job from a shared queue and runs
+    cd <workdir> && <setup> && CUDA_VISIBLE_DEVICES=<device> <python> <script> <flags>
+on its host, every value shell-quoted, through one SSH connection per host
+(remote.py). Output streams to <run-dir>/logs/<job_id>.log (attempts appended, each
+under a header). A job that succeeded has its experiment folder copied into the
+local experiments/, checked file by file (names and sizes), and only then removed
+on the host if the server says remove_results. Hosts with shared_fs or local skip
+the copy.
+
+Every attempt is a line in <run-dir>/ledger.jsonl (flushed at once); a rerun skips
+the jobs whose last word there is "ok". A failed job is retried --retries times on
+any slot. A lost host's running jobs go back to the queue (not counted as a retry)
+while the host is retried with backoff; when every host has been down for
+--down-timeout seconds the run stops with exit status 3. Ctrl-C (or SIGTERM) kills
+the jobs on every host, writes what it has and exits with 130.
+
+Exit status: 0 all jobs done, 1 some failed, 2 bad input or a host that cannot be
+used as configured (unknown host key, authentication), 3 no host reachable, 130
+interrupted.
+"""
+import argparse
+import hashlib
+import json
+import os
+import posixpath
+import re
+import shlex
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from tqdm import tqdm
+
+import remote
+
+PROG = "run_distributed_training.py"
+DEFAULT_SCRIPT = "oct1_train.py"
+NOT_FLAGS = ("job_id", "base_key")
+JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # it names the log file
+FLAG_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN", re.IGNORECASE)
+GPU_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:_-]*$")  # an index, or a GPU/MIG UUID
+TOP_FIELDS = ("servers", "script_path", "known_hosts", "ssh_config")
+SSH_ONLY = ("user", "port", "ssh_key", "shared_fs", "remove_results", "max_sessions")
+
+
+class ConfigError(Exception):
+    """Bad input; the message is one line that names the file and the field."""
+
+
+class CopyError(Exception):
+    """A result folder did not come home intact."""
+
+
+# ------------------------------------------------------------- command lines
+
+
+def job_argv(job):
+    """The job's flags as command-line tokens, e.g. ['--fold', '0', '--participants', 'a', 'b'].
+
+    job_id and base_key are not flags; true is a bare flag; false and null are left
+    out; a list gives its values after the flag (an empty list is left out);
+    anything else is str(value). generate_jobs.py validates jobs through this too.
+    """
+    args = []
+    for key, value in job.items():
+        if key in NOT_FLAGS or value is None or value is False or value == []:
+            continue
+        args.append(f"--{key}")
+        if value is not True:
+            values = value if isinstance(value, list) else [value]
+            args.extend(str(v) for v in values)
+    return args
+
+
+def job_command_args(job):
+    """job_argv, every token shell-quoted."""
+    return [shlex.quote(token) for token in job_argv(job)]
+
+
+def shell_path(path):
+    """Quote a path for the shell; a leading ~ keeps meaning the home folder."""
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
+def job_command(server, device, script, job):
+    """The shell line that runs one job on one device of a server."""
+    env = {"PYTHONUNBUFFERED": "1", **server["env"],  # unbuffered: the log streams live
+           "CUDA_VISIBLE_DEVICES": "" if device == "cpu" else str(device)}
+    assignments = " ".join(f"{name}={shlex.quote(str(value))}" for name, value in env.items())
+    steps = [f"cd {shell_path(server['workdir'])}"]
+    if server["setup"]:
+        steps.append(server["setup"])  # the server's own shell snippet, written by its owner
+    steps.append(" ".join([assignments, shell_path(server["python"]), shell_path(script),
+                           *job_command_args(job)]))
+    return " && ".join(steps)
+
+
+# ------------------------------------------------------------- input files
+
+
+def read_json(path, what):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read {what} ({e.strerror})") from None
+
+
+def _text(v):
+    return isinstance(v, str) and v.strip() != ""
+
+
+def _int(low, high=None):
+    return lambda v: (isinstance(v, int) and not isinstance(v, bool) and v >= low
+                      and (high is None or v <= high))
+
+
+def _gpus(v):
+    if v == "auto" or _int(0)(v):
+        return True
+    ids = [str(g) for g in v] if isinstance(v, list) else None
+    return (ids is not None and len(set(ids)) == len(ids)
+            and all(_int(0)(g) or (isinstance(g, str) and GPU_ID.match(g)) for g in v))
+
+
+SERVER_FIELDS = {  # field: (check, what it must be, default)
+    "host": (_text, "a host name", None),
+    "name": (_text, "a label for this server", None),
+    "local": (lambda v: isinstance(v, bool), "true or false", False),
+    "user": (_text, "a user name", None),
+    "port": (_int(1, 65535), "a port number 1-65535", None),
+    "ssh_key": (_text, "a path to a private key", None),
+    "gpus": (_gpus, '"auto", a number of GPUs, or a list of distinct device ids', "auto"),
+    "slots_per_gpu": (_int(1), "a whole number >= 1", 1),
+    "workdir": (_text, "a folder path", None),
+    "setup": (lambda v: isinstance(v, str), "a shell command (string)", ""),
+    "env": (lambda v: isinstance(v, dict), "an object of NAME: value", {}),
+    "python": (_text, "a Python executable", None),
+    "shared_fs": (lambda v: isinstance(v, bool), "true or false", False),
+    "remove_results": (lambda v: isinstance(v, bool), "true or false", False),
+    "max_sessions": (_int(2), "sshd's MaxSessions, a whole number >= 2", 10),
+}
+
+
+def check_server(entry, where):
+    """One validated server with every default filled in."""
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected an object with at least \"host\"")
+    for secret in ("password", "passphrase"):
+        if secret in entry:
+            raise ConfigError(f"{where}.{secret}: no passwords in config files; use an SSH key "
+                              f"(ssh_key) or ssh-agent")
+    for key in entry:
+        if key not in SERVER_FIELDS and not key.startswith("_"):
+            raise ConfigError(f"{where}: unknown field \"{key}\" (known: {', '.join(SERVER_FIELDS)})")
+    if "host" not in entry:
+        raise ConfigError(f"{where}: missing \"host\"")
+    server = {}
+    for key, (check, expected, default) in SERVER_FIELDS.items():
+        if key in entry:
+            if not check(entry[key]):
+                raise ConfigError(f"{where}.{key}: expected {expected}, got {json.dumps(entry[key])}")
+            server[key] = entry[key]
+        else:
+            server[key] = default
+    if server["local"]:
+        for key in SSH_ONLY:
+            if key in entry:
+                raise ConfigError(f"{where}.{key}: means nothing with \"local\": true")
+    for name, value in server["env"].items():
+        if not ENV_NAME.match(name):
+            raise ConfigError(f"{where}.env: \"{name}\" is not a variable name")
+        if name == "CUDA_VISIBLE_DEVICES":
+            raise ConfigError(f"{where}.env: CUDA_VISIBLE_DEVICES is set per job from \"gpus\"")
+        if SECRET_NAME.search(name):
+            raise ConfigError(f"{where}.env.{name}: no secrets in config files; set it in the "
+                              f"host's own environment")
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}.env.{name}: expected a string or number")
+    server["name"] = server["name"] or server["host"]
+    server["workdir"] = server["workdir"] or ("." if server["local"] else "~")
+    server["python"] = server["python"] or (sys.executable if server["local"] else "python3")
+    return server
+
+
+def local_file(value, config_path):
+    """A local path from the cluster config: ~ expanded, relative to the config's folder."""
+    path = os.path.expanduser(value)
+    return path if os.path.isabs(path) else os.path.join(os.path.dirname(os.path.abspath(config_path)), path)
+
+
+def load_cluster_config(path):
+    data = read_json(path, "cluster config")
+    if not isinstance(data, dict) or "servers" not in data:
+        raise ConfigError(f"{path}: expected an object with a \"servers\" list")
+    for key in data:
+        if key not in TOP_FIELDS and not key.startswith("_"):
+            raise ConfigError(f"{path}: unknown field \"{key}\" (known: {', '.join(TOP_FIELDS)})")
+    if not isinstance(data["servers"], list) or not data["servers"]:
+        raise ConfigError(f"{path}: \"servers\" must be a non-empty list")
+    servers = [check_server(s, f"{path}: servers[{i}]") for i, s in enumerate(data["servers"])]
+    names = Counter(s["name"] for s in servers)
+    for name, n in names.items():
+        if n > 1:
+            raise ConfigError(f"{path}: {n} servers are called \"{name}\"; give them distinct \"name\"s")
+    for key in ("script_path", "known_hosts", "ssh_config"):
+        if key in data and not _text(data[key]):
+            raise ConfigError(f"{path}: \"{key}\" must be a non-empty string")
+    for server in servers:
+        if server["ssh_key"]:
+            server["ssh_key"] = local_file(server["ssh_key"], path)
+    return {"servers": servers,
+            "script_path": data.get("script_path", DEFAULT_SCRIPT),
+            "known_hosts": local_file(data["known_hosts"], path) if "known_hosts" in data else None,
+            "ssh_config": local_file(data.get("ssh_config", "~/.ssh/config"), path)}
+
+
+def _flag_value(v):
+    scalar = (str, int, float, bool, type(None))
+    return isinstance(v, scalar) or (isinstance(v, list) and all(isinstance(x, scalar) for x in v))
+
+
+def load_jobs(path):
+    """The jobs, each with a job_id (derived from its flags when missing)."""
+    data = read_json(path, "jobs config")
+    if not isinstance(data, list):
+        raise ConfigError(f"{path}: expected a list of job objects")
+    seen = {}
+    for i, job in enumerate(data):
+        where = f"{path}: job {i}"
+        if not isinstance(job, dict):
+            raise ConfigError(f"{where}: expected an object of training flags")
+        for key, value in job.items():
+            if key in NOT_FLAGS:
+                continue
+            if not FLAG_NAME.match(key):
+                raise ConfigError(f"{where}: \"{key}\" is not a flag name")
+            if not _flag_value(value):
+                raise ConfigError(f"{where}.{key}: expected a string, number, true/false/null "
+                                  f"or a list of those")
+        if "job_id" not in job:
+            flags = {k: v for k, v in job.items() if k not in NOT_FLAGS}
+            job["job_id"] = hashlib.sha256(json.dumps(flags, sort_keys=True).encode()).hexdigest()[:16]
+        job_id = job["job_id"]
+        if not isinstance(job_id, str) or not JOB_ID.match(job_id):
+            raise ConfigError(f"{where}.job_id: {json.dumps(job_id)} must be letters, digits, "
+                              f"'.', '_' or '-' (it names the log file)")
+        if "base_key" in job and not isinstance(job["base_key"], (str, type(None))):
+            raise ConfigError(f"{where}.base_key: expected a string")
+        if job_id in seen:
+            raise ConfigError(f"{where}.job_id: \"{job_id}\" repeats job {seen[job_id]}")
+        seen[job_id] = i
+    return data
+
+
+# ------------------------------------------------------------- ledger and queue
+
+
+class Ledger:
+    """JSON lines, one per attempt, flushed as each is written."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a")
+        self._lock = threading.Lock()
+
+    def write(self, record):
+        with self._lock:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+
+    def close(self):
+        self._file.close()
+
+    @staticmethod
+    def read(path):
+        records = []
+        if Path(path).exists():
+            for line in Path(path).read_text().splitlines():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass  # a line cut short by a crash: that attempt simply runs again
+        return records
+
+
+@dataclass
+class Task:
+    job: dict
+    attempt: int = 0  # attempts so far, earlier runs included (numbering continues)
+    failures: int = 0  # failed attempts in this run
+    overwrite: bool = False  # its result exists on a host but did not come home
+    last: dict = None  # the latest attempt's record, for --log-file
+
+    @property
+    def job_id(self):
+        return self.job["job_id"]
+
+
+class JobQueue:
+    """Tasks waiting for a slot. take() hands out the first task that ready(task)
+    accepts, so a task can wait for something (a base model) without blocking others."""
+
+    def __init__(self, tasks, ready=None):
+        self._waiting = deque(tasks)
+        self.running = 0
+        self.ready = ready or (lambda task: True)
+        self._cond = threading.Condition()
+
+    @property
+    def finished(self):
+        with self._cond:
+            return not self._waiting and self.running == 0
+
+    def take(self, timeout):
+        """A task, or None when none is ready within timeout."""
+        with self._cond:
+            task = self._pop_ready()
+            if task is None and self._cond.wait(timeout):
+                task = self._pop_ready()
+            return task
+
+    def _pop_ready(self):
+        for task in self._waiting:
+            if self.ready(task):
+                self._waiting.remove(task)
+                self.running += 1
+                return task
+        return None
+
+    def put_back(self, task, front=False):
+        with self._cond:
+            (self._waiting.appendleft if front else self._waiting.append)(task)
+            self.running -= 1
+            self._cond.notify_all()
+
+    def task_done(self):
+        with self._cond:
+            self.running -= 1
+            self._cond.notify_all()
+
+
+# ------------------------------------------------------------- slots and hosts
+
+
+@dataclass
+class Slot:
+    host: remote.Host
+    server: dict
+    device: object  # a GPU id, or "cpu"
+    label: str
+    busy_s: float = 0.0
+    ok: int = 0
+    failed: int = 0
+
+
+@dataclass
+class Health:
+    """A host's connection state, shared by its slots."""
+    down_since: float = None
+    next_try: float = 0.0
+    delay: float = 1.0
+    refused: str = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def make_host(server, cluster, accept_new_hosts):
+    if server["local"]:
+        return remote.LocalHost(server["name"])
+    return remote.RemoteHost(server["host"], server["user"], server["port"], server["ssh_key"],
+                             name=server["name"], known_hosts=cluster["known_hosts"],
+                             ssh_config=cluster["ssh_config"], accept_new_hosts=accept_new_hosts,
+                             max_sessions=server["max_sessions"])
+
+
+def ask_gpus(host):
+    """The GPU indices nvidia-smi reports on a host; [] without GPUs."""
+    result = host.run("nvidia-smi --query-gpu=index --format=csv,noheader")
+    return [int(x) for x in result.stdout.split() if x.isdigit()] if result.ok else []
+
+
+def devices_of(server, host):
+    """The devices a server offers; host=None (dry run, remote host) leaves "auto" unresolved."""
+    gpus = server["gpus"]
+    if gpus == "auto":
+        gpus = ask_gpus(host) if host else ["auto"]
+    elif isinstance(gpus, int):
+        gpus = list(range(gpus))
+    return list(gpus) or ["cpu"]  # no GPU: the jobs run on the CPU
+
+
+def slots_of(server, host, devices):
+    spg = server["slots_per_gpu"]
+    return [Slot(host, server, device, f"{server['name']}:{device}" + (f"#{k + 1}" if spg > 1 else ""))
+            for device in devices for k in range(spg)]
+
+
+def result_dir_in(output):
+    """The path a training CLI printed last as `RESULT_DIR <path>`."""
+    for line in reversed(output.splitlines()):
+        if line.startswith("RESULT_DIR "):
+            return line[len("RESULT_DIR "):].strip()
+    return None
+
+
+# ------------------------------------------------------------- the scheduler
+
+
+class Scheduler:
+    def __init__(self, slots, tasks, health, ledger, log_dir, script, retries=0, timeout=None,
+                 down_timeout=600.0, quiet=False):
+        self.slots, self.tasks, self.health, self.ledger = slots, tasks, health, ledger
+        self.log_dir, self.script, self.retries, self.timeout = Path(log_dir), script, retries, timeout
+        self.down_timeout, self.quiet = down_timeout, quiet
+        self.queue = JobQueue(tasks)
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.done, self.failed, self.records = [], [], []
+        self.interrupted = self.aborted = None
+        self.started = self.ended = None
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+
+    def say(self, message, important=False):
+        if important or not self.quiet:
+            tqdm.write(message, file=sys.stderr)
+
+    # -- one attempt
+
+    def _record(self, task, record, status, tail="", **fields):
+        record.update(end=time.time(), status=status, **fields)
+        self.ledger.write(record)
+        record["output_tail"] = tail  # for --log-file only; the log has it all
+        task.last = record
+        with self.lock:
+            self.records.append(record)
+
+    def _run_logged(self, host, command, log_path, header):
+        """Run the command, appending a header and then its output to the job's log."""
+        with open(log_path, "ab") as log:
+            log.write(f"=== {header} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n$ {command}\n".encode())
+            log.flush()
+
+            def stream(chunk):
+                log.write(chunk)
+                log.flush()  # so `tail -f` shows it now
+
+            return host.run(command, stream=stream, timeout=self.timeout)
+
+    def _attempt(self, slot, task):
+        if self.stop.is_set():
+            self.queue.put_back(task, front=True)
+            return
+        task.attempt += 1
+        job = dict(task.job, overwrite=True) if task.overwrite else task.job
+        command = job_command(slot.server, slot.device, self.script, job)
+        log_path = self.log_dir / f"{task.job_id}.log"
+        record = {"job_id": task.job_id, "attempt": task.attempt, "host": slot.host.name,
+                  "device": str(slot.device), "slot": slot.label, "start": time.time(),
+                  "end": None, "exit_status": None, "status": None, "log": str(log_path)}
+        result = result_dir = error = None
+        try:
+            result = self._run_logged(slot.host, command, log_path, f"attempt {task.attempt} on {slot.label}")
+            if result.ok:
+                result_dir = self._bring_home(slot, task, result)
+        except remote.HostDown as e:
+            # Not the job's fault: back to the front of the queue, no retry spent.
+            task.overwrite = task.overwrite or bool(result and result.ok)
+            self._record(task, record, "requeued", error=str(e))
+            self.queue.put_back(task, front=True)
+            self._host_lost(slot.host, e)
+            return
+        except (CopyError, OSError) as e:
+            error = str(e)
+            task.overwrite = task.overwrite or bool(result and result.ok)  # its folder is on that host
+        finally:
+            slot.busy_s += time.time() - record["start"]
+        tail = "\n".join(result.stdout.splitlines()[-20:]) if result else ""
+        exit_status = result.exit_status if result else None
+        if result and result.ok and not error:
+            self._record(task, record, "ok", tail, exit_status=0, result_dir=result_dir)
+            slot.ok += 1
+            with self.lock:
+                self.done.append(task)
+            self.queue.task_done()
+        elif self.stop.is_set():
+            self._record(task, record, "interrupted", tail, exit_status=exit_status)
+            self.queue.put_back(task, front=True)
+        else:
+            timed_out = bool(result and result.timed_out)
+            fields = {"error": error} if error else {}
+            self._record(task, record, "timeout" if timed_out else "failed", tail,
+                         exit_status=exit_status, **fields)
+            task.failures += 1
+            what = error or (f"timed out after {self.timeout:g} s" if timed_out
+                             else f"exit status {exit_status}")
+            if task.failures <= self.retries:
+                self.say(f"{task.job_id}: {what} on {slot.label}; retry {task.failures}/{self.retries}")
+                self.queue.put_back(task)
+            else:
+                self.say(f"{task.job_id}: {what} on {slot.label}; log: {log_path}")
+                slot.failed += 1
+                with self.lock:
+                    self.failed.append(task)
+                self.queue.task_done()
+
+    def _bring_home(self, slot, task, result):
+        """Copy the job's experiment folder into the local experiments/ and check it."""
+        host, server = slot.host, slot.server
+        rel = result_dir_in(result.stdout) or self._find_result_dir(slot, task.job)
+        if rel is None:
+            return None
+        if server["local"] or server["shared_fs"]:
+            return rel
+        # The same place under the local experiments/ as under the job's experiments_dir.
+        path, top = PurePosixPath(rel), PurePosixPath(task.job.get("experiments_dir", "experiments"))
+        inside = path.relative_to(top) if path.is_relative_to(top) else PurePosixPath(*path.parts[-2:])
+        if not inside.parts or inside.is_absolute() or ".." in inside.parts:
+            raise CopyError(f"RESULT_DIR {rel!r} is not a folder under {top}")
+        source = rel if path.is_absolute() else posixpath.join(server["workdir"], rel)
+        dest = Path("experiments", *inside.parts)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        partial = dest.with_name(f".{dest.name}.partial{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            expected = host.get_dir(source, partial)
+            wrong = sorted(set(expected.items()) ^ set(remote.local_tree(partial).items()))
+            if wrong or not expected:
+                raise CopyError(f"copy of {host.name}:{source} came home "
+                                f"{f'incomplete (differs: {wrong[:3]})' if expected else 'empty'}")
+        except BaseException as e:
+            shutil.rmtree(partial, ignore_errors=True)
+            if isinstance(e, OSError):
+                raise CopyError(f"copy of {host.name}:{source} failed: {e}") from None
+            raise
+        if dest.exists():  # an earlier copy of this job: the new one replaces it whole
+            old = dest.with_name(f".{dest.name}.old{os.getpid()}")
+            os.rename(dest, old)
+            os.rename(partial, dest)
+            shutil.rmtree(old)
+        else:
+            os.rename(partial, dest)
+        if server["remove_results"]:
+            removed = host.run(f"rm -rf -- {shell_path(source)}")
+            if not removed.ok:
+                self.say(f"{task.job_id}: could not remove {host.name}:{source}: {removed.stdout.strip()}")
+        return str(dest)
+
+    def _find_result_dir(self, slot, job):
+        """Fallback when no RESULT_DIR line came: the one experiments/<prefix>/fold<k>_* folder."""
+        if "prefix" not in job or "fold" not in job:
+            return None
+        stem = f"{job.get('experiments_dir', 'experiments')}/{job['prefix']}/fold{job['fold']}_"
+        found = slot.host.run(f"cd {shell_path(slot.server['workdir'])} && "
+                              f"for d in {shlex.quote(stem)}*; do [ -d \"$d\" ] && echo \"$d\"; done")
+        dirs = found.stdout.split("\n")[:-1] if found.ok else []
+        return dirs[0] if len(dirs) == 1 else None
+
+    # -- hosts coming and going
+
+    def _host_lost(self, host, error):
+        health = self.health[host.name]
+        with self.lock:
+            first = health.down_since is None
+            if first:
+                health.down_since, health.delay = time.time(), 1.0
+                health.next_try = health.down_since + health.delay
+        if first:
+            self.say(f"host {host.name} lost ({error}); its running jobs go back to the queue; "
+                     f"reconnecting with backoff", important=True)
+            host.close()  # so every slot of this host notices now
+
+    def _host_ready(self, host):
+        health = self.health[host.name]
+        if health.refused:
+            return False
+        if health.down_since is None:
+            return True
+        if time.time() < health.next_try or not health.lock.acquire(blocking=False):
+            return False
+        try:
+            host.connect()
+        except remote.HostRefused as e:
+            health.refused = str(e)
+            self.say(f"host {host.name} can no longer be used: {e}", important=True)
+            return False
+        except remote.HostDown:
+            health.delay = min(health.delay * 2, 60.0)
+            health.next_try = time.time() + health.delay
+            return False
+        finally:
+            health.lock.release()
+        self.say(f"host {host.name} is back after {time.time() - health.down_since:.0f} s", important=True)
+        health.down_since = None
+        return True
+
+    def _all_down_for(self):
+        """Seconds every host has been down (0 while one is up)."""
+        downs = [h.down_since for h in self.health.values()]
+        if any(d is None for d in downs):
+            return 0.0
+        return time.time() - max(downs)
+
+    # -- the run
+
+    def _worker(self, slot):
+        while not self.stop.is_set() and not self.queue.finished:
+            if not self._host_ready(slot.host):
+                self.stop.wait(0.25)
+                continue
+            task = self.queue.take(timeout=0.5)
+            if task is not None:
+                self._attempt(slot, task)
+
+    def _kill_all(self):
+        """Kill the running jobs on every host at once."""
+        hosts = {id(s.host): s.host for s in self.slots}.values()
+        killers = [threading.Thread(target=h.kill_running, daemon=True) for h in hosts]
+        for t in killers:
+            t.start()
+        for t in killers:
+            t.join(15)
+
+    def run(self):
+        self.started = time.time()
+        workers = [threading.Thread(target=self._worker, args=(s,), daemon=True, name=s.label)
+                   for s in self.slots]
+        bar = tqdm(total=len(self.tasks), unit="job", disable=self.quiet, file=sys.stderr,
+                   dynamic_ncols=True)
+
+        def refresh():
+            bar.n = len(self.done) + len(self.failed)
+            bar.set_postfix_str(f"done {len(self.done)} failed {len(self.failed)} "
+                                f"running {self.queue.running}", refresh=False)
+            bar.refresh()
+
+        try:
+            for w in workers:
+                w.start()
+            while any(w.is_alive() for w in workers):
+                refresh()
+                if self._all_down_for() > self.down_timeout:
+                    self.aborted = (f"every host has been down for more than {self.down_timeout:g} s; "
+                                    f"stopping (the ledger is intact: rerun to resume)")
+                    self.stop.set()
+                    break
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            self.stop.set()
+            self.say("interrupted: stopping the jobs on every host ...", important=True)
+        if self.stop.is_set():
+            deadline = time.time() + 30
+            while any(w.is_alive() for w in workers) and time.time() < deadline:
+                self._kill_all()  # again while workers finish: one may have just started a job
+                for w in workers:
+                    w.join(max(0.0, min(2.0, deadline - time.time())))
+        for w in workers:
+            w.join(1)  # one still stuck is unblocked when its host is closed
+        refresh()
+        bar.close()
+        self.ended = time.time()
+
+
+# ------------------------------------------------------------- reports
+
+
+def summary_lines(scheduler, skipped):
+    wall = max(scheduler.ended - scheduler.started, 1e-9)
+    lines = [f"{'slot':<28} {'ok':>5} {'failed':>6} {'busy s':>8} {'util':>5}"]
+    for s in scheduler.slots:
+        lines.append(f"{s.label:<28} {s.ok:>5} {s.failed:>6} {s.busy_s:>8.1f} {s.busy_s / wall:>5.0%}")
+    not_run = len(scheduler.tasks) - len(scheduler.done) - len(scheduler.failed)
+    lines.append(f"{len(scheduler.done)} done, {len(scheduler.failed)} failed, {skipped} skipped "
+                 f"(finished earlier), {not_run} not run; {wall:.1f} s")
+    if scheduler.failed:
+        lines.append("failed jobs:")
+        for task in scheduler.failed:
+            last = task.last
+            lines.append(f"  {task.job_id}  {last['status']} (exit {last['exit_status']})  {last['log']}")
+    return lines
+
+
+def write_log_file(path, scheduler, args, skipped):
+    wall = max(scheduler.ended - scheduler.started, 1e-9)
+    jobs = []
+    for task in scheduler.tasks:
+        last = task.last or {}
+        jobs.append({"job_id": task.job_id, "status": last.get("status", "not run"),
+                     "host": last.get("host"), "device": last.get("device"), "slot": last.get("slot"),
+                     "start": last.get("start"), "end": last.get("end"),
+                     "duration_s": last["end"] - last["start"] if last else None,
+                     "exit_status": last.get("exit_status"), "attempts": task.attempt,
+                     "result_dir": last.get("result_dir"), "log": last.get("log"),
+                     "stderr_tail": last.get("output_tail", "")})
+    devices = {}
+    for s in scheduler.slots:
+        d = devices.setdefault(f"{s.host.name}:{s.device}", {"device": f"{s.host.name}:{s.device}",
+                                                              "slots": 0, "busy_s": 0.0})
+        d["slots"] += 1
+        d["busy_s"] += s.busy_s
+    for d in devices.values():
+        d["utilisation"] = d["busy_s"] / (wall * d["slots"])
+    report = {
+        "cluster_config": args.cluster_config, "jobs_config": args.jobs_config,
+        "started": scheduler.started, "ended": scheduler.ended, "wall_s": wall,
+        "totals": {"jobs": len(scheduler.tasks) + skipped, "skipped": skipped,
+                   "done": len(scheduler.done), "failed": len(scheduler.failed),
+                   "not_run": len(scheduler.tasks) - len(scheduler.done) - len(scheduler.failed),
+                   "attempts": len(scheduler.records),
+                   "requeued": sum(r["status"] == "requeued" for r in scheduler.records),
+                   "interrupted": bool(scheduler.interrupted), "aborted": scheduler.aborted},
+        "slots": [{"slot": s.label, "host": s.host.name, "device": str(s.device), "ok": s.ok,
+                   "failed": s.failed, "busy_s": s.busy_s, "utilisation": s.busy_s / wall}
+                  for s in scheduler.slots],
+        "devices": list(devices.values()),
+        "jobs": jobs,
+    }
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    os.replace(tmp, path)
+
+
+def print_plan(servers, tasks, script):
+    """The dry run: the slots and, round-robin over them, each job's exact command line."""
+    slots = []
+    for server in servers:
+        local = remote.LocalHost(server["name"]) if server["local"] else None
+        slots += slots_of(server, local, devices_of(server, local))
+        if local:
+            local.close()
+        if server["gpus"] == "auto" and not server["local"]:
+            print(f"# {server['name']}: gpus \"auto\" is asked at run time (CPU slots if it has no GPU)")
+    print(f"# {len(tasks)} jobs over {len(slots)} slots: {', '.join(s.label for s in slots)}")
+    print("# slots take the next job as they free up; this is the first round, in order")
+    for i, task in enumerate(tasks):
+        slot = slots[i % len(slots)]
+        print(f"[{slot.label}] {task.job_id}\n  {job_command(slot.server, slot.device, script, task.job)}")
+
+
+# ------------------------------------------------------------- CLI
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--cluster-config", default="cluster_config.json", help="servers (default: %(default)s)")
+    p.add_argument("--jobs-config", default="jobs_config.json", help="jobs JSON (default: %(default)s)")
+    p.add_argument("--script-path", help="training script on the hosts, relative to workdir "
+                                         "(default: the cluster config's script_path)")
+    p.add_argument("--run-dir", help="ledger and logs (default: runs/<jobs-config name>)")
+    p.add_argument("--log-file", help="JSON report: per job, per slot and device, totals "
+                                      "(default: <run-dir>/run_log.json)")
+    p.add_argument("--retries", type=int, default=0, help="extra attempts for a failing job (default: 0)")
+    p.add_argument("--timeout", type=float, help="seconds a job may run before it is killed")
+    p.add_argument("--down-timeout", type=float, default=600.0,
+                   help="give up when every host has been down this many seconds (default: %(default)s)")
+    p.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="run every job, even those the ledger shows finished")
+    p.add_argument("--dry-run", action="store_true", help="print the slots and command lines, run nothing")
+    p.add_argument("--accept-new-hosts", action="store_true",
+                   help="trust unknown host keys on first use and add them to known_hosts")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-job lines")
+    args = p.parse_args(argv)
+    if args.retries < 0:
+        p.error("--retries must be >= 0")
+    return args
+
+
+def connect_all(servers, hosts):
+    """Connect in parallel. Returns {name: error} for hosts that could not be reached now;
+    raises ConfigError naming every host that refused us (host key, authentication)."""
+    errors = {}
+
+    def connect(server, host):
+        try:
+            host.connect()
+        except (remote.HostDown, remote.HostRefused) as e:
+            errors[server["name"]] = e
+
+    threads = [threading.Thread(target=connect, args=pair, daemon=True) for pair in zip(servers, hosts)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    refused = [str(e) for e in errors.values() if isinstance(e, remote.HostRefused)]
+    if refused:
+        raise ConfigError("; ".join(refused))
+    return errors
+
+
+def plan_slots(servers, hosts, unreachable):
+    """The slots of every host, and each host's Health (down from the start when unreachable)."""
+    slots, health = [], {}
+    for server, host in zip(servers, hosts):
+        error = unreachable.get(server["name"])
+        if error and server["gpus"] == "auto":
+            print(f"warning: {error}; its gpus are \"auto\", so it sits this run out", file=sys.stderr)
+            continue
+        health[host.name] = Health()
+        if error:
+            print(f"warning: {error}; will keep trying", file=sys.stderr)
+            health[host.name] = Health(down_since=time.time(), next_try=time.time() + 1.0)
+        host_slots = slots_of(server, host, devices_of(server, None if error else host))
+        if not server["local"] and len(host_slots) > server["max_sessions"] - 1:
+            print(f"warning: {host.name} has {len(host_slots)} slots but max_sessions is "
+                  f"{server['max_sessions']}: at most {server['max_sessions'] - 1} of its jobs run at "
+                  f"once (raise MaxSessions in its sshd_config and max_sessions here)", file=sys.stderr)
+        slots += host_slots
+    return slots, health
+
+
+def run_jobs(args, cluster, tasks, skipped, run_dir, script):
+    """Connect, run every task, report; returns the exit status."""
+    servers = cluster["servers"]
+    hosts = [make_host(s, cluster, args.accept_new_hosts) for s in servers]
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill <runner>` stops like Ctrl-C
+    try:
+        slots, health = plan_slots(servers, hosts, connect_all(servers, hosts))
+        if not slots:
+            print(f"{PROG}: error: no host reachable", file=sys.stderr)
+            return 3
+        if not args.quiet:
+            print(f"{len(tasks)} jobs over {len(slots)} slots: {', '.join(s.label for s in slots)}",
+                  file=sys.stderr)
+        ledger = Ledger(run_dir / "ledger.jsonl")
+        scheduler = Scheduler(slots, tasks, health, ledger, run_dir / "logs", script, retries=args.retries,
+                              timeout=args.timeout, down_timeout=args.down_timeout, quiet=args.quiet)
+        try:
+            scheduler.run()
+        finally:
+            ledger.close()
+    except ConfigError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # before any job started
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for host in hosts:
+            host.close()  # also ends every session: their watchers kill what is left
+    write_log_file(args.log_file or run_dir / "run_log.json", scheduler, args, skipped)
+    lines = summary_lines(scheduler, skipped)
+    print("\n".join(lines[len(slots) + 1:] if args.quiet else lines))  # quiet: no per-slot table
+    if scheduler.interrupted:
+        print(f"interrupted; rerun the same command to finish the rest (ledger {ledger.path})",
+              file=sys.stderr)
+        return 130
+    if scheduler.aborted:
+        print(f"{PROG}: error: {scheduler.aborted}", file=sys.stderr)
+        return 3
+    return 1 if scheduler.failed else 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        cluster = load_cluster_config(args.cluster_config)
+        jobs = load_jobs(args.jobs_config)
+    except ConfigError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    script = args.script_path or cluster["script_path"]
+    run_dir = Path(args.run_dir or Path("runs", Path(args.jobs_config).stem))
+    history = Ledger.read(run_dir / "ledger.jsonl")
+    finished = {r.get("job_id") for r in history if r.get("status") == "ok"} if args.resume else set()
+    earlier = Counter(r.get("job_id") for r in history)  # attempt numbers continue
+    tasks = [Task(job, attempt=earlier[job["job_id"]]) for job in jobs if job["job_id"] not in finished]
+    skipped = len(jobs) - len(tasks)
+    if skipped:
+        print(f"resume: {skipped} of {len(jobs)} jobs already finished (per {run_dir / 'ledger.jsonl'}); "
+              f"{len(tasks)} to run", file=sys.stderr)
+    if args.dry_run:
+        print_plan(cluster["servers"], tasks, script)
+        return 0
+    if not tasks:
+        print("nothing to do", file=sys.stderr)
+        return 0
+    return run_jobs(args, cluster, tasks, skipped, run_dir, script)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    sys.exit(main())

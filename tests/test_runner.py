@@ -1,0 +1,247 @@
+"""run_distributed_training.py without SSH: command lines, input checks, local runs.
+
+The same runner over real sshd servers is in test_remote.py.
+"""
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import remote
+import run_distributed_training as rdt
+from conftest import free_port, processes_with, write_json
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def local_cluster(folder, script, **fields):
+    return write_json(folder / "cluster.json", {
+        "servers": [{"host": "localhost", "local": True, "gpus": [0, 1], **fields}],
+        "script_path": str(script)})
+
+
+def ledger(folder):
+    path = Path(folder) / "runs" / "jobs" / "ledger.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_job_command_args_rendering():
+    job = {"job_id": "x", "base_key": "k", "fold": 0, "mode": "full_fine_tuning", "lr": 0.001,
+           "use_augmentation": True, "overwrite": False, "n_base_participants": None,
+           "participants": ["a", "b c"], "magnitude_range": [0.9, 1.1]}
+    assert rdt.job_command_args(job) == [
+        "--fold", "0", "--mode", "full_fine_tuning", "--lr", "0.001", "--use_augmentation",
+        "--participants", "a", "'b c'", "--magnitude_range", "0.9", "1.1"]
+
+
+def test_job_command_line_sets_one_device_and_quotes_every_value():
+    server = rdt.check_server({"host": "gpu1", "workdir": "~/my proj", "setup": "source env/bin/activate",
+                               "env": {"OMP_NUM_THREADS": 2}}, "test")
+    job = {"fold": 1, "prefix": "a b"}
+    line = rdt.job_command(server, 3, "oct1_train.py", job)
+    assert line == ('cd "$HOME"/\'my proj\' && source env/bin/activate && PYTHONUNBUFFERED=1 '
+                    "OMP_NUM_THREADS=2 CUDA_VISIBLE_DEVICES=3 python3 oct1_train.py --fold 1 --prefix 'a b'")
+    assert "CUDA_VISIBLE_DEVICES='' " in rdt.job_command(server, "cpu", "t.py", job)  # no GPU seen
+
+
+def test_a_hostile_value_reaches_the_script_as_one_argument(tmp_path):
+    mark = tmp_path / "pwned"
+    values = [f"a; touch {mark}", f"$(touch {mark})", f"`touch {mark}`", "it's", "\\n \"x\""]
+    server = rdt.check_server({"host": "here", "local": True, "workdir": str(tmp_path)}, "test")
+    script = tmp_path / "argv.py"
+    script.write_text("import json, sys; print(json.dumps(sys.argv[1:]))")
+    result = remote.LocalHost().run(rdt.job_command(server, 0, str(script), {"participants": values}))
+    assert result.ok and json.loads(result.stdout) == ["--participants", *values]
+    assert not mark.exists()
+
+
+BAD_CLUSTERS = [
+    ("[]", "expected an object with a \"servers\" list"),
+    ("{\"servers\": []}", "\"servers\" must be a non-empty list"),
+    ("{\"servers\": [{\"host\": \"a\"}], \"sripts\": 1}", "unknown field \"sripts\""),
+    ("{\"servers\": [{\"user\": \"me\"}]}", "servers[0]: missing \"host\""),
+    ("{\"servers\": [{\"host\": \"a\", \"gpu\": [0]}]}", "servers[0]: unknown field \"gpu\""),
+    ("{\"servers\": [{\"host\": \"a\", \"gpus\": \"all\"}]}", "servers[0].gpus: expected"),
+    ("{\"servers\": [{\"host\": \"a\", \"gpus\": [0, 0]}]}", "servers[0].gpus: expected"),
+    ("{\"servers\": [{\"host\": \"a\", \"port\": \"22\"}]}", "servers[0].port: expected a port number"),
+    ("{\"servers\": [{\"host\": \"a\", \"slots_per_gpu\": 0}]}", "servers[0].slots_per_gpu"),
+    ("{\"servers\": [{\"host\": \"a\", \"password\": \"hunter2\"}]}", "servers[0].password: no passwords"),
+    ("{\"servers\": [{\"host\": \"a\", \"env\": {\"DB_PASSWORD\": \"x\"}}]}", "env.DB_PASSWORD: no secrets"),
+    ("{\"servers\": [{\"host\": \"a\", \"env\": {\"CUDA_VISIBLE_DEVICES\": 0}}]}", "set per job"),
+    ("{\"servers\": [{\"host\": \"a\", \"local\": true, \"port\": 22}]}", "servers[0].port: means nothing"),
+    ("{\"servers\": [{\"host\": \"a\"}, {\"host\": \"a\"}]}", "distinct \"name\""),
+    ("{\"servers\": [{\"host\": \"a\", \"shared_fs\": \"yes\"}]}", "servers[0].shared_fs: expected true"),
+    ("{\"servers\": [{\"host\": \"a\"}]", "not valid JSON (line 1"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD_CLUSTERS)
+def test_a_malformed_cluster_config_is_one_clear_line(text, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cluster.json").write_text(text)
+    write_json(tmp_path / "jobs.json", [{"fold": 0}])
+    assert rdt.main(["--cluster-config", "cluster.json", "--jobs-config", "jobs.json"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"{rdt.PROG}: error: cluster.json") and message in err
+    assert "hunter2" not in err
+
+
+BAD_JOBS = [
+    ("{\"fold\": 0}", "expected a list of job objects"),
+    ("[1]", "job 0: expected an object"),
+    ("[{\"fold\": {\"a\": 1}}]", "job 0.fold: expected a string"),
+    ("[{\"x; rm\": 1}]", "is not a flag name"),
+    ("[{\"fold\": 0, \"job_id\": \"../../etc\"}]", "job 0.job_id"),
+    ("[{\"fold\": 0, \"job_id\": \"a\"}, {\"fold\": 1, \"job_id\": \"a\"}]",
+     "job 1.job_id: \"a\" repeats job 0"),
+    ("", "not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD_JOBS)
+def test_a_malformed_jobs_file_is_one_clear_line(text, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "jobs.json").write_text(text)
+    assert rdt.main(["--cluster-config", str(ROOT / "cluster_config.json"), "--jobs-config",
+                     "jobs.json"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"{rdt.PROG}: error: jobs.json") and message in err
+
+
+def test_missing_files_are_named(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert rdt.main([]) == 2
+    assert "cluster_config.json: cluster config not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", ["cluster_config.json", *sorted(p.relative_to(ROOT).as_posix()
+                                  for p in (ROOT / "examples").glob("cluster_*.json"))])
+def test_shipped_cluster_configs_are_valid(path):
+    cluster = rdt.load_cluster_config(ROOT / path)
+    assert cluster["servers"]
+    if path == "cluster_config.json":  # works on a fresh machine: no SSH
+        assert all(s["local"] for s in cluster["servers"])
+
+
+def test_jobs_without_an_id_get_a_stable_one(tmp_path):
+    write_json(tmp_path / "jobs.json", [{"fold": 0, "mode": "x"}, {"mode": "x", "fold": 0, "lr": 1}])
+    first = [j["job_id"] for j in rdt.load_jobs(tmp_path / "jobs.json")]
+    assert first == [j["job_id"] for j in rdt.load_jobs(tmp_path / "jobs.json")] and len(set(first)) == 2
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(fake_script, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cluster = local_cluster(tmp_path, fake_script, slots_per_gpu=2)
+    jobs = write_json(tmp_path / "jobs.json", [{"fold": k, "participants": ["a b", "c"], "job_id": f"d{k}"}
+                                               for k in range(5)])
+    assert rdt.main(["--cluster-config", cluster, "--jobs-config", jobs, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "5 jobs over 4 slots: localhost:0#1, localhost:0#2, localhost:1#1, localhost:1#2" in out
+    assert "[localhost:1#1] d2\n" in out and "[localhost:0#1] d4\n" in out
+    assert f"CUDA_VISIBLE_DEVICES=1 {sys.executable} {fake_script} --fold 2 --participants 'a b' c" in out
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "experiments").exists()
+
+
+def test_local_run_writes_ledger_logs_report_and_resumes(fake_script, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cluster = local_cluster(tmp_path, fake_script)
+    jobs = write_json(tmp_path / "jobs.json", [{"prefix": "loc", "fold": k, "job_id": f"l{k}"}
+                                               for k in range(4)])
+    argv = ["--cluster-config", cluster, "--jobs-config", jobs]
+    assert rdt.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "localhost:0" in out and "4 done, 0 failed" in out  # the per-slot table and totals
+    records = ledger(tmp_path)
+    assert sorted(r["job_id"] for r in records) == ["l0", "l1", "l2", "l3"]
+    for r in records:
+        assert set(r) >= {"job_id", "attempt", "host", "device", "start", "end", "exit_status", "log"}
+        assert r["status"] == "ok" and "RESULT_DIR" in Path(r["log"]).read_text()
+        assert json.loads((tmp_path / r["result_dir"] / "record.json").read_text())["cuda"] == r["device"]
+    report = json.loads((tmp_path / "runs" / "jobs" / "run_log.json").read_text())
+    assert report["totals"]["done"] == 4 and {j["exit_status"] for j in report["jobs"]} == {0}
+    assert all("RESULT_DIR" in j["stderr_tail"] and j["duration_s"] > 0 for j in report["jobs"])
+    assert sum(s["busy_s"] for s in report["slots"]) > 0
+
+    assert rdt.main(argv) == 0  # everything finished: nothing runs again
+    captured = capsys.readouterr()
+    assert "4 of 4 jobs already finished" in captured.err and len(ledger(tmp_path)) == 4
+
+
+def test_without_a_result_line_the_folder_is_found(fake_script, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cluster = local_cluster(tmp_path, fake_script)
+    jobs = write_json(tmp_path / "jobs.json", [{"prefix": "quiet", "fold": 3, "no_result_line": True,
+                                                "job_id": "q"}])
+    assert rdt.main(["--cluster-config", cluster, "--jobs-config", jobs, "--quiet"]) == 0
+    assert ledger(tmp_path)[0]["result_dir"] == "experiments/quiet/fold3_p3"
+
+
+def test_retries_then_failure_lists_the_log(fake_script, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cluster = local_cluster(tmp_path, fake_script)
+    jobs = write_json(tmp_path / "jobs.json", [
+        {"prefix": "f", "fold": 0, "job_id": "flaky", "fail_once_dir": str(tmp_path / "m")},
+        {"prefix": "f", "fold": 1, "job_id": "broken", "sleep": "not a number"}])
+    assert rdt.main(["--cluster-config", cluster, "--jobs-config", jobs, "--retries", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "1 done, 1 failed" in out and f"broken  failed (exit 2)  runs/jobs/logs/broken.log" in out
+    attempts = [(r["job_id"], r["attempt"], r["status"]) for r in ledger(tmp_path)]
+    assert sorted(attempts) == [("broken", 1, "failed"), ("broken", 2, "failed"),
+                                ("flaky", 1, "failed"), ("flaky", 2, "ok")]
+
+
+def test_timeout_kills_the_job(fake_script, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cluster = local_cluster(tmp_path, fake_script)
+    jobs = write_json(tmp_path / "jobs.json", [{"prefix": "t", "fold": 0, "sleep": 600, "job_id": "slow"}])
+    assert rdt.main(["--cluster-config", cluster, "--jobs-config", jobs, "--timeout", "1", "--quiet"]) == 1
+    assert [(r["status"], r["exit_status"]) for r in ledger(tmp_path)] == [("timeout", 143)]
+    assert not processes_with(f"{fake_script} --prefix t")
+
+
+def test_all_hosts_down_is_a_clear_nonzero_exit(fake_script, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    port = free_port("127.0.0.1")  # nothing listens there
+    cluster = write_json(tmp_path / "cluster.json", {
+        "servers": [{"host": "127.0.0.1", "port": port, "gpus": [0]}],
+        "known_hosts": str(tmp_path / "kh"), "ssh_config": str(tmp_path / "none"),
+        "script_path": str(fake_script)})
+    jobs = write_json(tmp_path / "jobs.json", [{"fold": 0, "job_id": "never"}])
+    assert rdt.main(["--cluster-config", cluster, "--jobs-config", jobs, "--quiet",
+                     "--down-timeout", "1"]) == 3
+    err = capsys.readouterr().err
+    assert "cannot connect" in err and "every host has been down" in err and "rerun to resume" in err
+
+
+def test_queue_hands_out_only_ready_tasks():
+    tasks = [rdt.Task({"job_id": name}) for name in ("base", "dependent", "other")]
+    queue = rdt.JobQueue(tasks, ready=lambda t: t.job_id != "dependent")
+    assert queue.take(0.01).job_id == "base" and queue.take(0.01).job_id == "other"
+    assert queue.take(0.01) is None and not queue.finished
+    queue.ready = lambda t: True
+    queue.task_done()
+    assert queue.take(0.01).job_id == "dependent"
+
+
+def test_sigint_locally_stops_the_job(fake_script, tmp_path):
+    cluster = local_cluster(tmp_path, fake_script)
+    block = tmp_path / "block"
+    block.touch()
+    jobs = write_json(tmp_path / "jobs.json", [{"prefix": "s", "fold": 0, "block_file": str(block),
+                                                "started_dir": str(tmp_path), "job_id": "s0"}])
+    runner = subprocess.Popen([sys.executable, str(ROOT / "run_distributed_training.py"), "--cluster-config",
+                               cluster, "--jobs-config", jobs, "--quiet"], cwd=tmp_path,
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while not list(tmp_path.glob("*-fold0")):
+        assert time.time() < deadline, "the job never started"
+        time.sleep(0.05)
+    runner.send_signal(signal.SIGINT)
+    _, err = runner.communicate(timeout=30)
+    assert runner.returncode == 130 and "rerun the same command" in err
+    assert not processes_with(str(block))
+    assert [r["status"] for r in ledger(tmp_path)] == ["interrupted"]
