@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from torch import nn
 from tqdm import tqdm
 
@@ -507,10 +508,16 @@ def setup_logging(log_path):
 
 def ensure_demo_data(args):
     """The default data folder is the demo dataset; make it on first use."""
-    if args.data_path == DEMO_DATA_PATH and not Path(DEMO_DATA_PATH).exists():
-        import make_dataset
-        print(f"{DEMO_DATA_PATH} not found: creating the synthetic demo dataset first")
-        make_dataset.write_synthetic_dataset(DEMO_DATA_PATH)
+    demo = Path(DEMO_DATA_PATH)
+    if args.data_path != DEMO_DATA_PATH or demo.exists():
+        return
+    import make_dataset
+    demo.parent.mkdir(parents=True, exist_ok=True)
+    # Jobs started together on one machine must not write it twice.
+    with FileLock(str(demo.parent / f".{demo.name}.lock")):
+        if not demo.exists():
+            print(f"{DEMO_DATA_PATH} not found: creating the synthetic demo dataset first")
+            make_dataset.write_synthetic_dataset(DEMO_DATA_PATH)
 
 
 def main(argv=None, enhanced=False):

@@ -1,0 +1,289 @@
+"""Tests for make_dataset.py: the synthetic generator and the CSV importer."""
+import itertools
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import make_dataset  # noqa: E402
+
+SPLITS = ("train", "val", "test")
+SMALL = dict(n_participants=4, window_size=200, n_train=20, n_val=10, n_test=10)
+
+
+def load(folder, participant, split):
+    return torch.load(os.path.join(folder, f"{participant}_{split}.pt"), weights_only=True)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "make_dataset.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def run_main(capsys, *args):
+    """Run main() in this process; return (exit status, stdout, stderr)."""
+    try:
+        make_dataset.main([str(a) for a in args])
+        status = 0
+    except SystemExit as e:
+        status = e.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+# ---------------------------------------------------------------- synthetic
+
+
+def test_synthetic_files_shapes_dtypes_and_labels(tmp_path):
+    out = tmp_path / "data"
+    names = make_dataset.write_synthetic_dataset(out, seed=0, **SMALL)
+    assert names == ["p01", "p02", "p03", "p04"]
+    assert sorted(os.listdir(out)) == sorted(f"{p}_{s}.pt" for p in names for s in SPLITS)
+    sizes = {"train": 20, "val": 10, "test": 10}
+    for p in names:
+        for split in SPLITS:
+            X, y = load(out, p, split)
+            assert X.dtype == torch.float32 and y.dtype == torch.float32
+            assert X.shape == (sizes[split], 6, 200)
+            assert y.shape == (sizes[split],)
+            assert set(y.tolist()) == {0.0, 1.0}
+            assert torch.isfinite(X).all()
+    # Nothing is left behind next to the output folder.
+    assert os.listdir(tmp_path) == ["data"]
+
+
+def test_synthetic_same_seed_same_bytes_other_seed_differs(tmp_path):
+    for folder, seed in (("a", 3), ("b", 3), ("c", 4)):
+        make_dataset.write_synthetic_dataset(tmp_path / folder, seed=seed, **SMALL)
+    for p in ("p01", "p04"):
+        for split in SPLITS:
+            a = (tmp_path / "a" / f"{p}_{split}.pt").read_bytes()
+            b = (tmp_path / "b" / f"{p}_{split}.pt").read_bytes()
+            assert a == b
+            Xa, _ = load(tmp_path / "a", p, split)
+            Xc, _ = load(tmp_path / "c", p, split)
+            assert not torch.equal(Xa, Xc)
+
+
+def test_synthetic_positive_rate_is_a_minority_in_every_split():
+    splits = make_dataset.synthetic_splits(n_participants=6, window_size=50, seed=0)
+    rates = {key: float(y.mean()) for key, (_, y) in splits.items()}
+    assert len(rates) == 18
+    assert all(0.10 <= r <= 0.25 for r in rates.values()), rates
+    # Participants differ in their rate.
+    assert len({round(r, 3) for r in rates.values()}) > 3
+
+
+def test_synthetic_accelerometer_holds_gravity_and_gyro_is_rad_per_s():
+    splits = make_dataset.synthetic_splits(seed=1, **SMALL)
+    X = torch.cat([X for X, _ in splits.values()])
+    acc_norm = X[:, :3].norm(dim=1)
+    assert float(acc_norm.mean()) == pytest.approx(1.0, abs=0.05)
+    gyr = X[:, 3:]
+    assert float(gyr.abs().max()) < 20.0  # rad/s: deg/s would reach hundreds
+    assert float(gyr.abs().max()) > 0.5  # gestures do rotate the wrist
+
+
+def test_synthetic_sensor_rotation_turns_both_sensors_alike():
+    profile = make_dataset._participant_profile(seed=0, index=2)
+    profile.update(acc_noise=0.0, gyr_noise=0.0, gyr_bias=np.zeros(3))
+    kinds = np.array([make_dataset.PUFF, make_dataset.CONFOUNDER, make_dataset.NONE])
+    rotated = make_dataset.synthetic_windows(profile, kinds, 500, np.random.default_rng(5))
+    upright = make_dataset.synthetic_windows({**profile, "rotation": np.eye(3)}, kinds, 500,
+                                             np.random.default_rng(5))
+    R = profile["rotation"]
+    assert np.allclose(R @ R.T, np.eye(3)) and np.isclose(np.linalg.det(R), 1.0)
+    assert not np.allclose(R, np.eye(3), atol=0.1)
+    for sensor in (slice(0, 3), slice(3, 6)):
+        expected = np.einsum("ij,njt->nit", R, upright[:, sensor])
+        assert np.allclose(rotated[:, sensor], expected, atol=1e-5)
+    # Other participants wear it differently.
+    other = make_dataset._participant_profile(seed=0, index=3)["rotation"]
+    assert not np.allclose(R, other, atol=0.1)
+
+
+def test_synthetic_cli_writes_and_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "demo"
+    args = ["synthetic", "--output_dir", out, "--n_participants", 4, "--window_size", 100,
+            "--n_train", 10, "--n_val", 5, "--n_test", 5, "--seed", 2]
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert len(os.listdir(out)) == 12
+    assert "p04" in result.stdout and "pos" in result.stdout
+    X, y = load(out, "p02", "val")
+    assert X.shape == (5, 6, 100)
+
+    before = (out / "p01_train.pt").read_bytes()
+    refused = run_cli(*args[:-1], 5)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().count("\n") == 0
+    assert refused.stderr.startswith("make_dataset.py: error: ") and str(out) in refused.stderr
+    assert (out / "p01_train.pt").read_bytes() == before
+
+    replaced = run_cli(*args[:-1], 5, "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert (out / "p01_train.pt").read_bytes() != before
+    assert sorted(os.listdir(tmp_path)) == ["demo"]
+
+
+# ---------------------------------------------------------------- csv import
+
+
+def write_csv(path, header, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [",".join(header)] + [",".join(str(v) for v in row) for row in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def time_index_recording(path, n, recording, labels=None):
+    """A recording whose channels are the sample index and the recording number."""
+    labels = labels if labels is not None else [0] * n
+    rows = [(i, recording, 0.5 * i, labels[i]) for i in range(n)]
+    return write_csv(path, ["t", "rec", "acc_x", "label"], rows)
+
+
+CSV_ARGS = ["--channels", "t,rec,acc_x", "--label_column", "label"]
+
+
+def test_csv_block_split_exact_windows_and_no_shared_samples(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    time_index_recording(raw / "alice" / "r1.csv", 100, recording=1)
+    time_index_recording(raw / "alice" / "r2.csv", 50, recording=2)
+    time_index_recording(raw / "bob" / "only.csv", 100, recording=3)
+    status, out, err = run_main(capsys, "csv", "--input_dir", raw, "--output_dir",
+                                tmp_path / "out", *CSV_ARGS, "--window_size", 10,
+                                "--stride", 5, "--split_by", "block")
+    assert status == 0, err
+    assert "alice" in out and "bob" in out
+    # r1 (100): blocks [0,60) [60,80) [80,100); r2 (50): [0,30) [30,40) [40,50).
+    expected_starts = {
+        "train": [(1, s) for s in range(0, 51, 5)] + [(2, s) for s in range(0, 21, 5)],
+        "val": [(1, 60), (1, 65), (1, 70), (2, 30)],
+        "test": [(1, 80), (1, 85), (1, 90), (2, 40)],
+    }
+    ranges = {}
+    for split in SPLITS:
+        X, y = load(tmp_path / "out", "alice", split)
+        assert X.dtype == torch.float32 and X.shape[1:] == (3, 10)
+        starts = [(int(w[1, 0]), int(w[0, 0])) for w in X]
+        assert starts == expected_starts[split]
+        # Each window is a contiguous run of samples of one recording.
+        assert torch.equal(X[:, 0, :] - X[:, 0, :1], torch.arange(10.0).expand(len(X), 10))
+        assert (X[:, 1, :] == X[:, 1, :1]).all()
+        ranges[split] = [(rec, s, s + 9) for rec, s in starts]
+    for a, b in itertools.combinations(SPLITS, 2):
+        for rec, s, e in ranges[a]:
+            for rec2, s2, e2 in ranges[b]:
+                assert rec != rec2 or e < s2 or e2 < s, (a, b, rec, s, s2)
+    assert [len(load(tmp_path / "out", "bob", s)[1]) for s in SPLITS] == [11, 3, 3]
+
+
+# Sample labels of one 20-sample recording, five windows of 4 (stride 4):
+# [0,0,0,1] [1,1,1,0] [0,0,1,0] [1,1,0,0] [0,0,0,0].
+RULE_LABELS = [0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 1, 0, 1, 1, 0, 0, 0, 0, 0, 0]
+RULE_EXPECTED = {
+    "any": [1, 1, 1, 1, 0],
+    "majority": [0, 1, 0, 0, 0],  # 2 of 4 is not more than half
+    "center": [0, 1, 1, 0, 0],  # sample 2 (= 4 // 2) of each window
+}
+
+
+@pytest.mark.parametrize("rule", sorted(RULE_EXPECTED))
+def test_csv_window_label_rules(tmp_path, capsys, rule):
+    raw = tmp_path / "raw"
+    for i in range(3):
+        time_index_recording(raw / "p1" / f"rec{i}.csv", 20, recording=i, labels=RULE_LABELS)
+    status, _, err = run_main(capsys, "csv", "--input_dir", raw, "--output_dir",
+                              tmp_path / "out", *CSV_ARGS, "--window_size", 4,
+                              "--label_rule", rule, "--split_by", "recording")
+    assert status == 0, err
+    for i, split in enumerate(SPLITS):
+        X, y = load(tmp_path / "out", "p1", split)
+        assert (X[:, 1, :] == i).all()  # whole recordings, in file name order
+        assert y.tolist() == RULE_EXPECTED[rule]
+
+
+def test_csv_positive_label_maps_classes_to_one_and_zero(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    classes = ["smoking", "eating", "none", "smoking"] * 15
+    rows = [(i, 0.1 * i, classes[i]) for i in range(60)]
+    write_csv(raw / "p1" / "day1.csv", ["t", "acc_x", "activity"], rows)
+    status, _, err = run_main(capsys, "csv", "--input_dir", raw, "--output_dir",
+                              tmp_path / "out", "--channels", "t,acc_x", "--label_column",
+                              "activity", "--positive_label", "smoking", "--window_size", 1,
+                              "--label_rule", "center", "--split", "0.5,0.25,0.25")
+    assert status == 0, err
+    for split in SPLITS:
+        X, y = load(tmp_path / "out", "p1", split)
+        expected = [1.0 if classes[int(t)] == "smoking" else 0.0 for t in X[:, 0, 0]]
+        assert y.tolist() == expected
+    assert len(load(tmp_path / "out", "p1", "train")[1]) == 30
+
+
+def test_csv_cli_writes_and_documents_rules(tmp_path):
+    raw = tmp_path / "raw"
+    for p in ("a", "b"):
+        time_index_recording(raw / p / "r.csv", 40, recording=0, labels=[0, 1] * 20)
+    result = run_cli("csv", "--input_dir", raw, "--output_dir", tmp_path / "out", *CSV_ARGS,
+                     "--window_size", 4, "--stride", 2, "--label_rule", "any")
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(
+        f"{p}_{s}.pt" for p in ("a", "b") for s in SPLITS)
+    # Blocks of 24/8/8 samples, windows of 4 every 2: 11, 3 and 3 windows.
+    assert "11 (100.0% pos)" in result.stdout and "3 (100.0% pos)" in result.stdout
+    help_text = run_cli("csv", "--help").stdout
+    for words in ("any", "majority", "center", "block", "recording"):
+        assert words in help_text
+
+
+def make_broken_input(raw, case):
+    """Make one broken input; return (extra CLI args, text in the error, path it names)."""
+    p1 = raw / "p1"
+    header = ["t", "rec", "acc_x", "label"]
+    if case == "missing column":
+        return [], "missing column 'acc_x'", write_csv(
+            p1 / "a.csv", ["t", "rec", "label"], [(i, 0, 0) for i in range(40)])
+    if case == "non-numeric value":
+        rows = [(i, 0, "x" if i == 7 else 1, 0) for i in range(40)]
+        return [], "line 9, column 'acc_x'", write_csv(p1 / "a.csv", header, rows)
+    if case == "label not 0/1":
+        rows = [(i, 0, 1, "smoking") for i in range(40)]
+        return [], "line 2, column 'label'", write_csv(p1 / "a.csv", header, rows)
+    if case == "recording shorter than a window":
+        time_index_recording(p1 / "a.csv", 50, recording=0)
+        return [], "shorter than one window", time_index_recording(p1 / "b.csv", 9, 1)
+    if case == "no windows in a split":
+        time_index_recording(p1 / "a.csv", 50, recording=0)  # val block: 10 samples
+        return ["--window_size", 20], "no windows in the val split", p1
+    if case == "empty input folder":
+        raw.mkdir()
+        return [], "no participant subfolders", raw
+    if case == "too few recordings":
+        time_index_recording(p1 / "a.csv", 50, recording=0)
+        return ["--split_by", "recording"], "needs >= 3 recordings", p1
+    if case == "positive label never seen":
+        time_index_recording(p1 / "a.csv", 50, recording=0)
+        return ["--positive_label", "smoking"], "no row has label 'smoking'", raw
+    raise ValueError(case)
+
+
+@pytest.mark.parametrize("case", [
+    "missing column", "non-numeric value", "label not 0/1", "recording shorter than a window",
+    "no windows in a split", "empty input folder", "too few recordings",
+    "positive label never seen"])
+def test_csv_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, case):
+    raw = tmp_path / "raw"
+    extra, message, named = make_broken_input(raw, case)
+    status, out, err = run_main(capsys, "csv", "--input_dir", raw, "--output_dir",
+                                tmp_path / "out", *CSV_ARGS, "--window_size", 10, *extra)
+    assert status == 2
+    assert err.startswith("make_dataset.py: error: ") and err.count("\n") == 1, err
+    assert message in err and f"{named}:" in err
+    assert sorted(os.listdir(tmp_path)) == ["raw"]
