@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 import base_cache
 from composed_loader import ComposedBatchDataLoader, TensorBatchLoader
-from data import (SPLITS, DataError, check_participants, load_participants,
+from data import (DataError, check_participants, load_participants,
                   parse_n_base, resolve_fold)
 from models import MODELS, build_model
 

@@ -2,9 +2,7 @@
 exit status 2, and no result is written."""
 import datetime
 import json
-import logging
 import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -14,32 +12,7 @@ import data
 import experiment
 from tiny_data import write_tiny_dataset
 
-WINDOW = 64  # the `test` model needs windows of at least 64 samples today
-
-
-@pytest.fixture(autouse=True)
-def restore_process_state():
-    # main() adds handlers to the "experiment" logger and installs a SIGTERM
-    # handler; leave both as they were for the tests that follow.
-    logger = logging.getLogger("experiment")
-    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
-    sigterm = signal.getsignal(signal.SIGTERM)
-    yield
-    for handler in list(logger.handlers):
-        if handler not in handlers:
-            logger.removeHandler(handler)
-            handler.close()
-    logger.setLevel(level)
-    logger.propagate = propagate
-    signal.signal(signal.SIGTERM, sigterm)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+WINDOW = 64
 
 
 @pytest.fixture

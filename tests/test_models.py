@@ -7,15 +7,6 @@ import experiment
 import models
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two cores shared with other test processes: one intra-op thread is far faster.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("name", ["test", "medium"])
 @pytest.mark.parametrize("channels,window", [(1, 64), (3, 64), (6, 128), (3, 3000)])
 def test_registry_models_give_one_logit_per_window(name, channels, window):

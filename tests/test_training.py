@@ -26,7 +26,7 @@ import models
 from tiny_data import write_tiny_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
-WINDOW = 64  # the `test` model needs windows of at least 64 samples today
+WINDOW = 64
 SIZES = (16, 8, 8)  # train, val, test windows per participant
 METRIC_KEYS = {
     "mode", "fold", "target_participant",
@@ -49,32 +49,6 @@ CURVES = [f"{phase}_{name}" for phase in ("base", "target")
           for name in ("train_loss", "val_loss", "train_f1", "val_f1")]
 OUTPUT_FILES = {"hyperparameters.json", "metrics.json", "losses.json", "loss_curves.png",
                 "f1_curves.png", "best_target_model.pt", "train.log"}
-
-
-@pytest.fixture(autouse=True)
-def restore_process_state():
-    # main() adds handlers to the "experiment" logger and installs a SIGTERM
-    # handler; leave both as they were for the tests that follow.
-    logger = logging.getLogger("experiment")
-    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
-    sigterm = signal.getsignal(signal.SIGTERM)
-    yield
-    for handler in list(logger.handlers):
-        if handler not in handlers:
-            logger.removeHandler(handler)
-            handler.close()
-    logger.setLevel(level)
-    logger.propagate = propagate
-    signal.signal(signal.SIGTERM, sigterm)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two cores shared with other test processes: one intra-op thread is far faster.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
