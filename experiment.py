@@ -374,7 +374,7 @@ def fold_metrics(args, fold, target_name, base, target, base_test, target_test, 
     }
 
 
-def obtain_base(args, participants, base_names, base_data, n_channels, device):
+def obtain_base(args, base_names, base_data, n_channels, device):
     """The fold's base model: from the cache when the CLI has one, else trained here."""
     def train():
         return train_base_model(args, base_data, n_channels, device)
@@ -408,7 +408,7 @@ def run_fold(args):
 
     base, base_entry = None, None
     if base_names:
-        base, base_entry = obtain_base(args, participants, base_names, base_data, n_channels, device)
+        base, base_entry = obtain_base(args, base_names, base_data, n_channels, device)
     if args.mode == "base_only":
         print(f"BASE_KEY {base_entry.key}")
         print(f"BASE_MODEL {base_entry.path}")
