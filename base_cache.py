@@ -5,6 +5,9 @@ fingerprint.json (hashes of the base participants' data files) and
 checksums.json (hashes of the other files). Writers hold `{key}.lock` (an
 flock, so a killed writer's lock dies with it) and publish by renaming a
 finished temporary folder; readers verify checksums and the data fingerprint.
+
+torch and the data module are imported where tensors are handled, so the
+runner can check entries (entry_intact) without paying for torch at start-up.
 """
 import hashlib
 import io
@@ -16,10 +19,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from filelock import FileLock
-
-from data import SPLITS, check_participants, resolve_fold
 
 log = logging.getLogger("experiment")
 ENTRY_FILES = ("model.pt", "metrics.json", "losses.json", "config.json", "fingerprint.json")
@@ -58,6 +58,7 @@ def base_key(args, base_participants):
 def key_for_args(args):
     """The base key of a run's flags; reads only the folder listing, and not
     even that when --participants is given."""
+    from data import check_participants, resolve_fold
     if args.mode == "target_only":
         raise CacheError("--mode target_only trains no base model, so it has no base key")
     participants = args.participants or check_participants(args.data_path, None)
@@ -72,6 +73,7 @@ def _sha256(path):
 
 def data_fingerprint(data_path, participants):
     """Content hashes of the participants' data files (mtimes differ between hosts)."""
+    from data import SPLITS
     return {f"{p}_{s}.pt": _sha256(Path(data_path) / f"{p}_{s}.pt")
             for p in sorted(participants) for s in SPLITS}
 
@@ -84,20 +86,41 @@ class Entry:
     reused: bool
 
 
+def _read_checked(folder):
+    """({file name: bytes}, None) when every file matches checksums.json, else (None, why not).
+    A missing file raises OSError, a malformed checksums.json ValueError."""
+    blobs = {name: (folder / name).read_bytes() for name in ENTRY_FILES + ("checksums.json",)}
+    checksums = json.loads(blobs["checksums.json"])
+    for name in ENTRY_FILES:
+        if hashlib.sha256(blobs[name]).hexdigest() != checksums.get(name):
+            return None, f"checksum mismatch in {name}"
+    return blobs, None
+
+
+def entry_intact(folder):
+    """Whether a folder holds a complete entry whose files match their checksums.
+
+    Needs no torch and no data: the runner calls it on entries it copies between hosts.
+    """
+    try:
+        return _read_checked(Path(folder))[1] is None
+    except (OSError, ValueError, AttributeError):  # AttributeError: checksums.json is not an object
+        return False
+
+
 def read_entry(folder, fingerprint):
     """(result, None) for a usable entry, else (None, why not).
 
     Each file is read once, and checked and parsed from the same bytes, so a
     writer replacing the entry meanwhile cannot slip unverified data in.
     """
+    import torch
     if not folder.is_dir():
         return None, "not in the cache"
     try:
-        blobs = {name: (folder / name).read_bytes() for name in ENTRY_FILES + ("checksums.json",)}
-        checksums = json.loads(blobs["checksums.json"])
-        for name in ENTRY_FILES:
-            if hashlib.sha256(blobs[name]).hexdigest() != checksums.get(name):
-                return None, f"checksum mismatch in {name}"
+        blobs, problem = _read_checked(folder)
+        if problem:
+            return None, problem
         stored = json.loads(blobs["fingerprint.json"])
         if stored != fingerprint:
             changed = sorted(n for n in set(stored) | set(fingerprint) if stored.get(n) != fingerprint.get(n))
@@ -111,6 +134,7 @@ def read_entry(folder, fingerprint):
 
 
 def _write_entry(folder, result, settings, fingerprint):
+    import torch
     folder.mkdir(parents=True)
     torch.save({k: v.cpu() for k, v in result["state"].items()}, folder / "model.pt")
     metrics = {k: result[k] for k in ("best_epoch", "best_val_loss", "best_val_f1", "epochs_run", "windows_per_s")}

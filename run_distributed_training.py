@@ -20,9 +20,22 @@ while the host is retried with backoff; when every host has been down for
 --down-timeout seconds the run stops with exit status 3. Ctrl-C (or SIGTERM) kills
 the jobs on every host, writes what it has and exits with 130.
 
-Exit status: 0 all jobs done, 1 some failed, 2 bad input or a host that cannot be
-used as configured (unknown host key, authentication), 3 no host reachable, 130
-interrupted.
+Base models are trained once for the whole cluster, in two phases. Phase 1: one
+`--mode base_only` job per distinct base_key among the jobs that need a base model
+(those with a base_key and without no_base_cache). Phase 2: those dependent jobs,
+each runnable once its base model is in the local cache (<base_cache_dir>/<key>/,
+default experiments/base_models, relative to this folder as on the hosts); jobs
+without a base_key run any time. A base model trained on a host without shared_fs
+is copied home, checked against its checksums, and renamed into the local cache;
+before a dependent runs on such a host the entry is sent there the same way
+(hidden temporary folder, checked, renamed), unless it is already there, so the
+training script reuses it. A base model already in the local cache is not trained
+again (ledger status "cached"). A base job that still fails after its retries
+leaves its dependents "blocked" (not run; a rerun tries the base and them again).
+
+Exit status: 0 all jobs done, 1 some failed or were blocked by a failed base model,
+2 bad input or a host that cannot be used as configured (unknown host key,
+authentication), 3 no host reachable, 130 interrupted.
 """
 import argparse
 import hashlib
@@ -42,6 +55,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+import base_cache
 import remote
 
 PROG = "run_distributed_training.py"
@@ -54,6 +68,15 @@ SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN", re.IGNORECASE)
 GPU_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:_-]*$")  # an index, or a GPU/MIG UUID
 TOP_FIELDS = ("servers", "script_path", "known_hosts", "ssh_config")
 SSH_ONLY = ("user", "port", "ssh_key", "shared_fs", "remove_results", "max_sessions")
+BASE_CACHE_DIR = "experiments/base_models"  # the training CLI's default --base_cache_dir
+# Flags a base job leaves out: the target phase's, and where results go (base_only publishes none).
+NOT_BASE_FLAGS = ("target_data_pct", "early_stopping_patience_target", "target_batch_pct", "overwrite",
+                  "no_base_cache", "prefix", "experiments_dir")
+# Run on a host with the training script's folder and an entry folder: exit 0 when the entry is
+# complete and matches its checksums, as that host's code sees it.
+INTACT_CHECK = ("import sys; sys.path.insert(0, sys.argv[1]); import base_cache; "
+                "sys.exit(0 if base_cache.entry_intact(sys.argv[2]) else 1)")
+NOT_ATTEMPTS = ("cached", "blocked")  # ledger lines of jobs that did not run
 
 
 class ConfigError(Exception):
@@ -99,17 +122,28 @@ def shell_path(path):
     return shlex.quote(path)
 
 
+def in_workdir(server, line):
+    """A shell line run in the server's workdir, after its setup."""
+    steps = [f"cd {shell_path(server['workdir'])}"]
+    if server["setup"]:
+        steps.append(server["setup"])  # the server's own shell snippet, written by its owner
+    return " && ".join(steps + [line])
+
+
 def job_command(server, device, script, job):
     """The shell line that runs one job on one device of a server."""
     env = {"PYTHONUNBUFFERED": "1", **server["env"],  # unbuffered: the log streams live
            "CUDA_VISIBLE_DEVICES": "" if device == "cpu" else str(device)}
     assignments = " ".join(f"{name}={shlex.quote(str(value))}" for name, value in env.items())
-    steps = [f"cd {shell_path(server['workdir'])}"]
-    if server["setup"]:
-        steps.append(server["setup"])  # the server's own shell snippet, written by its owner
-    steps.append(" ".join([assignments, shell_path(server["python"]), shell_path(script),
-                           *job_command_args(job)]))
-    return " && ".join(steps)
+    return in_workdir(server, " ".join([assignments, shell_path(server["python"]), shell_path(script),
+                                        *job_command_args(job)]))
+
+
+def intact_command(server, script, path):
+    """The shell line that checks a base-model entry on a server (exit 0: intact)."""
+    code = posixpath.dirname(script) or "."
+    return in_workdir(server, f"{shell_path(server['python'])} -c {shlex.quote(INTACT_CHECK)} "
+                              f"{shell_path(code)} {shell_path(path)}")
 
 
 # ------------------------------------------------------------- input files
@@ -266,8 +300,10 @@ def load_jobs(path):
         if not isinstance(job_id, str) or not JOB_ID.match(job_id):
             raise ConfigError(f"{where}.job_id: {json.dumps(job_id)} must be letters, digits, "
                               f"'.', '_' or '-' (it names the log file)")
-        if "base_key" in job and not isinstance(job["base_key"], (str, type(None))):
-            raise ConfigError(f"{where}.base_key: expected a string")
+        base_key = job.get("base_key")
+        if base_key is not None and not (isinstance(base_key, str) and JOB_ID.match(base_key)):
+            raise ConfigError(f"{where}.base_key: {json.dumps(base_key)} must be letters, digits, "
+                              f"'.', '_' or '-' (it names a cache folder)")
         if job_id in seen:
             raise ConfigError(f"{where}.job_id: \"{job_id}\" repeats job {seen[job_id]}")
         seen[job_id] = i
@@ -313,6 +349,8 @@ class Task:
     failures: int = 0  # failed attempts in this run
     overwrite: bool = False  # its result exists on a host but did not come home
     last: dict = None  # the latest attempt's record, for --log-file
+    needs: str = None  # the base key it waits for (a dependent job)
+    builds: str = None  # the base key it trains (a phase-1 base job)
 
     @property
     def job_id(self):
@@ -350,6 +388,15 @@ class JobQueue:
                 return task
         return None
 
+    def drop(self, which):
+        """Remove and return the waiting tasks for which which(task) is true."""
+        with self._cond:
+            dropped = [task for task in self._waiting if which(task)]
+            for task in dropped:
+                self._waiting.remove(task)
+            self._cond.notify_all()
+            return dropped
+
     def put_back(self, task, front=False):
         with self._cond:
             (self._waiting.appendleft if front else self._waiting.append)(task)
@@ -360,6 +407,37 @@ class JobQueue:
         with self._cond:
             self.running -= 1
             self._cond.notify_all()
+
+
+# ------------------------------------------------------------- two phases: base models first
+
+
+def needed_base(job):
+    """The base key a job must wait for, or None (no base model, or one it trains alone)."""
+    return None if job.get("no_base_cache") else job.get("base_key")
+
+
+def cache_entry(job, key, workdir=""):
+    """Where the training CLI keeps the entry of `key` for this job: relative to this folder
+    (the local cache), or under a host's workdir."""
+    return posixpath.join(workdir, job.get("base_cache_dir") or BASE_CACHE_DIR, key)
+
+
+def plan_bases(jobs):
+    """{key: base_only job} for the distinct base keys the jobs need, built from the first
+    job that needs each key (the key fixes everything the base model depends on)."""
+    bases = {}
+    for job in jobs:
+        key = needed_base(job)
+        if key is None:
+            continue
+        if key not in bases:
+            flags = {k: v for k, v in job.items() if k not in NOT_BASE_FLAGS}
+            bases[key] = dict(flags, mode="base_only", job_id=f"base-{key}")
+        elif cache_entry(job, key) != cache_entry(bases[key], key):
+            raise ConfigError(f"job {job['job_id']}: other jobs with base key {key} use another "
+                              f"base_cache_dir; give them one")
+    return bases
 
 
 # ------------------------------------------------------------- slots and hosts
@@ -417,12 +495,40 @@ def slots_of(server, host, devices):
             for device in devices for k in range(spg)]
 
 
-def result_dir_in(output):
-    """The path a training CLI printed last as `RESULT_DIR <path>`."""
+def printed(output, tag):
+    """The value a training CLI printed last as `TAG value` (RESULT_DIR, BASE_KEY, BASE_MODEL)."""
     for line in reversed(output.splitlines()):
-        if line.startswith("RESULT_DIR "):
-            return line[len("RESULT_DIR "):].strip()
+        if line.startswith(f"{tag} "):
+            return line[len(tag) + 1:].strip()
     return None
+
+
+def fetch_dir(host, source, dest, check=None):
+    """Copy a host's folder to dest whole: into a hidden sibling, compared file by file (names
+    and sizes) and, given check(folder), checked by it; only then renamed into place."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(f".{dest.name}.partial{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        expected = host.get_dir(source, partial)
+        wrong = sorted(set(expected.items()) ^ set(remote.local_tree(partial).items()))
+        if wrong or not expected:
+            raise CopyError(f"copy of {host.name}:{source} came home "
+                            f"{f'incomplete (differs: {wrong[:3]})' if expected else 'empty'}")
+        if check and not check(partial):
+            raise CopyError(f"copy of {host.name}:{source} does not match its checksums")
+    except BaseException as e:
+        shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise CopyError(f"copy of {host.name}:{source} failed: {e}") from None
+        raise
+    if dest.exists():  # an earlier copy: the new one replaces it whole
+        old = dest.with_name(f".{dest.name}.old{os.getpid()}")
+        os.rename(dest, old)
+        os.rename(partial, dest)
+        shutil.rmtree(old)
+    else:
+        os.rename(partial, dest)
 
 
 # ------------------------------------------------------------- the scheduler
@@ -430,14 +536,22 @@ def result_dir_in(output):
 
 class Scheduler:
     def __init__(self, slots, tasks, health, ledger, log_dir, script, retries=0, timeout=None,
-                 down_timeout=600.0, quiet=False):
+                 down_timeout=600.0, quiet=False, cached=None):
+        """cached: {base key: base job} of the base models already in the local cache."""
         self.slots, self.tasks, self.health, self.ledger = slots, tasks, health, ledger
         self.log_dir, self.script, self.retries, self.timeout = Path(log_dir), script, retries, timeout
         self.down_timeout, self.quiet = down_timeout, quiet
-        self.queue = JobQueue(tasks)
+        self.cached = cached or {}
+        self.ready_keys = set(self.cached)  # base models complete in the local cache
+        self.queue = JobQueue(tasks, ready=lambda task: task.needs is None or task.needs in self.ready_keys)
         self.stop = threading.Event()
         self.lock = threading.Lock()
-        self.done, self.failed, self.records = [], [], []
+        self.done, self.failed, self.blocked, self.records = [], [], [], []
+        self.trained = Counter()  # base key: trainings its jobs' outputs report
+        self.sent = Counter()  # host: base models copied there
+        self.fetched = 0  # base models copied home
+        self.on_host = set()  # (host, key): entry known to be complete on that host
+        self.send_locks = {}  # (host, key): held while that entry is being sent
         self.interrupted = self.aborted = None
         self.started = self.ended = None
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -481,9 +595,13 @@ class Scheduler:
                   "end": None, "exit_status": None, "status": None, "log": str(log_path)}
         result = result_dir = error = None
         try:
+            if task.needs:
+                self._send_base(slot, task.job, task.needs)
             result = self._run_logged(slot.host, command, log_path, f"attempt {task.attempt} on {slot.label}")
+            self._count_training(task, result)
             if result.ok:
-                result_dir = self._bring_home(slot, task, result)
+                bring = self._bring_base_home if job.get("mode") == "base_only" else self._bring_home
+                result_dir = bring(slot, task, result)
         except remote.HostDown as e:
             # Not the job's fault: back to the front of the queue, no retry spent.
             task.overwrite = task.overwrite or bool(result and result.ok)
@@ -503,6 +621,9 @@ class Scheduler:
             slot.ok += 1
             with self.lock:
                 self.done.append(task)
+            if task.builds:
+                self.ready_keys.add(task.builds)  # before task_done wakes the waiting slots
+                self.say(f"base model {task.builds}: ready")
             self.queue.task_done()
         elif self.stop.is_set():
             self._record(task, record, "interrupted", tail, exit_status=exit_status)
@@ -517,18 +638,20 @@ class Scheduler:
                              else f"exit status {exit_status}")
             if task.failures <= self.retries:
                 self.say(f"{task.job_id}: {what} on {slot.label}; retry {task.failures}/{self.retries}")
-                self.queue.put_back(task)
+                self.queue.put_back(task, front=bool(task.builds))  # jobs wait on a base job: it goes first
             else:
                 self.say(f"{task.job_id}: {what} on {slot.label}; log: {log_path}")
                 slot.failed += 1
                 with self.lock:
                     self.failed.append(task)
+                if task.builds:
+                    self._block(task.builds)
                 self.queue.task_done()
 
     def _bring_home(self, slot, task, result):
         """Copy the job's experiment folder into the local experiments/ and check it."""
         host, server = slot.host, slot.server
-        rel = result_dir_in(result.stdout) or self._find_result_dir(slot, task.job)
+        rel = printed(result.stdout, "RESULT_DIR") or self._find_result_dir(slot, task.job)
         if rel is None:
             return None
         if server["local"] or server["shared_fs"]:
@@ -540,32 +663,95 @@ class Scheduler:
             raise CopyError(f"RESULT_DIR {rel!r} is not a folder under {top}")
         source = rel if path.is_absolute() else posixpath.join(server["workdir"], rel)
         dest = Path("experiments", *inside.parts)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        partial = dest.with_name(f".{dest.name}.partial{os.getpid()}")
-        shutil.rmtree(partial, ignore_errors=True)
-        try:
-            expected = host.get_dir(source, partial)
-            wrong = sorted(set(expected.items()) ^ set(remote.local_tree(partial).items()))
-            if wrong or not expected:
-                raise CopyError(f"copy of {host.name}:{source} came home "
-                                f"{f'incomplete (differs: {wrong[:3]})' if expected else 'empty'}")
-        except BaseException as e:
-            shutil.rmtree(partial, ignore_errors=True)
-            if isinstance(e, OSError):
-                raise CopyError(f"copy of {host.name}:{source} failed: {e}") from None
-            raise
-        if dest.exists():  # an earlier copy of this job: the new one replaces it whole
-            old = dest.with_name(f".{dest.name}.old{os.getpid()}")
-            os.rename(dest, old)
-            os.rename(partial, dest)
-            shutil.rmtree(old)
-        else:
-            os.rename(partial, dest)
+        fetch_dir(host, source, dest)
         if server["remove_results"]:
             removed = host.run(f"rm -rf -- {shell_path(source)}")
             if not removed.ok:
                 self.say(f"{task.job_id}: could not remove {host.name}:{source}: {removed.stdout.strip()}")
         return str(dest)
+
+    # -- base models
+
+    def _count_training(self, task, result):
+        """A base model this job trained (not reused): the engine logs where it stored it."""
+        key = task.builds or task.needs
+        if key and f"base model {key}: stored in" in result.stdout:
+            with self.lock:
+                self.trained[key] += 1
+
+    def _bring_base_home(self, slot, task, result):
+        """A base_only job ended: check that it built the key the jobs file names, and copy
+        its entry into the local cache unless the host shares it. Returns the local entry."""
+        key, where = printed(result.stdout, "BASE_KEY"), printed(result.stdout, "BASE_MODEL")
+        if key is None or where is None:
+            raise CopyError("no BASE_KEY and BASE_MODEL lines in its output")
+        expected = task.job.get("base_key")
+        if expected and key != expected:
+            raise CopyError(f"the training script computed base key {key} where the jobs file says "
+                            f"{expected}; regenerate the jobs with the code the hosts run")
+        host, server = slot.host, slot.server
+        local = cache_entry(task.job, key)
+        if not base_cache.entry_intact(local):
+            if server["local"] or server["shared_fs"]:
+                raise CopyError(f"{host.name} stored base model {key} in {where}, but {local} here "
+                                f"is not a complete entry (is shared_fs right?)")
+            source = where if posixpath.isabs(where) else posixpath.join(server["workdir"], where)
+            fetch_dir(host, source, Path(local), check=base_cache.entry_intact)
+            with self.lock:
+                self.fetched += 1
+        self.on_host.add((host.name, key))
+        return local
+
+    def _send_base(self, slot, job, key):
+        """Before a job that needs base model `key` runs on a host that does not share our files,
+        put the entry into that host's cache, where the training script will find it."""
+        host, server = slot.host, slot.server
+        if server["local"] or server["shared_fs"]:
+            return
+        with self.lock:
+            lock = self.send_locks.setdefault((host.name, key), threading.Lock())
+        with lock:  # one copy per host, however many of its slots want it
+            if (host.name, key) in self.on_host:
+                return
+            target = cache_entry(job, key, server["workdir"])
+            if not host.run(intact_command(server, self.script, target)).ok:
+                tmp = posixpath.join(posixpath.dirname(target), f".{key}.upload{os.getpid()}")
+                host.put_dir(cache_entry(job, key), tmp)
+                # Checked there, then renamed into place (replacing a broken entry); never half there.
+                q_tmp, q_target = shell_path(tmp), shell_path(target)
+                placed = host.run(f"{intact_command(server, self.script, tmp)} && rm -rf -- {q_target} && "
+                                  f"mv -T -- {q_tmp} {q_target} || {{ rm -rf -- {q_tmp}; exit 1; }}")
+                if not placed.ok:
+                    raise CopyError(f"base model {key} did not arrive intact in {host.name}:{target} "
+                                    f"{placed.stdout.strip()[-300:]}")
+                with self.lock:
+                    self.sent[host.name] += 1
+                self.say(f"base model {key}: sent to {host.name}")
+            self.on_host.add((host.name, key))
+
+    def _note(self, job_id, status, **fields):
+        """A ledger line for a job that does not run: its base model is cached, or it is blocked."""
+        record = {"job_id": job_id, "status": status, "end": time.time(), **fields}
+        self.ledger.write(record)
+        return record
+
+    def _block(self, key):
+        """The base job of `key` failed for good: the jobs waiting for it do not run."""
+        blocked = self.queue.drop(lambda task: task.needs == key)
+        for task in blocked:
+            task.last = self._note(task.job_id, "blocked", base_key=key, error=f"blocked by base {key}")
+        with self.lock:
+            self.blocked += blocked
+        if blocked:
+            self.say(f"base model {key} failed: {len(blocked)} jobs that need it are blocked "
+                     f"(a rerun tries again)", important=True)
+
+    def base_counts(self):
+        """The two phases in figures, for the summary and the report."""
+        keys = set(self.cached) | {task.builds for task in self.tasks if task.builds}
+        return {"distinct_keys": len(keys), "trained": sum(self.trained.values()), "cached": len(self.cached),
+                "without_sharing": sum(task.needs is not None for task in self.tasks),
+                "sent": dict(self.sent), "fetched": self.fetched, "blocked": len(self.blocked)}
 
     def _find_result_dir(self, slot, job):
         """Fallback when no RESULT_DIR line came: the one experiments/<prefix>/fold<k>_* folder."""
@@ -644,15 +830,17 @@ class Scheduler:
 
     def run(self):
         self.started = time.time()
+        for key, job in self.cached.items():
+            self._note(job["job_id"], "cached", base_key=key, result_dir=cache_entry(job, key))
         workers = [threading.Thread(target=self._worker, args=(s,), daemon=True, name=s.label)
                    for s in self.slots]
         bar = tqdm(total=len(self.tasks), unit="job", disable=self.quiet, file=sys.stderr,
                    dynamic_ncols=True)
 
         def refresh():
-            bar.n = len(self.done) + len(self.failed)
+            bar.n = len(self.done) + len(self.failed) + len(self.blocked)
             bar.set_postfix_str(f"done {len(self.done)} failed {len(self.failed)} "
-                                f"running {self.queue.running}", refresh=False)
+                                f"blocked {len(self.blocked)} running {self.queue.running}", refresh=False)
             bar.refresh()
 
         try:
@@ -691,14 +879,25 @@ def summary_lines(scheduler, skipped):
     lines = [f"{'slot':<28} {'ok':>5} {'failed':>6} {'busy s':>8} {'util':>5}"]
     for s in scheduler.slots:
         lines.append(f"{s.label:<28} {s.ok:>5} {s.failed:>6} {s.busy_s:>8.1f} {s.busy_s / wall:>5.0%}")
-    not_run = len(scheduler.tasks) - len(scheduler.done) - len(scheduler.failed)
-    lines.append(f"{len(scheduler.done)} done, {len(scheduler.failed)} failed, {skipped} skipped "
-                 f"(finished earlier), {not_run} not run; {wall:.1f} s")
+    not_run = len(scheduler.tasks) - len(scheduler.done) - len(scheduler.failed) - len(scheduler.blocked)
+    lines.append(f"{len(scheduler.done)} done, {len(scheduler.failed)} failed, "
+                 f"{len(scheduler.blocked)} blocked, {skipped} skipped (finished earlier), "
+                 f"{not_run} not run; {wall:.1f} s")
+    base = scheduler.base_counts()
+    if base["distinct_keys"]:
+        lines.append(f"base models: {base['trained']} trainings executed for {base['distinct_keys']} "
+                     f"distinct keys ({base['cached']} already in the local cache), against "
+                     f"{base['without_sharing']} without sharing; {sum(base['sent'].values())} copies sent, "
+                     f"{base['fetched']} brought home")
     if scheduler.failed:
         lines.append("failed jobs:")
         for task in scheduler.failed:
             last = task.last
             lines.append(f"  {task.job_id}  {last['status']} (exit {last['exit_status']})  {last['log']}")
+    if scheduler.blocked:
+        lines.append("blocked jobs (their base model failed; a rerun tries again):")
+        for key, n in Counter(task.needs for task in scheduler.blocked).items():
+            lines.append(f"  {n} blocked by base {key}  {scheduler.log_dir / f'base-{key}.log'}")
     return lines
 
 
@@ -710,7 +909,7 @@ def write_log_file(path, scheduler, args, skipped):
         jobs.append({"job_id": task.job_id, "status": last.get("status", "not run"),
                      "host": last.get("host"), "device": last.get("device"), "slot": last.get("slot"),
                      "start": last.get("start"), "end": last.get("end"),
-                     "duration_s": last["end"] - last["start"] if last else None,
+                     "duration_s": last["end"] - last["start"] if last.get("start") else None,
                      "exit_status": last.get("exit_status"), "attempts": task.attempt,
                      "result_dir": last.get("result_dir"), "log": last.get("log"),
                      "stderr_tail": last.get("output_tail", "")})
@@ -727,10 +926,13 @@ def write_log_file(path, scheduler, args, skipped):
         "started": scheduler.started, "ended": scheduler.ended, "wall_s": wall,
         "totals": {"jobs": len(scheduler.tasks) + skipped, "skipped": skipped,
                    "done": len(scheduler.done), "failed": len(scheduler.failed),
-                   "not_run": len(scheduler.tasks) - len(scheduler.done) - len(scheduler.failed),
+                   "blocked": len(scheduler.blocked),
+                   "not_run": len(scheduler.tasks) - len(scheduler.done) - len(scheduler.failed)
+                   - len(scheduler.blocked),
                    "attempts": len(scheduler.records),
                    "requeued": sum(r["status"] == "requeued" for r in scheduler.records),
                    "interrupted": bool(scheduler.interrupted), "aborted": scheduler.aborted},
+        "base_models": scheduler.base_counts(),
         "slots": [{"slot": s.label, "host": s.host.name, "device": str(s.device), "ok": s.ok,
                    "failed": s.failed, "busy_s": s.busy_s, "utilisation": s.busy_s / wall}
                   for s in scheduler.slots],
@@ -743,8 +945,8 @@ def write_log_file(path, scheduler, args, skipped):
     os.replace(tmp, path)
 
 
-def print_plan(servers, tasks, script):
-    """The dry run: the slots and, round-robin over them, each job's exact command line."""
+def print_plan(servers, tasks, script, cached):
+    """The dry run: the slots, each job's exact command line (round-robin over the slots), the phases."""
     slots = []
     for server in servers:
         local = remote.LocalHost(server["name"]) if server["local"] else None
@@ -758,6 +960,11 @@ def print_plan(servers, tasks, script):
     for i, task in enumerate(tasks):
         slot = slots[i % len(slots)]
         print(f"[{slot.label}] {task.job_id}\n  {job_command(slot.server, slot.device, script, task.job)}")
+    bases = sum(bool(task.builds) for task in tasks)
+    dependents = sum(task.needs is not None for task in tasks)
+    print(f"# phase 1: {bases} base jobs; phase 2: {dependents} dependent jobs "
+          f"(+ {len(tasks) - bases - dependents} independent)"
+          + (f"; {len(cached)} base models already in the local cache" if cached else ""))
 
 
 # ------------------------------------------------------------- CLI
@@ -831,7 +1038,7 @@ def plan_slots(servers, hosts, unreachable):
     return slots, health
 
 
-def run_jobs(args, cluster, tasks, skipped, run_dir, script):
+def run_jobs(args, cluster, tasks, cached, skipped, run_dir, script):
     """Connect, run every task, report; returns the exit status."""
     servers = cluster["servers"]
     hosts = [make_host(s, cluster, args.accept_new_hosts) for s in servers]
@@ -846,7 +1053,8 @@ def run_jobs(args, cluster, tasks, skipped, run_dir, script):
                   file=sys.stderr)
         ledger = Ledger(run_dir / "ledger.jsonl")
         scheduler = Scheduler(slots, tasks, health, ledger, run_dir / "logs", script, retries=args.retries,
-                              timeout=args.timeout, down_timeout=args.down_timeout, quiet=args.quiet)
+                              timeout=args.timeout, down_timeout=args.down_timeout, quiet=args.quiet,
+                              cached=cached)
         try:
             scheduler.run()
         finally:
@@ -871,34 +1079,41 @@ def run_jobs(args, cluster, tasks, skipped, run_dir, script):
     if scheduler.aborted:
         print(f"{PROG}: error: {scheduler.aborted}", file=sys.stderr)
         return 3
-    return 1 if scheduler.failed else 0
+    return 1 if scheduler.failed or scheduler.blocked else 0
 
 
 def main(argv=None):
     args = parse_args(argv)
+    run_dir = Path(args.run_dir or Path("runs", Path(args.jobs_config).stem))
+    history = Ledger.read(run_dir / "ledger.jsonl")
+    finished = {r.get("job_id") for r in history if r.get("status") == "ok"} if args.resume else set()
     try:
         cluster = load_cluster_config(args.cluster_config)
         jobs = load_jobs(args.jobs_config)
+        todo = [job for job in jobs if job["job_id"] not in finished]
+        bases = plan_bases(todo)
     except ConfigError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     script = args.script_path or cluster["script_path"]
-    run_dir = Path(args.run_dir or Path("runs", Path(args.jobs_config).stem))
-    history = Ledger.read(run_dir / "ledger.jsonl")
-    finished = {r.get("job_id") for r in history if r.get("status") == "ok"} if args.resume else set()
-    earlier = Counter(r.get("job_id") for r in history)  # attempt numbers continue
-    tasks = [Task(job, attempt=earlier[job["job_id"]]) for job in jobs if job["job_id"] not in finished]
-    skipped = len(jobs) - len(tasks)
+    earlier = Counter(r.get("job_id") for r in history if r.get("status") not in NOT_ATTEMPTS)
+    # Phase 1 goes first in the queue, so base jobs take the first free slots; a base model
+    # already complete in the local cache (an earlier run) is not trained again, only sent.
+    cached = {key: job for key, job in bases.items() if base_cache.entry_intact(cache_entry(job, key))}
+    tasks = [Task(job, attempt=earlier[job["job_id"]], builds=key)
+             for key, job in bases.items() if key not in cached]
+    tasks += [Task(job, attempt=earlier[job["job_id"]], needs=needed_base(job)) for job in todo]
+    skipped = len(jobs) - len(todo)
     if skipped:
         print(f"resume: {skipped} of {len(jobs)} jobs already finished (per {run_dir / 'ledger.jsonl'}); "
-              f"{len(tasks)} to run", file=sys.stderr)
+              f"{len(todo)} to run", file=sys.stderr)
     if args.dry_run:
-        print_plan(cluster["servers"], tasks, script)
+        print_plan(cluster["servers"], tasks, script, cached)
         return 0
     if not tasks:
         print("nothing to do", file=sys.stderr)
         return 0
-    return run_jobs(args, cluster, tasks, skipped, run_dir, script)
+    return run_jobs(args, cluster, tasks, cached, skipped, run_dir, script)
 
 
 def _raise_interrupt(signum, frame):
