@@ -1112,8 +1112,32 @@ def main(argv=None):
         return 0
     if not tasks:
         print("nothing to do", file=sys.stderr)
-        return 0
-    return run_jobs(args, cluster, tasks, cached, skipped, run_dir, script)
+        status = 0
+    else:
+        status = run_jobs(args, cluster, tasks, cached, skipped, run_dir, script)
+    if status in (0, 1):
+        print_report_headline(jobs)
+    return status
+
+
+def print_report_headline(jobs, max_lines=10):
+    """The personalization report's headline for the prefixes these jobs write, and its command."""
+    patterns = set()
+    for job in jobs:
+        if job.get("prefix") is None or job.get("mode") == "base_only":
+            continue
+        top, _, rest = str(job["prefix"]).partition("/")
+        root = Path(job.get("experiments_dir") or "experiments") / top
+        # generate_jobs.py puts each configuration in its own folder under the grid's prefix.
+        patterns.add(str(root / "*") if rest else str(root))
+    if not patterns:
+        return
+    import summarize_results  # numpy and matplotlib, only once there is something to report
+    lines = summarize_results.headline(sorted(patterns)).splitlines()
+    print("report: " + shlex.join(["python", "summarize_results.py", *sorted(patterns)]))
+    print("\n".join(lines[:max_lines]))
+    if len(lines) > max_lines:
+        print(f"... {len(lines) - max_lines} more configurations in the full report")
 
 
 def _raise_interrupt(signum, frame):

@@ -3,6 +3,7 @@
 The same runner over real sshd servers is in test_remote.py.
 """
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -245,3 +246,21 @@ def test_sigint_locally_stops_the_job(fake_script, tmp_path):
     assert runner.returncode == 130 and "rerun the same command" in err
     assert not processes_with(str(block))
     assert [r["status"] for r in ledger(tmp_path)] == ["interrupted"]
+
+
+def test_the_run_ends_with_the_report_headline(tmp_path, capsys):
+    exp = tmp_path / "exp"
+    for fold, (target, base_f1, personal_f1) in enumerate([("a", 0.5, 0.75), ("b", 0.6, 0.7)]):
+        folder = exp / "grid" / "mode-full_fine_tuning" / f"fold{fold}_{target}"
+        folder.mkdir(parents=True)
+        (folder / "hyperparameters.json").write_text(json.dumps(
+            {"mode": "full_fine_tuning", "fold": fold, "target_participant": target, "batch_size": 64}))
+        (folder / "metrics.json").write_text(json.dumps(
+            {"mode": "full_fine_tuning", "best_base_model_target_test_f1": base_f1,
+             "best_target_model_target_test_f1": personal_f1, "best_base_epoch": 3, "best_target_epoch": 5}))
+    jobs = [{"job_id": f"j{fold}", "fold": fold, "mode": "full_fine_tuning", "experiments_dir": str(exp),
+             "prefix": "grid/mode-full_fine_tuning"} for fold in (0, 1)]
+    rdt.print_report_headline(jobs)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "report: python summarize_results.py " + shlex.quote(str(exp / "grid" / "*"))
+    assert "F1 0.550 -> 0.725 (gain +0.175), responders 2/2" in out[1]
