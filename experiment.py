@@ -386,6 +386,20 @@ def obtain_base(args, base_names, base_data, n_channels, device):
     return entry.result, entry
 
 
+def check_composition(args, n_target, n_base):
+    """Before any training: can every fine-tuning batch hold its exact target share?"""
+    pct = getattr(args, "target_batch_pct", None)
+    if pct is None:
+        return
+    k = round(pct * args.batch_size)
+    if n_target < k:
+        raise ConfigError(f"--target_batch_pct {pct} puts {k} target windows in every batch, but "
+                          f"--target_data_pct {args.target_data_pct} leaves {n_target} target train windows")
+    if n_base < args.batch_size - k:
+        raise ConfigError(f"--target_batch_pct {pct} puts {args.batch_size - k} base windows in every batch, "
+                          f"but the base participants have {n_base} train+val windows")
+
+
 def result_dir(args, fold, target_name):
     return Path(args.experiments_dir) / args.prefix / f"fold{fold}_{target_name}"
 
@@ -405,6 +419,9 @@ def run_fold(args):
     data = load_participants(args.data_path, [target_name] + base_names, args.window_size)
     n_channels, window_size = data[target_name]["train"][0].shape[1:]
     base_data = {p: data[p] for p in base_names}
+    target_train = subsample(*data[target_name]["train"], args.target_data_pct, args.seed)
+    check_composition(args, len(target_train[0]), sum(len(base_data[p][s][0]) for p in base_names
+                                                       for s in ("train", "val")))
 
     base, base_entry = None, None
     if base_names:
@@ -414,7 +431,6 @@ def run_fold(args):
         print(f"BASE_MODEL {base_entry.path}")
         return None
 
-    target_train = subsample(*data[target_name]["train"], args.target_data_pct, args.seed)
     tensors = place([*target_train, *data[target_name]["val"]], device)
     target_train, target_val = tuple(tensors[:2]), tuple(tensors[2:])
     base_train = None

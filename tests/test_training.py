@@ -622,3 +622,13 @@ def test_interrupted_runs_publish_nothing(noisy, tmp_path):
         else:
             # A killed run may leave hidden leftovers only, never a complete-looking folder.
             assert all(any(part.startswith(".") for part in p.parts) for p in files_under(exp)), paths
+
+
+def test_target_share_larger_than_the_target_data_fails_before_training(clean, tmp_path, capsys):
+    exp = tmp_path / "exp"
+    cache = tmp_path / "cache"
+    rc, out, err = run(flags(clean, exp, "--target_batch_pct", "0.5", "--target_data_pct", "0.1",
+                             "--base_cache_dir", cache), capsys, enhanced=True)
+    assert rc == 2
+    assert "--target_batch_pct 0.5 puts" in err and "leaves" in err and err.count("\n") == 1
+    assert not cache.exists() and not exp.exists()  # nothing trained, nothing written
