@@ -24,6 +24,7 @@ import stat
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import paramiko
@@ -468,16 +469,27 @@ class RemoteHost(Host):
             raise HostDown(f"{self.name}: cannot start a command ({e or type(e).__name__})") from None
         return RemoteProcess(self, channel, slot)
 
-    def _sftp(self):
-        """An SFTP session, counted against max_sessions like a command."""
+    @contextmanager
+    def _sftp(self, what):
+        """An SFTP session, counted against max_sessions like a command; a failure
+        while `what` (e.g. "copying x") is HostDown if the connection went with it."""
         if not self.connected:
             raise HostDown(f"{self.name}: not connected")
         self._take(self._sessions)
         try:
-            return self._client.open_sftp()
+            sftp = self._client.open_sftp()
         except (paramiko.SSHException, OSError, EOFError, AttributeError) as e:
             self._sessions.release()
             raise HostDown(f"{self.name}: cannot open SFTP ({e or type(e).__name__})") from None
+        try:
+            yield sftp
+        except (paramiko.SSHException, EOFError, OSError) as e:
+            if not self.connected:
+                raise HostDown(f"{self.name}: connection lost while {what}") from None
+            raise OSError(f"{self.name}: {what}: {e}") from None
+        finally:
+            sftp.close()
+            self._sessions.release()
 
     @staticmethod
     def _sftp_path(path):
@@ -499,21 +511,13 @@ class RemoteHost(Host):
     def get_dir(self, remote_path, local_path):
         """Copy a folder from the host; return {relative path: size} of what the host has."""
         remote_path = self._sftp_path(remote_path)
-        sftp = self._sftp()
-        try:
+        with self._sftp(f"copying {remote_path}") as sftp:
             files = self._walk(sftp, remote_path)
             for rel in files:
                 target = os.path.join(local_path, rel)
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 sftp.get(f"{remote_path}/{rel}", target)
             return files
-        except (paramiko.SSHException, EOFError, OSError) as e:
-            if not self.connected:
-                raise HostDown(f"{self.name}: connection lost while copying {remote_path}") from None
-            raise OSError(f"{self.name}: copying {remote_path}: {e}") from None
-        finally:
-            sftp.close()
-            self._sessions.release()
 
     @staticmethod
     def _makedirs(sftp, path):
@@ -531,17 +535,9 @@ class RemoteHost(Host):
         """Copy a local folder to the host; return {relative path: size} of what was sent."""
         remote_path = self._sftp_path(remote_path)
         files = local_tree(local_path)
-        sftp = self._sftp()
-        try:
+        with self._sftp(f"copying to {remote_path}") as sftp:
             for folder in sorted({os.path.dirname(rel) for rel in files} | {""}):
                 self._makedirs(sftp, f"{remote_path}/{folder}" if folder else remote_path)
             for rel in files:
                 sftp.put(os.path.join(local_path, rel), f"{remote_path}/{rel}")
             return files
-        except (paramiko.SSHException, EOFError, OSError) as e:
-            if not self.connected:
-                raise HostDown(f"{self.name}: connection lost while copying to {remote_path}") from None
-            raise OSError(f"{self.name}: copying to {remote_path}: {e}") from None
-        finally:
-            sftp.close()
-            self._sessions.release()
