@@ -1102,7 +1102,10 @@ def main(argv=None):
     cached = {key: job for key, job in bases.items() if base_cache.entry_intact(cache_entry(job, key))}
     tasks = [Task(job, attempt=earlier[job["job_id"]], builds=key)
              for key, job in bases.items() if key not in cached]
-    tasks += [Task(job, attempt=earlier[job["job_id"]], needs=needed_base(job)) for job in todo]
+    # The ledger, not a folder on a host, says whether a job finished: a job tried before
+    # (its result may be on a host without having come home) reruns with --overwrite.
+    tasks += [Task(job, attempt=earlier[job["job_id"]], needs=needed_base(job),
+                   overwrite=earlier[job["job_id"]] > 0) for job in todo]
     skipped = len(jobs) - len(todo)
     if skipped:
         print(f"resume: {skipped} of {len(jobs)} jobs already finished (per {run_dir / 'ledger.jsonl'}); "

@@ -264,3 +264,23 @@ def test_the_run_ends_with_the_report_headline(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "report: python summarize_results.py " + shlex.quote(str(exp / "grid" / "*"))
     assert "F1 0.550 -> 0.725 (gain +0.175), responders 2/2" in out[1]
+
+
+def test_a_job_tried_before_reruns_over_its_stale_folder(fake_script, tmp_path, capsys, monkeypatch):
+    # An earlier attempt published its folder but never came home (the runner died):
+    # the ledger says unfinished, so the rerun replaces the folder instead of failing.
+    monkeypatch.chdir(tmp_path)
+    cluster = local_cluster(tmp_path, fake_script)
+    jobs = write_json(tmp_path / "jobs.json", [{"prefix": "again", "fold": 0, "job_id": "again"},
+                                               {"prefix": "again", "fold": 1, "job_id": "fresh"}])
+    (tmp_path / "experiments" / "again" / "fold0_p0").mkdir(parents=True)
+    (tmp_path / "experiments" / "again" / "fold1_p1").mkdir(parents=True)
+    (tmp_path / "runs" / "jobs").mkdir(parents=True)
+    (tmp_path / "runs" / "jobs" / "ledger.jsonl").write_text(
+        json.dumps({"job_id": "again", "attempt": 1, "status": "failed"}) + "\n")
+    assert rdt.main(["--cluster-config", cluster, "--jobs-config", jobs, "--quiet"]) == 1
+    status = {(r["job_id"], r["attempt"]): r["status"] for r in ledger(tmp_path)}
+    assert status[("again", 2)] == "ok"  # ran with --overwrite
+    assert status[("fresh", 1)] == "failed"  # never tried: an unknown folder is not overwritten
+    record = json.loads((tmp_path / "experiments" / "again" / "fold0_p0" / "record.json").read_text())
+    assert "--overwrite" in record["argv"]
