@@ -522,10 +522,10 @@ def setup_logging(log_path):
     log.addHandler(file_handler)
 
 
-def ensure_demo_data(args):
+def ensure_demo_data(data_path):
     """The default data folder is the demo dataset; make it on first use."""
     demo = Path(DEMO_DATA_PATH)
-    if args.data_path != DEMO_DATA_PATH or demo.exists():
+    if data_path != DEMO_DATA_PATH or demo.exists():
         return
     import make_dataset
     demo.parent.mkdir(parents=True, exist_ok=True)
@@ -548,7 +548,7 @@ def main(argv=None, enhanced=False):
         if enhanced and args.print_base_key:
             print(base_cache.key_for_args(args))
             return 0
-        ensure_demo_data(args)
+        ensure_demo_data(args.data_path)
         setup_logging(scratch / "train.log")
         final = run_fold(args)
         if final is not None:

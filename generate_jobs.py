@@ -143,8 +143,7 @@ def participants_of(spec, parser):
     if "participants" in spec["fixed"]:
         return list(spec["fixed"]["participants"])
     data_path = spec["fixed"].get("data_path", parser.get_default("data_path"))
-    if data_path == experiment.DEMO_DATA_PATH:
-        experiment.ensure_demo_data(argparse.Namespace(data_path=data_path))
+    experiment.ensure_demo_data(data_path)
     if not Path(data_path).is_dir():
         raise GridError(f'data_path {data_path} is not on this machine: give "participants" in "fixed" '
                         f'to expand the folds')
