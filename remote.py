@@ -38,11 +38,12 @@ TAIL_BYTES = 64 * 1024
 # its own session (setsid): killing its process group reaches all it started. A
 # watcher reads our stdin while it runs: EOF means we went away (Ctrl-C, runner
 # killed, connection dropped and sshd closed the channel) and it kills the group.
+# On TERM the wrapper waits for the running command (which gets TERM too) to clean up, then exits.
 # Afterwards the group is killed anyway, then "@@END <token> <status>" follows.
 # stderr joins stdout at the source, so the end mark comes after all of both.
 SESSION = """exec 3<&0 2>&1
 while read -r token && IFS= read -r -d '' command; do
-  setsid bash --norc -c 'echo "@@PGID $$"; eval "$1"' job "$command" </dev/null &
+  setsid bash --norc -c 'trap "exit 143" TERM; echo "@@PGID $$"; eval "$1"' job "$command" </dev/null &
   pid=$!
   (read -r _ <&3; kill -TERM -- -$pid; sleep 5; kill -KILL -- -$pid) >/dev/null 2>&1 &
   watcher=$!

@@ -604,16 +604,16 @@ class Scheduler:
                 result_dir = bring(slot, task, result)
         except remote.HostDown as e:
             # Not the job's fault: back to the front of the queue, no retry spent.
-            task.overwrite = task.overwrite or bool(result and result.ok)
             self._record(task, record, "requeued", error=str(e))
             self.queue.put_back(task, front=True)
             self._host_lost(slot.host, e)
             return
         except (CopyError, OSError) as e:
             error = str(e)
-            task.overwrite = task.overwrite or bool(result and result.ok)  # its folder is on that host
         finally:
             slot.busy_s += time.time() - record["start"]
+            # A job that succeeded but did not come home has its folder on that host.
+            task.overwrite = task.overwrite or bool(result and result.ok and not result_dir)
         tail = "\n".join(result.stdout.splitlines()[-20:]) if result else ""
         exit_status = result.exit_status if result else None
         if result and result.ok and not error:
@@ -713,17 +713,18 @@ class Scheduler:
         with lock:  # one copy per host, however many of its slots want it
             if (host.name, key) in self.on_host:
                 return
-            target = cache_entry(job, key, server["workdir"])
+            # Shell commands run in the workdir; SFTP starts in the login folder.
+            target = cache_entry(job, key)
+            tmp = posixpath.join(posixpath.dirname(target), f".{key}.upload{os.getpid()}")
             if not host.run(intact_command(server, self.script, target)).ok:
-                tmp = posixpath.join(posixpath.dirname(target), f".{key}.upload{os.getpid()}")
-                host.put_dir(cache_entry(job, key), tmp)
+                host.put_dir(cache_entry(job, key), posixpath.join(server["workdir"], tmp))
                 # Checked there, then renamed into place (replacing a broken entry); never half there.
                 q_tmp, q_target = shell_path(tmp), shell_path(target)
                 placed = host.run(f"{intact_command(server, self.script, tmp)} && rm -rf -- {q_target} && "
                                   f"mv -T -- {q_tmp} {q_target} || {{ rm -rf -- {q_tmp}; exit 1; }}")
                 if not placed.ok:
-                    raise CopyError(f"base model {key} did not arrive intact in {host.name}:{target} "
-                                    f"{placed.stdout.strip()[-300:]}")
+                    raise CopyError(f"base model {key} did not arrive intact in {host.name}:"
+                                    f"{server['workdir']}/{target} {placed.stdout.strip()[-300:]}")
                 with self.lock:
                     self.sent[host.name] += 1
                 self.say(f"base model {key}: sent to {host.name}")

@@ -3,6 +3,7 @@
 The same runner over real sshd servers is in test_remote.py.
 """
 import json
+import os
 import shlex
 import signal
 import subprocess
@@ -284,3 +285,48 @@ def test_a_job_tried_before_reruns_over_its_stale_folder(fake_script, tmp_path, 
     assert status[("fresh", 1)] == "failed"  # never tried: an unknown folder is not overwritten
     record = json.loads((tmp_path / "experiments" / "again" / "fold0_p0" / "record.json").read_text())
     assert "--overwrite" in record["argv"]
+
+
+class RecordingHost:
+    """Isolates _send_base's paths: answers the intact check 'no', records every call."""
+    name = "gpu9"
+
+    def __init__(self):
+        self.commands, self.uploads = [], []
+
+    def run(self, command, **_):
+        self.commands.append(command)
+        return remote.Result(command, 1 if len(self.commands) == 1 else 0, "")
+
+    def put_dir(self, local, remote_path):
+        self.uploads.append(remote_path)
+        return {}
+
+
+def test_a_base_model_is_sent_to_a_relative_workdir(tmp_path):
+    server = rdt.check_server({"host": "gpu9", "workdir": "proj", "gpus": [0]}, "test")
+    host = RecordingHost()
+    scheduler = rdt.Scheduler([], [], {}, None, tmp_path / "logs", "oct1_train.py", quiet=True)
+    slot = rdt.Slot(host, server, 0, "gpu9:0")
+    scheduler._send_base(slot, {"mode": "full_fine_tuning"}, "k1")
+    check, place = host.commands
+    # Shell commands run after `cd proj`, so their paths are relative to it; SFTP's start at home.
+    assert check.startswith("cd proj && ") and check.endswith(" experiments/base_models/k1")
+    assert host.uploads == [f"proj/experiments/base_models/.k1.upload{os.getpid()}"]
+    assert f"mv -T -- experiments/base_models/.k1.upload{os.getpid()} experiments/base_models/k1" in place
+    assert "proj/proj" not in check + place
+
+
+def test_a_timed_out_job_gets_time_to_clean_up_and_nothing_after_it_runs(tmp_path):
+    # TERM first: a job's SIGTERM handler runs to its end before the group is killed.
+    code = (f"import pathlib, signal, time\n"
+            f"def stop(*_):\n    time.sleep(1)\n    pathlib.Path({str(tmp_path / 'cleaned')!r}).touch()\n"
+            f"    raise SystemExit(143)\n"
+            f"signal.signal(signal.SIGTERM, stop)\ntime.sleep(60)")
+    host = remote.LocalHost()
+    host.connect()
+    try:
+        result = host.run(f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}; echo never", timeout=1)
+    finally:
+        host.close()
+    assert result.timed_out and (tmp_path / "cleaned").exists() and "never" not in result.stdout
