@@ -556,6 +556,14 @@ class Scheduler:
         self.started = self.ended = None
         self.log_dir.mkdir(parents=True, exist_ok=True)
 
+    @property
+    def wall_s(self):
+        return max(self.ended - self.started, 1e-9)
+
+    @property
+    def not_run(self):
+        return len(self.tasks) - len(self.done) - len(self.failed) - len(self.blocked)
+
     def say(self, message, important=False):
         if important or not self.quiet:
             tqdm.write(message, file=sys.stderr)
@@ -875,15 +883,16 @@ class Scheduler:
 # ------------------------------------------------------------- reports
 
 
-def summary_lines(scheduler, skipped):
-    wall = max(scheduler.ended - scheduler.started, 1e-9)
-    lines = [f"{'slot':<28} {'ok':>5} {'failed':>6} {'busy s':>8} {'util':>5}"]
-    for s in scheduler.slots:
-        lines.append(f"{s.label:<28} {s.ok:>5} {s.failed:>6} {s.busy_s:>8.1f} {s.busy_s / wall:>5.0%}")
-    not_run = len(scheduler.tasks) - len(scheduler.done) - len(scheduler.failed) - len(scheduler.blocked)
+def summary_lines(scheduler, skipped, per_slot=True):
+    wall = scheduler.wall_s
+    lines = []
+    if per_slot:
+        lines.append(f"{'slot':<28} {'ok':>5} {'failed':>6} {'busy s':>8} {'util':>5}")
+        for s in scheduler.slots:
+            lines.append(f"{s.label:<28} {s.ok:>5} {s.failed:>6} {s.busy_s:>8.1f} {s.busy_s / wall:>5.0%}")
     lines.append(f"{len(scheduler.done)} done, {len(scheduler.failed)} failed, "
                  f"{len(scheduler.blocked)} blocked, {skipped} skipped (finished earlier), "
-                 f"{not_run} not run; {wall:.1f} s")
+                 f"{scheduler.not_run} not run; {wall:.1f} s")
     base = scheduler.base_counts()
     if base["distinct_keys"]:
         lines.append(f"base models: {base['trained']} trainings executed for {base['distinct_keys']} "
@@ -903,7 +912,7 @@ def summary_lines(scheduler, skipped):
 
 
 def write_log_file(path, scheduler, args, skipped):
-    wall = max(scheduler.ended - scheduler.started, 1e-9)
+    wall = scheduler.wall_s
     jobs = []
     for task in scheduler.tasks:
         last = task.last or {}
@@ -928,8 +937,7 @@ def write_log_file(path, scheduler, args, skipped):
         "totals": {"jobs": len(scheduler.tasks) + skipped, "skipped": skipped,
                    "done": len(scheduler.done), "failed": len(scheduler.failed),
                    "blocked": len(scheduler.blocked),
-                   "not_run": len(scheduler.tasks) - len(scheduler.done) - len(scheduler.failed)
-                   - len(scheduler.blocked),
+                   "not_run": scheduler.not_run,
                    "attempts": len(scheduler.records),
                    "requeued": sum(r["status"] == "requeued" for r in scheduler.records),
                    "interrupted": bool(scheduler.interrupted), "aborted": scheduler.aborted},
@@ -1071,8 +1079,7 @@ def run_jobs(args, cluster, tasks, cached, skipped, run_dir, script):
         for host in hosts:
             host.close()  # also ends every session: their watchers kill what is left
     write_log_file(args.log_file or run_dir / "run_log.json", scheduler, args, skipped)
-    lines = summary_lines(scheduler, skipped)
-    print("\n".join(lines[len(slots) + 1:] if args.quiet else lines))  # quiet: no per-slot table
+    print("\n".join(summary_lines(scheduler, skipped, per_slot=not args.quiet)))
     if scheduler.interrupted:
         print(f"interrupted; rerun the same command to finish the rest (ledger {ledger.path})",
               file=sys.stderr)
