@@ -14,7 +14,9 @@ channel, see SESSION), which runs it in its own process group and kills that gro
 when our end goes away. A host that freezes without closing the connection is
 caught by the keepalive watchdog: no answer within `dead_after` seconds closes it.
 """
+import base64
 import getpass
+import logging
 import os
 import secrets
 import shlex
@@ -29,21 +31,29 @@ from dataclasses import dataclass
 
 import paramiko
 
+# paramiko logs a traceback for every failed connection attempt; we say one line ourselves.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
+
 PGID_MARK = b"@@PGID "
 TAIL_BYTES = 64 * 1024
 
-# A session: one long-lived bash per concurrent run(), fed one command at a time
-# as "<token>\n<command>\0", so a job costs a fork, not a login (whose ~/.bashrc,
-# e.g. conda or pyenv init, can take longer than a small job). Each command runs in
-# its own session (setsid): killing its process group reaches all it started. A
-# watcher reads our stdin while it runs: EOF means we went away (Ctrl-C, runner
-# killed, connection dropped and sshd closed the channel) and it kills the group.
+# A session: one long-lived bash per concurrent run(), fed one command at a time as
+# the line "<token> <command in base64>", so a job costs a fork, not a login (whose
+# ~/.bashrc, e.g. conda or pyenv init, can take longer than a small job). Base64 keeps
+# the framing whole whatever the command holds. The command reaches the job's shell in
+# its environment, never in an argv: env values and setup lines stay out of `ps`.
+# Each command runs in its own session (setsid): killing its process group reaches all it
+# started. A watcher reads our stdin while it runs: EOF means we went away (Ctrl-C,
+# runner killed, connection dropped and sshd closed the channel) and it kills the group.
 # On TERM the wrapper waits for the running command (which gets TERM too) to clean up, then exits.
 # Afterwards the group is killed anyway, then "@@END <token> <status>" follows.
 # stderr joins stdout at the source, so the end mark comes after all of both.
 SESSION = """exec 3<&0 2>&1
-while read -r token && IFS= read -r -d '' command; do
-  setsid bash --norc -c 'trap "exit 143" TERM; echo "@@PGID $$"; eval "$1"' job "$command" </dev/null &
+while read -r token encoded; do
+  RUN_COMMAND=$(printf '%s' "$encoded" | base64 -d) setsid bash --norc -c \\
+    'trap "exit 143" TERM; echo "@@PGID $$"; line=$RUN_COMMAND; unset RUN_COMMAND; eval "$line"' \\
+    job </dev/null &
   pid=$!
   (read -r _ <&3; kill -TERM -- -$pid; sleep 5; kill -KILL -- -$pid) >/dev/null 2>&1 &
   watcher=$!
@@ -66,7 +76,8 @@ class HostDown(Exception):
 
 
 class HostRefused(Exception):
-    """The host cannot be used as configured (host key, authentication): retrying will not help."""
+    """The host cannot be used as configured (host key, authentication, key file, no SFTP):
+    retrying will not help."""
 
 
 @dataclass
@@ -79,6 +90,20 @@ class Result:
     @property
     def ok(self):
         return self.exit_status == 0 and not self.timed_out
+
+
+def key_file_problem(path):
+    """Why a file cannot be an SSH private key, or None (a passphrase is paramiko's to find)."""
+    if os.path.isdir(path):
+        return "is a folder, not a private key file"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if not head.startswith(b"-----BEGIN "):
+        return "is not a private key file (the .pub file? give the private key)"
+    return None
 
 
 def local_tree(path):
@@ -124,18 +149,20 @@ class Host:
         return result
 
     def _run_in(self, session, command, stream, timeout):
+        if "\0" in command:
+            raise ValueError("a shell command cannot hold a NUL byte")
         token = secrets.token_hex(8)
         end = f"@@END {token} ".encode()
-        session.write(f"{token}\n".encode() + command.encode() + b"\0")
-        pending, kept, pgid, timer = b"", bytearray(), None, None
+        pending, kept, pgid = b"", bytearray(), None
         expired = threading.Event()
+        kill_lock = threading.Lock()  # the timer and the reader agree on who kills the group
 
         def expire():
-            expired.set()
-            try:
-                self.kill([pgid])
-            except HostDown:
-                pass  # the run itself sees the lost connection
+            with kill_lock:
+                expired.set()
+                target = pgid
+            if target:
+                self._kill_quietly(target)
 
         def emit(data):
             if data and stream:
@@ -144,7 +171,13 @@ class Host:
             if stream:
                 del kept[:-TAIL_BYTES]
 
+        # The timeout runs from dispatch: a job that never starts properly is killed too.
+        timer = threading.Timer(timeout, expire) if timeout else None
+        if timer:
+            timer.daemon = True
+            timer.start()
         try:
+            session.write(f"{token} ".encode() + base64.b64encode(command.encode()) + b"\n")
             while True:
                 chunk = session.read()
                 if not chunk:
@@ -153,13 +186,13 @@ class Host:
                 while pgid is None and b"\n" in pending:  # lines before ours came from ~/.bashrc
                     line, pending = pending.split(b"\n", 1)
                     if line.startswith(PGID_MARK):
-                        pgid = int(line[len(PGID_MARK):])
+                        with kill_lock:
+                            pgid = int(line[len(PGID_MARK):])
+                            late = expired.is_set()
                         with self._pool_lock:
                             self._groups.add(pgid)
-                        if timeout:
-                            timer = threading.Timer(timeout, expire)
-                            timer.daemon = True
-                            timer.start()
+                        if late:
+                            self._kill_quietly(pgid)
                 if pgid is None:
                     continue
                 at = pending.find(end)
@@ -178,6 +211,12 @@ class Host:
             with self._pool_lock:
                 self._groups.discard(pgid)
         return Result(command, status, kept.decode(errors="replace"), expired.is_set())
+
+    def _kill_quietly(self, pgid):
+        try:
+            self.kill([pgid])
+        except HostDown:
+            pass  # the run itself sees the lost connection
 
     def kill(self, pgids):
         """Kill process groups on the host: TERM, then KILL after 5 s."""
@@ -389,9 +428,12 @@ class RemoteHost(Host):
             if self.connected:
                 return
             self._drop_sessions()  # they belonged to the lost connection
-            missing = [k for k in self.key_filenames if not os.path.exists(k)]
-            if missing:
-                raise HostRefused(f"{self.name}: SSH key {missing[0]} not found")
+            for key in self.key_filenames:
+                if not os.path.exists(key):
+                    raise HostRefused(f"{self.name}: SSH key {key} not found")
+                problem = key_file_problem(key)
+                if problem:
+                    raise HostRefused(f"{self.name}: SSH key {key} {problem}")
             client = paramiko.SSHClient()
             if os.path.exists("/etc/ssh/ssh_known_hosts"):
                 client.load_system_host_keys("/etc/ssh/ssh_known_hosts")
@@ -481,7 +523,11 @@ class RemoteHost(Host):
             sftp = self._client.open_sftp()
         except (paramiko.SSHException, OSError, EOFError, AttributeError) as e:
             self._sessions.release()
-            raise HostDown(f"{self.name}: cannot open SFTP ({e or type(e).__name__})") from None
+            why = f"cannot open SFTP ({e or type(e).__name__})"
+            if self.connected:  # the server said no: it will say no every time
+                raise HostRefused(f"{self.name}: {why}; enable 'Subsystem sftp' in its sshd_config, "
+                                  f"or set \"shared_fs\": true if it shares this file system") from None
+            raise HostDown(f"{self.name}: {why}") from None
         try:
             yield sftp
         except (paramiko.SSHException, EOFError, OSError) as e:
