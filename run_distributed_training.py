@@ -38,6 +38,7 @@ Exit status: 0 all jobs done, 1 some failed or were blocked by a failed base mod
 authentication), 3 no host reachable, 130 interrupted.
 """
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -50,6 +51,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -64,7 +66,11 @@ NOT_FLAGS = ("job_id", "base_key")
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # it names the log file
 FLAG_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN", re.IGNORECASE)
+# Names that hold credentials: WANDB_API_KEY, GITHUB_PAT, AWS_ACCESS_KEY_ID, GOOGLE_CREDENTIALS ...
+SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIAL|APIKEY|(^|_)(KEY|PAT|AUTH)(_|$)",
+                         re.IGNORECASE)
+CONTROL_CHAR = re.compile(r"[\x00-\x1f\x7f]")  # NUL, newline, escape ...
+MASK = "***"
 GPU_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:_-]*$")  # an index, or a GPU/MIG UUID
 TOP_FIELDS = ("servers", "script_path", "known_hosts", "ssh_config")
 SSH_ONLY = ("user", "port", "ssh_key", "shared_fs", "remove_results", "max_sessions")
@@ -76,7 +82,6 @@ NOT_BASE_FLAGS = ("target_data_pct", "early_stopping_patience_target", "target_b
 # complete and matches its checksums, as that host's code sees it.
 INTACT_CHECK = ("import sys; sys.path.insert(0, sys.argv[1]); import base_cache; "
                 "sys.exit(0 if base_cache.entry_intact(sys.argv[2]) else 1)")
-NOT_ATTEMPTS = ("cached", "blocked")  # ledger lines of jobs that did not run
 
 
 class ConfigError(Exception):
@@ -122,21 +127,23 @@ def shell_path(path):
     return shlex.quote(path)
 
 
-def in_workdir(server, line):
-    """A shell line run in the server's workdir, after its setup."""
+def in_workdir(server, line, masked=False):
+    """A shell line run in the server's workdir, after its setup (shown as *** when masked)."""
     steps = [f"cd {shell_path(server['workdir'])}"]
-    if server["setup"]:
-        steps.append(server["setup"])  # the server's own shell snippet, written by its owner
+    if server["setup"]:  # the server's own shell snippet, written by its owner; it may hold secrets
+        steps.append(MASK if masked else server["setup"])
     return " && ".join(steps + [line])
 
 
-def job_command(server, device, script, job):
-    """The shell line that runs one job on one device of a server."""
-    env = {"PYTHONUNBUFFERED": "1", **server["env"],  # unbuffered: the log streams live
-           "CUDA_VISIBLE_DEVICES": "" if device == "cpu" else str(device)}
-    assignments = " ".join(f"{name}={shlex.quote(str(value))}" for name, value in env.items())
+def job_command(server, device, script, job, masked=False):
+    """The shell line that runs one job on one device of a server. masked: the server's env
+    values and setup shown as *** (for logs and the dry run; they may hold secrets)."""
+    env = {name: MASK if masked else shlex.quote(str(value)) for name, value in server["env"].items()}
+    env = {"PYTHONUNBUFFERED": "1", **env,  # unbuffered: the log streams live
+           "CUDA_VISIBLE_DEVICES": shlex.quote("" if device == "cpu" else str(device))}
+    assignments = " ".join(f"{name}={value}" for name, value in env.items())
     return in_workdir(server, " ".join([assignments, shell_path(server["python"]), shell_path(script),
-                                        *job_command_args(job)]))
+                                        *job_command_args(job)]), masked)
 
 
 def intact_command(server, script, path):
@@ -293,6 +300,10 @@ def load_jobs(path):
             if not _flag_value(value):
                 raise ConfigError(f"{where}.{key}: expected a string, number, true/false/null "
                                   f"or a list of those")
+            if any(isinstance(v, str) and CONTROL_CHAR.search(v) for v in (value if isinstance(value, list)
+                                                                            else [value])):
+                raise ConfigError(f"{where}.{key}: {json.dumps(value)} holds a control character "
+                                  f"(NUL, newline, tab, ...); job values cannot")
         if "job_id" not in job:
             flags = {k: v for k, v in job.items() if k not in NOT_FLAGS}
             job["job_id"] = hashlib.sha256(json.dumps(flags, sort_keys=True).encode()).hexdigest()[:16]
@@ -314,7 +325,8 @@ def load_jobs(path):
 
 
 class Ledger:
-    """JSON lines, one per attempt, flushed as each is written."""
+    """JSON lines, flushed as each is written: a "started" line when an attempt starts and
+    one with its status when it ends, so a crash leaves a trace of what was running."""
 
     def __init__(self, path):
         self.path = Path(path)
@@ -341,13 +353,23 @@ class Ledger:
                     pass  # a line cut short by a crash: that attempt simply runs again
         return records
 
+    @staticmethod
+    def attempts(records):
+        """{job_id: attempts so far}: the highest attempt number, started or ended
+        (ledgers written before start lines existed read the same)."""
+        counts = Counter()
+        for r in records:
+            if isinstance(r.get("attempt"), int):
+                counts[r.get("job_id")] = max(counts[r.get("job_id")], r["attempt"])
+        return counts
+
 
 @dataclass
 class Task:
     job: dict
     attempt: int = 0  # attempts so far, earlier runs included (numbering continues)
     failures: int = 0  # failed attempts in this run
-    overwrite: bool = False  # its result exists on a host but did not come home
+    overwrite: bool = False  # an earlier attempt may have published its folder: replace it
     last: dict = None  # the latest attempt's record, for --log-file
     needs: str = None  # the base key it waits for (a dependent job)
     builds: str = None  # the base key it trains (a phase-1 base job)
@@ -460,7 +482,9 @@ class Health:
     down_since: float = None
     next_try: float = 0.0
     delay: float = 1.0
-    refused: str = None
+    refused: str = None  # why it is out of the run
+    server: dict = None
+    checked: bool = True  # check_host passed (False: down when the run began)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -473,17 +497,41 @@ def make_host(server, cluster, accept_new_hosts):
                              max_sessions=server["max_sessions"])
 
 
-def ask_gpus(host):
-    """The GPU indices nvidia-smi reports on a host; [] without GPUs."""
-    result = host.run("nvidia-smi --query-gpu=index --format=csv,noheader")
-    return [int(x) for x in result.stdout.split() if x.isdigit()] if result.ok else []
+def last_line(result):
+    """How a command ended, in a few words: its exit status and last line of output."""
+    lines = result.stdout.strip().splitlines()
+    how = "timed out" if result.timed_out else f"exit {result.exit_status}"
+    return f"{how}: {lines[-1].strip()}" if lines else how
+
+
+def ask_gpus(server, host):
+    """The GPU indices nvidia-smi reports on a host (after its setup); [] when it has no
+    nvidia-smi. An nvidia-smi that fails is HostRefused, not a quiet fall back to the CPU."""
+    result = host.run(in_workdir(server, "nvidia-smi --query-gpu=index --format=csv,noheader"))
+    if result.exit_status == 127:  # command not found: a machine without NVIDIA GPUs
+        return []
+    if not result.ok:
+        raise remote.HostRefused(f"{host.name}: gpus is \"auto\" but nvidia-smi failed "
+                                 f"({last_line(result)}); fix the driver, or set \"gpus\": 0 to run "
+                                 f"its jobs on the CPU")
+    return [int(x) for x in result.stdout.split() if x.isdigit()]
+
+
+def check_host(server, host):
+    """The devices of a host just reached. Raises HostRefused when it cannot run jobs at all
+    (workdir, setup or python broken; nvidia-smi failing): every job there would fail alike."""
+    probe = host.run(in_workdir(server, f"{shell_path(server['python'])} -c ''"), timeout=120)
+    if not probe.ok:
+        raise remote.HostRefused(f"{host.name}: cannot run {server['python']} in {server['workdir']} "
+                                 f"after its setup ({last_line(probe)})")
+    return devices_of(server, host)
 
 
 def devices_of(server, host):
     """The devices a server offers; host=None (dry run, remote host) leaves "auto" unresolved."""
     gpus = server["gpus"]
     if gpus == "auto":
-        gpus = ask_gpus(host) if host else ["auto"]
+        gpus = ask_gpus(server, host) if host else ["auto"]
     elif isinstance(gpus, int):
         gpus = list(range(gpus))
     return list(gpus) or ["cpu"]  # no GPU: the jobs run on the CPU
@@ -578,10 +626,11 @@ class Scheduler:
         with self.lock:
             self.records.append(record)
 
-    def _run_logged(self, host, command, log_path, header):
-        """Run the command, appending a header and then its output to the job's log."""
+    def _run_logged(self, host, command, shown, log_path, header):
+        """Run the command, appending a header, the command as shown (secrets masked) and
+        then its output to the job's log."""
         with open(log_path, "ab") as log:
-            log.write(f"=== {header} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n$ {command}\n".encode())
+            log.write(f"=== {header} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n$ {shown}\n".encode())
             log.flush()
 
             def stream(chunk):
@@ -596,25 +645,33 @@ class Scheduler:
             return
         task.attempt += 1
         job = dict(task.job, overwrite=True) if task.overwrite else task.job
-        command = job_command(slot.server, slot.device, self.script, job)
+        command, shown = (job_command(slot.server, slot.device, self.script, job, masked)
+                          for masked in (False, True))
         log_path = self.log_dir / f"{task.job_id}.log"
         record = {"job_id": task.job_id, "attempt": task.attempt, "host": slot.host.name,
                   "device": str(slot.device), "slot": slot.label, "start": time.time(),
-                  "end": None, "exit_status": None, "status": None, "log": str(log_path)}
+                  "end": None, "exit_status": None, "status": "started", "log": str(log_path)}
+        self.ledger.write(record)  # before it runs: a crash from here on leaves this trace
         result = result_dir = error = None
         try:
             if task.needs:
                 self._send_base(slot, task.job, task.needs)
-            result = self._run_logged(slot.host, command, log_path, f"attempt {task.attempt} on {slot.label}")
+            result = self._run_logged(slot.host, command, shown, log_path,
+                                      f"attempt {task.attempt} on {slot.label}")
             self._count_training(task, result)
             if result.ok:
                 bring = self._bring_base_home if job.get("mode") == "base_only" else self._bring_home
                 result_dir = bring(slot, task, result)
-        except remote.HostDown as e:
-            # Not the job's fault: back to the front of the queue, no retry spent.
+        except (remote.HostDown, remote.HostRefused) as e:
+            # Not the job's fault: back to the front of the queue, no retry spent. It may have
+            # published its folder before the host went, so the next attempt replaces it.
             self._record(task, record, "requeued", error=str(e))
+            task.overwrite = True
             self.queue.put_back(task, front=True)
-            self._host_lost(slot.host, e)
+            if isinstance(e, remote.HostDown):
+                self._host_lost(slot.host, e)
+            else:
+                self._host_refused(slot.host, e)
             return
         except (CopyError, OSError) as e:
             error = str(e)
@@ -786,6 +843,16 @@ class Scheduler:
                      f"reconnecting with backoff", important=True)
             host.close()  # so every slot of this host notices now
 
+    def _host_refused(self, host, error):
+        """The host fails in a way that would repeat on every try: out of the run, once. Its
+        other running jobs go on; the queue's jobs go to the other hosts."""
+        health = self.health[host.name]
+        with self.lock:
+            first, health.refused = health.refused is None, health.refused or str(error)
+        if first:
+            self.say(f"{PROG}: error: {error}; {host.name} is out of this run, its jobs go to "
+                     f"the other hosts", important=True)
+
     def _host_ready(self, host):
         health = self.health[host.name]
         if health.refused:
@@ -796,13 +863,16 @@ class Scheduler:
             return False
         try:
             host.connect()
+            if not health.checked:
+                check_host(health.server, host)  # down when the run began: not checked yet
+                health.checked = True
         except remote.HostRefused as e:
-            health.refused = str(e)
-            self.say(f"host {host.name} can no longer be used: {e}", important=True)
+            self._host_refused(host, e)
             return False
-        except remote.HostDown:
+        except remote.HostDown as e:
             health.delay = min(health.delay * 2, 60.0)
             health.next_try = time.time() + health.delay
+            self.say(f"host {host.name}: still down ({e}); next try in {health.delay:g} s", important=True)
             return False
         finally:
             health.lock.release()
@@ -811,16 +881,24 @@ class Scheduler:
         return True
 
     def _all_down_for(self):
-        """Seconds every host has been down (0 while one is up)."""
-        downs = [h.down_since for h in self.health.values()]
-        if any(d is None for d in downs):
+        """Seconds every host still in the run has been down (0 while one is up)."""
+        downs = [h.down_since for h in self.health.values() if not h.refused]
+        if not downs or any(d is None for d in downs):
             return 0.0
         return time.time() - max(downs)
+
+    @property
+    def unusable(self):
+        """Why no host can run jobs any more, or None."""
+        reasons = [h.refused for h in self.health.values()]
+        return "; ".join(reasons) if reasons and all(reasons) else None
 
     # -- the run
 
     def _worker(self, slot):
         while not self.stop.is_set() and not self.queue.finished:
+            if self.health[slot.host.name].refused:
+                return
             if not self._host_ready(slot.host):
                 self.stop.wait(0.25)
                 continue
@@ -903,7 +981,8 @@ def summary_lines(scheduler, skipped, per_slot=True):
         lines.append("failed jobs:")
         for task in scheduler.failed:
             last = task.last
-            lines.append(f"  {task.job_id}  {last['status']} (exit {last['exit_status']})  {last['log']}")
+            why = last.get("error") or f"exit {last['exit_status']}"
+            lines.append(f"  {task.job_id}  {last['status']} ({why})  {last['log']}")
     if scheduler.blocked:
         lines.append("blocked jobs (their base model failed; a rerun tries again):")
         for key, n in Counter(task.needs for task in scheduler.blocked).items():
@@ -959,16 +1038,23 @@ def print_plan(servers, tasks, script, cached):
     slots = []
     for server in servers:
         local = remote.LocalHost(server["name"]) if server["local"] else None
-        slots += slots_of(server, local, devices_of(server, local))
-        if local:
-            local.close()
+        try:
+            slots += slots_of(server, local, devices_of(server, local))
+        except remote.HostRefused as e:
+            print(f"# error: {e}")
+        finally:
+            if local:
+                local.close()
         if server["gpus"] == "auto" and not server["local"]:
             print(f"# {server['name']}: gpus \"auto\" is asked at run time (CPU slots if it has no GPU)")
     print(f"# {len(tasks)} jobs over {len(slots)} slots: {', '.join(s.label for s in slots)}")
+    if not slots:
+        return
     print("# slots take the next job as they free up; this is the first round, in order")
     for i, task in enumerate(tasks):
         slot = slots[i % len(slots)]
-        print(f"[{slot.label}] {task.job_id}\n  {job_command(slot.server, slot.device, script, task.job)}")
+        shown = job_command(slot.server, slot.device, script, task.job, masked=True)
+        print(f"[{slot.label}] {task.job_id}\n  {shown}")
     bases = sum(bool(task.builds) for task in tasks)
     dependents = sum(task.needs is not None for task in tasks)
     print(f"# phase 1: {bases} base jobs; phase 2: {dependents} dependent jobs "
@@ -1004,41 +1090,44 @@ def parse_args(argv):
     return args
 
 
-def connect_all(servers, hosts):
-    """Connect in parallel. Returns {name: error} for hosts that could not be reached now;
-    raises ConfigError naming every host that refused us (host key, authentication)."""
-    errors = {}
+def reach_hosts(servers, hosts):
+    """Connect to every host and check it (check_host), in parallel. Returns {name: devices}
+    of the hosts ready now and {name: error}: HostDown (unreachable now, tried again later)
+    or HostRefused (cannot be used as configured)."""
+    devices, errors = {}, {}
 
-    def connect(server, host):
+    def reach(server, host):
         try:
             host.connect()
+            devices[server["name"]] = check_host(server, host)
         except (remote.HostDown, remote.HostRefused) as e:
             errors[server["name"]] = e
 
-    threads = [threading.Thread(target=connect, args=pair, daemon=True) for pair in zip(servers, hosts)]
+    threads = [threading.Thread(target=reach, args=pair, daemon=True) for pair in zip(servers, hosts)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    refused = [str(e) for e in errors.values() if isinstance(e, remote.HostRefused)]
-    if refused:
-        raise ConfigError("; ".join(refused))
-    return errors
+    return devices, errors
 
 
-def plan_slots(servers, hosts, unreachable):
-    """The slots of every host, and each host's Health (down from the start when unreachable)."""
+def plan_slots(servers, hosts, devices, errors):
+    """The slots of every usable host, and each one's Health (down from the start when
+    unreachable). Refused hosts have none."""
     slots, health = [], {}
     for server, host in zip(servers, hosts):
-        error = unreachable.get(server["name"])
+        error = errors.get(server["name"])
+        if isinstance(error, remote.HostRefused):
+            continue
         if error and server["gpus"] == "auto":
             print(f"warning: {error}; its gpus are \"auto\", so it sits this run out", file=sys.stderr)
             continue
-        health[host.name] = Health()
+        health[host.name] = Health(server=server)
         if error:
             print(f"warning: {error}; will keep trying", file=sys.stderr)
-            health[host.name] = Health(down_since=time.time(), next_try=time.time() + 1.0)
-        host_slots = slots_of(server, host, devices_of(server, None if error else host))
+            health[host.name] = Health(down_since=time.time(), next_try=time.time() + 1.0, server=server,
+                                       checked=False)
+        host_slots = slots_of(server, host, devices.get(server["name"]) or devices_of(server, None))
         if not server["local"] and len(host_slots) > server["max_sessions"] - 1:
             print(f"warning: {host.name} has {len(host_slots)} slots but max_sessions is "
                   f"{server['max_sessions']}: at most {server['max_sessions'] - 1} of its jobs run at "
@@ -1053,7 +1142,13 @@ def run_jobs(args, cluster, tasks, cached, skipped, run_dir, script):
     hosts = [make_host(s, cluster, args.accept_new_hosts) for s in servers]
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill <runner>` stops like Ctrl-C
     try:
-        slots, health = plan_slots(servers, hosts, connect_all(servers, hosts))
+        devices, errors = reach_hosts(servers, hosts)
+        refused = [str(e) for e in errors.values() if isinstance(e, remote.HostRefused)]
+        if len(refused) == len(servers):
+            raise ConfigError("; ".join(refused))  # no host is usable
+        for error in refused:
+            print(f"{PROG}: error: {error}; out of this run, its jobs go to the other hosts", file=sys.stderr)
+        slots, health = plan_slots(servers, hosts, devices, errors)
         if not slots:
             print(f"{PROG}: error: no host reachable", file=sys.stderr)
             return 3
@@ -1087,12 +1182,60 @@ def run_jobs(args, cluster, tasks, cached, skipped, run_dir, script):
     if scheduler.aborted:
         print(f"{PROG}: error: {scheduler.aborted}", file=sys.stderr)
         return 3
+    if scheduler.not_run and scheduler.unusable:
+        print(f"{PROG}: error: no usable host left ({scheduler.unusable}); rerun once fixed", file=sys.stderr)
+        return 2
     return 1 if scheduler.failed or scheduler.blocked else 0
+
+
+@contextmanager
+def run_dir_lock(run_dir):
+    """Held while a runner works on run_dir; a second runner gets a ConfigError naming the
+    pid that holds it. The kernel drops the lock when its holder dies, however it dies; the
+    pid such a runner left in the file is taken over with a message."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "runner.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = ""
+            for _ in range(20):  # the holder may be between taking the lock and writing its pid
+                f.seek(0)
+                holder = f.read().strip()
+                if holder:
+                    break
+                time.sleep(0.05)
+            raise ConfigError(f"{run_dir} is in use by another runner (pid {holder or '?'}); "
+                              f"wait for it to end, or stop it") from None
+        f.seek(0)
+        stale = f.read().strip()
+        if stale:
+            print(f"{run_dir}: taking over the lock of runner pid {stale}, which is no longer running",
+                  file=sys.stderr)
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)  # a clean end leaves no pid behind; closing the file unlocks it
 
 
 def main(argv=None):
     args = parse_args(argv)
     run_dir = Path(args.run_dir or Path("runs", Path(args.jobs_config).stem))
+    if args.dry_run:
+        return plan_and_run(args, run_dir)
+    try:
+        with run_dir_lock(run_dir):
+            return plan_and_run(args, run_dir)
+    except ConfigError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def plan_and_run(args, run_dir):
+    """main() after the arguments: the plan from the files and the ledger, then the run."""
     history = Ledger.read(run_dir / "ledger.jsonl")
     finished = {r.get("job_id") for r in history if r.get("status") == "ok"} if args.resume else set()
     try:
@@ -1104,7 +1247,7 @@ def main(argv=None):
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     script = args.script_path or cluster["script_path"]
-    earlier = Counter(r.get("job_id") for r in history if r.get("status") not in NOT_ATTEMPTS)
+    earlier = Ledger.attempts(history)
     # Phase 1 goes first in the queue, so base jobs take the first free slots; a base model
     # already complete in the local cache (an earlier run) is not trained again, only sent.
     cached = {key: job for key, job in bases.items() if base_cache.entry_intact(cache_entry(job, key))}

@@ -47,8 +47,10 @@ def write_cluster(folder, user_key, known_hosts, script, servers):
         "ssh_config": str(folder / "no_ssh_config")})
 
 
-def ledger(run_dir):
-    return [json.loads(line) for line in (Path(run_dir) / "ledger.jsonl").read_text().splitlines()]
+def ledger(run_dir, starts=False):
+    """The ledger's lines; without start lines unless asked for."""
+    records = [json.loads(line) for line in (Path(run_dir) / "ledger.jsonl").read_text().splitlines()]
+    return [r for r in records if starts or r["status"] != "started"]
 
 
 def wait_for(condition, timeout, what):

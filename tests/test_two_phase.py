@@ -199,7 +199,8 @@ def test_a_rerun_after_a_kill_trains_no_base_model_twice(hosts, user_key, data, 
     run_dir = tmp_path / "runs" / "jobs"
 
     def bases_and_a_dependent_done():
-        done = {r["job_id"] for r in ledger(run_dir) if r["status"] == "ok"} if run_dir.exists() else set()
+        done = {r["job_id"] for r in ledger(run_dir) if r["status"] == "ok"} \
+            if (run_dir / "ledger.jsonl").exists() else set()
         return {f"base-{key}" for key in keys} <= done and any(job["job_id"] in done for job in jobs)
 
     wait_for(bases_and_a_dependent_done, 120, "the base models and a dependent job")
