@@ -59,8 +59,7 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 StrictModes no
 UsePAM no
-Subsystem sftp internal-sftp
-MaxStartups 200
+{sftp}MaxStartups 200
 LogLevel ERROR
 """
 
@@ -79,6 +78,8 @@ p.add_argument("--sleep", type=float, default=0.0)
 p.add_argument("--fail_once_dir")      # exit 1 the first time each fold runs
 p.add_argument("--block_file")         # stay running while this file exists
 p.add_argument("--started_dir")        # touch <dir>/<pid> when starting
+p.add_argument("--linger_file")        # after publishing, stay running while this file exists
+p.add_argument("--env_names", nargs="*", default=[])  # record these variables' values
 p.add_argument("--overwrite", action="store_true")
 p.add_argument("--no_result_line", action="store_true")  # leave the runner to find the folder
 p.add_argument("--tag")
@@ -104,14 +105,16 @@ if final.exists() and not args.overwrite:
 tmp = final.parent / f".tmp{os.getpid()}"
 (tmp / "sub").mkdir(parents=True)
 record = {"argv": sys.argv[1:], "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
-          "cwd": os.getcwd(), "fold": args.fold}
+          "cwd": os.getcwd(), "fold": args.fold, "env": {n: os.environ.get(n) for n in args.env_names}}
 (tmp / "record.json").write_text(json.dumps(record))
 (tmp / "sub" / "weights.bin").write_bytes(os.urandom(1000 + 37 * args.fold))
 if final.exists():
     import shutil; shutil.rmtree(final)
 os.rename(tmp, final)
 if not args.no_result_line:
-    print(f"RESULT_DIR {final}")
+    print(f"RESULT_DIR {final}", flush=True)
+while args.linger_file and os.path.exists(args.linger_file):
+    time.sleep(0.1)
 '''
 
 
@@ -169,7 +172,7 @@ def processes_with(text):
 class LoopbackSSHD:
     """One sshd on a loopback address, with its own host key and work folder."""
 
-    def __init__(self, folder, address, user_pub):
+    def __init__(self, folder, address, user_pub, sftp=True):
         self.folder, self.address = Path(folder), address
         self.folder.mkdir(parents=True)
         self.workdir = self.folder / "work"
@@ -181,7 +184,8 @@ class LoopbackSSHD:
         authorized.write_text(" ".join(user_pub[:2]) + "\n")
         config = self.folder / "sshd_config"
         config.write_text(SSHD_CONFIG.format(address=address, port=self.port, folder=self.folder,
-                                             authorized_keys=authorized))
+                                             authorized_keys=authorized,
+                                             sftp="Subsystem sftp internal-sftp\n" if sftp else ""))
         os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege-separation folder
         self.log = open(self.folder / "sshd.log", "wb")
         self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=self.log,
@@ -216,6 +220,16 @@ class LoopbackSSHD:
             except ProcessLookupError:
                 pass
 
+    def drop_connections(self):
+        """Kill every connection's sshd, not the listener: the clients lose their connection
+        and can connect again."""
+        for pid in self.sshd_pids():
+            if pid != self.proc.pid:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
     def stop(self):
         if self.proc.poll() is None:
             self.signal(signal.SIGCONT)
@@ -240,11 +254,12 @@ def user_key(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def start_sshd(tmp_path_factory, user_key):
-    """Factory: start_sshd(address) -> LoopbackSSHD; every server is stopped at the end."""
+    """Factory: start_sshd(address, sftp=True) -> LoopbackSSHD (sftp=False: no SFTP subsystem);
+    every server is stopped at the end."""
     servers = []
 
-    def start(address="127.0.0.1"):
-        server = LoopbackSSHD(tmp_path_factory.mktemp("sshd") / address, address, user_key[1])
+    def start(address="127.0.0.1", sftp=True):
+        server = LoopbackSSHD(tmp_path_factory.mktemp("sshd") / address, address, user_key[1], sftp)
         servers.append(server)
         return server
 

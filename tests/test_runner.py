@@ -75,6 +75,9 @@ BAD_CLUSTERS = [
     ("{\"servers\": [{\"host\": \"a\", \"slots_per_gpu\": 0}]}", "servers[0].slots_per_gpu"),
     ("{\"servers\": [{\"host\": \"a\", \"password\": \"hunter2\"}]}", "servers[0].password: no passwords"),
     ("{\"servers\": [{\"host\": \"a\", \"env\": {\"DB_PASSWORD\": \"x\"}}]}", "env.DB_PASSWORD: no secrets"),
+    ("{\"servers\": [{\"host\": \"a\", \"env\": {\"WANDB_API_KEY\": \"x\"}}]}", "env.WANDB_API_KEY: no secrets"),
+    ("{\"servers\": [{\"host\": \"a\", \"env\": {\"GITHUB_PAT\": \"x\"}}]}", "env.GITHUB_PAT: no secrets"),
+    ("{\"servers\": [{\"host\": \"a\", \"env\": {\"GOOGLE_CREDENTIALS\": \"x\"}}]}", "no secrets"),
     ("{\"servers\": [{\"host\": \"a\", \"env\": {\"CUDA_VISIBLE_DEVICES\": 0}}]}", "set per job"),
     ("{\"servers\": [{\"host\": \"a\", \"local\": true, \"port\": 22}]}", "servers[0].port: means nothing"),
     ("{\"servers\": [{\"host\": \"a\"}, {\"host\": \"a\"}]}", "distinct \"name\""),
@@ -103,6 +106,8 @@ BAD_JOBS = [
     ("[{\"fold\": 0, \"job_id\": \"a\"}, {\"fold\": 1, \"job_id\": \"a\"}]",
      "job 1.job_id: \"a\" repeats job 0"),
     ("", "not valid JSON"),
+    ("[{\"participants\": [\"a\", \"b\\nc\"]}]", "job 0.participants: [\"a\", \"b\\nc\"] holds a control character"),
+    ("[{\"tag\": \"x\\u001b[2J\"}]", "job 0.tag: \"x\\u001b[2J\" holds a control character"),
 ]
 
 
