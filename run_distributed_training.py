@@ -13,11 +13,15 @@ local experiments/, checked file by file (names and sizes), and only then remove
 on the host if the server says remove_results. Hosts with shared_fs or local skip
 the copy.
 
-Every attempt is a line in <run-dir>/ledger.jsonl (flushed at once); a rerun skips
-the jobs whose last word there is "ok". A failed job is retried --retries times on
-any slot. A lost host's running jobs go back to the queue (not counted as a retry)
-while the host is retried with backoff; when every host has been down for
---down-timeout seconds the run stops with exit status 3. Ctrl-C (or SIGTERM) kills
+Every attempt writes a line to <run-dir>/ledger.jsonl when it starts and one when it
+ends (flushed at once); a rerun skips the jobs whose last word there is "ok", and runs
+a job tried before with --overwrite (its folder may be on a host). One runner per
+run dir (runner.lock). A failed job is retried --retries times on any slot. A lost
+host's running jobs go back to the queue (not counted as a retry) while the host is
+retried with backoff; when every host has been down for --down-timeout seconds the
+run stops with exit status 3. A host that fails in a way that would repeat (broken
+workdir, setup or python, failing nvidia-smi, no SFTP, a bad key file) is taken out
+of the run with one error line; its jobs go to the other hosts. Ctrl-C (or SIGTERM) kills
 the jobs on every host, writes what it has and exits with 130.
 
 Base models are trained once for the whole cluster, in two phases. Phase 1: one
@@ -34,8 +38,8 @@ again (ledger status "cached"). A base job that still fails after its retries
 leaves its dependents "blocked" (not run; a rerun tries the base and them again).
 
 Exit status: 0 all jobs done, 1 some failed or were blocked by a failed base model,
-2 bad input or a host that cannot be used as configured (unknown host key,
-authentication), 3 no host reachable, 130 interrupted.
+2 bad input, the run dir in use by another runner, or no host usable as configured
+(unknown host key, authentication, ...), 3 no host reachable, 130 interrupted.
 """
 import argparse
 import fcntl
@@ -140,7 +144,8 @@ def job_command(server, device, script, job, masked=False):
     values and setup shown as *** (for logs and the dry run; they may hold secrets)."""
     env = {name: MASK if masked else shlex.quote(str(value)) for name, value in server["env"].items()}
     env = {"PYTHONUNBUFFERED": "1", **env,  # unbuffered: the log streams live
-           "CUDA_VISIBLE_DEVICES": shlex.quote("" if device == "cpu" else str(device))}
+           "CUDA_VISIBLE_DEVICES": "<asked at run time>" if device == "auto"  # dry run, remote host
+           else shlex.quote("" if device == "cpu" else str(device))}
     assignments = " ".join(f"{name}={value}" for name, value in env.items())
     return in_workdir(server, " ".join([assignments, shell_path(server["python"]), shell_path(script),
                                         *job_command_args(job)]), masked)
@@ -1046,7 +1051,8 @@ def print_plan(servers, tasks, script, cached):
             if local:
                 local.close()
         if server["gpus"] == "auto" and not server["local"]:
-            print(f"# {server['name']}: gpus \"auto\" is asked at run time (CPU slots if it has no GPU)")
+            print(f"# {server['name']}: gpus \"auto\" is asked at run time "
+                  f"(CPU slots if it has no nvidia-smi)")
     print(f"# {len(tasks)} jobs over {len(slots)} slots: {', '.join(s.label for s in slots)}")
     if not slots:
         return
