@@ -94,6 +94,8 @@ class Result:
 
 def key_file_problem(path):
     """Why a file cannot be an SSH private key, or None (a passphrase is paramiko's to find)."""
+    if not os.path.exists(path):
+        return "not found"
     if os.path.isdir(path):
         return "is a folder, not a private key file"
     try:
@@ -429,8 +431,6 @@ class RemoteHost(Host):
                 return
             self._drop_sessions()  # they belonged to the lost connection
             for key in self.key_filenames:
-                if not os.path.exists(key):
-                    raise HostRefused(f"{self.name}: SSH key {key} not found")
                 problem = key_file_problem(key)
                 if problem:
                     raise HostRefused(f"{self.name}: SSH key {key} {problem}")

@@ -522,6 +522,11 @@ def ask_gpus(server, host):
     return [int(x) for x in result.stdout.split() if x.isdigit()]
 
 
+def out_of_the_run(error):
+    """The line that says a host is out of the run (HostRefused names the host first)."""
+    return f"{PROG}: error: {error}; that host is out of this run, its jobs go to the other hosts"
+
+
 def check_host(server, host):
     """The devices of a host just reached. Raises HostRefused when it cannot run jobs at all
     (workdir, setup or python broken; nvidia-smi failing): every job there would fail alike."""
@@ -855,8 +860,7 @@ class Scheduler:
         with self.lock:
             first, health.refused = health.refused is None, health.refused or str(error)
         if first:
-            self.say(f"{PROG}: error: {error}; {host.name} is out of this run, its jobs go to "
-                     f"the other hosts", important=True)
+            self.say(out_of_the_run(error), important=True)
 
     def _host_ready(self, host):
         health = self.health[host.name]
@@ -1153,7 +1157,7 @@ def run_jobs(args, cluster, tasks, cached, skipped, run_dir, script):
         if len(refused) == len(servers):
             raise ConfigError("; ".join(refused))  # no host is usable
         for error in refused:
-            print(f"{PROG}: error: {error}; out of this run, its jobs go to the other hosts", file=sys.stderr)
+            print(out_of_the_run(error), file=sys.stderr)
         slots, health = plan_slots(servers, hosts, devices, errors)
         if not slots:
             print(f"{PROG}: error: no host reachable", file=sys.stderr)

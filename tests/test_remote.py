@@ -263,6 +263,7 @@ def test_a_dead_host_loses_nothing(sshd_pair, start_sshd, user_key, fake_script,
     _, stderr = runner.communicate(timeout=120)
     finished = time.time()
     assert runner.returncode == 0, stderr
+    assert "Traceback" not in stderr  # reconnecting says one line per try, not paramiko's traces
     records = ledger(tmp_path / "runs" / "jobs")
     requeued = [r for r in records if r["status"] == "requeued"]
     assert requeued and all(r["host"] == "127.0.0.2" for r in requeued)

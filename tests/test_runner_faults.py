@@ -95,7 +95,8 @@ def test_2_a_host_without_sftp_is_taken_out_and_its_jobs_go_elsewhere(sshd_pair,
     alone = write_cluster(tmp_path, user_key, known, fake_script, [(no_sftp, {"gpus": [0]})])
     jobs = write_json(tmp_path / "alone.json", [{"prefix": "alone", "fold": k} for k in range(3)])
     monkeypatch.chdir(tmp_path)
-    assert rdt.main(["--cluster-config", alone, "--jobs-config", jobs, "--quiet", "--down-timeout", "30"]) == 2
+    assert rdt.main(["--cluster-config", alone, "--jobs-config", jobs, "--quiet",
+                     "--down-timeout", "30"]) == 2
     alone_records = ledger(tmp_path / "runs" / "alone")  # one attempt, then no host to try
     assert [r["status"] for r in alone_records] == ["requeued"] and "SFTP" in alone_records[0]["error"]
 
@@ -148,7 +149,8 @@ def test_4_a_rerun_after_a_sigkill_finishes_a_published_job(fake_script, tmp_pat
 # 5. Secrets leaked into logs, the dry run, and the host's `ps` for the job's lifetime.
 
 def test_5_env_values_and_setup_stay_out_of_runs_and_of_every_argv(sshd_pair, user_key, known_hosts,
-                                                                   fake_script, tmp_path, monkeypatch, capsys):
+                                                                   fake_script, tmp_path, monkeypatch,
+                                                                   capsys):
     label, setting = "s3cr3t-label-8f1c", "s3cr3t-setting-27ad"
     block, started = tmp_path / "block", tmp_path / "started"
     block.touch()
@@ -219,7 +221,8 @@ def test_7_a_failing_nvidia_smi_is_a_one_line_error(sshd_pair, user_key, known_h
     monkeypatch.chdir(tmp_path)
     assert rdt.main(["--cluster-config", cluster, "--jobs-config", jobs, "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and f"{sshd_pair[1].address}: gpus is \"auto\" but nvidia-smi failed (exit 9" in err
+    assert "\n" not in err
+    assert f"{sshd_pair[1].address}: gpus is \"auto\" but nvidia-smi failed (exit 9" in err
     assert "\"gpus\": 0" in err and not (tmp_path / "experiments").exists()
 
 
