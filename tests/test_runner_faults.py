@@ -276,3 +276,23 @@ def test_a_refused_copy_shows_its_reason_in_the_summary(tmp_path, capsys):
                                           "error": "copy of h:x failed: Permission denied"})
     scheduler.failed, scheduler.started, scheduler.ended = [task], 0.0, 1.0
     assert "  c  failed (copy of h:x failed: Permission denied)  c.log" in rdt.summary_lines(scheduler, 0)
+
+
+def test_a_ledger_written_before_start_lines_still_resumes(fake_script, tmp_path, monkeypatch, capsys):
+    # Lines as the runner wrote them before start lines: "a" finished, "b" was requeued twice.
+    (tmp_path / "runs" / "jobs").mkdir(parents=True)
+    (tmp_path / "runs" / "jobs" / "ledger.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"job_id": "a", "attempt": 1, "host": "h", "device": "0", "slot": "h:0", "start": 1.0, "end": 2.0,
+         "exit_status": 0, "status": "ok", "log": "a.log"},
+        {"job_id": "b", "attempt": 1, "status": "requeued", "error": "h: connection lost"},
+        {"job_id": "b", "attempt": 2, "status": "requeued", "error": "h: connection lost"}]))
+    (tmp_path / "experiments" / "old" / "fold1_p1").mkdir(parents=True)  # b's stranded folder
+    jobs = write_json(tmp_path / "jobs.json", [{"prefix": "old", "fold": k, "job_id": j}
+                                               for k, j in enumerate("ab")])
+    monkeypatch.chdir(tmp_path)
+    assert rdt.main(["--cluster-config", local_cluster(tmp_path, fake_script), "--jobs-config", jobs,
+                     "--quiet"]) == 0
+    assert "resume: 1 of 2 jobs already finished" in capsys.readouterr().err
+    again = ledger(tmp_path / "runs" / "jobs", starts=True)[3:]
+    assert [(r["job_id"], r["attempt"], r["status"]) for r in again] == [("b", 3, "started"), ("b", 3, "ok")]
+    assert ran_with_overwrite(tmp_path / "experiments" / "old" / "fold1_p1")
