@@ -14,7 +14,6 @@ channel, see SESSION), which runs it in its own process group and kills that gro
 when our end goes away. A host that freezes without closing the connection is
 caught by the keepalive watchdog: no answer within `dead_after` seconds closes it.
 """
-import base64
 import getpass
 import logging
 import os
@@ -39,9 +38,10 @@ PGID_MARK = b"@@PGID "
 TAIL_BYTES = 64 * 1024
 
 # A session: one long-lived bash per concurrent run(), fed one command at a time as
-# the line "<token> <command in base64>", so a job costs a fork, not a login (whose
-# ~/.bashrc, e.g. conda or pyenv init, can take longer than a small job). Base64 keeps
-# the framing whole whatever the command holds. The command reaches the job's shell in
+# the line "<token> <command, every byte written \xHH>", so a job costs a fork, not a
+# login (whose ~/.bashrc, e.g. conda or pyenv init, can take longer than a small job).
+# The escapes keep the framing whole whatever the command holds; bash's own printf
+# decodes them, without a process. The command reaches the job's shell in
 # its environment, never in an argv: env values and setup lines stay out of `ps`.
 # Each command runs in its own session (setsid): killing its process group reaches all it
 # started. A watcher reads our stdin while it runs: EOF means we went away (Ctrl-C,
@@ -51,7 +51,8 @@ TAIL_BYTES = 64 * 1024
 # stderr joins stdout at the source, so the end mark comes after all of both.
 SESSION = """exec 3<&0 2>&1
 while read -r token encoded; do
-  RUN_COMMAND=$(printf '%s' "$encoded" | base64 -d) setsid bash --norc -c \\
+  printf -v RUN_COMMAND '%b' "$encoded"
+  RUN_COMMAND=$RUN_COMMAND setsid bash --norc -c \\
     'trap "exit 143" TERM; echo "@@PGID $$"; line=$RUN_COMMAND; unset RUN_COMMAND; eval "$line"' \\
     job </dev/null &
   pid=$!
@@ -90,6 +91,11 @@ class Result:
     @property
     def ok(self):
         return self.exit_status == 0 and not self.timed_out
+
+
+def escaped(command):
+    """The command's bytes as \\xHH escapes: one line with no space, that printf %b decodes."""
+    return "".join(f"\\x{b:02x}" for b in command.encode())
 
 
 def key_file_problem(path):
@@ -179,7 +185,7 @@ class Host:
             timer.daemon = True
             timer.start()
         try:
-            session.write(f"{token} ".encode() + base64.b64encode(command.encode()) + b"\n")
+            session.write(f"{token} {escaped(command)}\n".encode())
             while True:
                 chunk = session.read()
                 if not chunk:
