@@ -70,6 +70,23 @@ def test_1_no_command_text_breaks_the_session_framing(sshd_pair, user_key, known
         host.close()
 
 
+class SlowSessionHost(remote.LocalHost):
+    """A host whose sessions start 4 s late (as behind a slow ~/.bashrc), so a job's first
+    line comes long after its dispatch."""
+
+    def _open(self, command, control=False):
+        return remote.LocalProcess(command if control else f"sleep 4; {command}")
+
+
+def test_1_the_timeout_runs_from_dispatch_not_from_the_first_line(tmp_path):
+    host = SlowSessionHost()
+    try:
+        result = host.run("sleep 0.5; echo finished", timeout=2)  # would end 0.5 s after its start
+    finally:
+        host.close()
+    assert result.timed_out and not result.ok
+
+
 # 2. A host without the SFTP subsystem made an endless requeue loop that killed its other jobs.
 
 def test_2_a_host_without_sftp_is_taken_out_and_its_jobs_go_elsewhere(sshd_pair, start_sshd, user_key,
