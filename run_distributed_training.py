@@ -108,6 +108,15 @@ def job_argv(job):
     return args
 
 
+def plural(n, noun):
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def job_counts(n_jobs, n_base):
+    """'30 jobs + 10 base-model jobs': the grid's jobs and the base models trained first."""
+    return plural(n_jobs, "job") + (f" + {plural(n_base, 'base-model job')}" if n_base else "")
+
+
 def job_command_args(job):
     """job_argv, every token shell-quoted."""
     return [shlex.quote(token) for token in job_argv(job)]
@@ -954,6 +963,11 @@ def write_log_file(path, scheduler, args, skipped):
     os.replace(tmp, path)
 
 
+def task_counts(tasks):
+    n_base = sum(bool(task.builds) for task in tasks)
+    return job_counts(len(tasks) - n_base, n_base)
+
+
 def print_plan(servers, tasks, script, cached):
     """The dry run: the slots, each job's exact command line (round-robin over the slots), the phases."""
     slots = []
@@ -964,7 +978,7 @@ def print_plan(servers, tasks, script, cached):
             local.close()
         if server["gpus"] == "auto" and not server["local"]:
             print(f"# {server['name']}: gpus \"auto\" is asked at run time (CPU slots if it has no GPU)")
-    print(f"# {len(tasks)} jobs over {len(slots)} slots: {', '.join(s.label for s in slots)}")
+    print(f"# {task_counts(tasks)} over {plural(len(slots), 'slot')}: {', '.join(s.label for s in slots)}")
     print("# slots take the next job as they free up; this is the first round, in order")
     for i, task in enumerate(tasks):
         slot = slots[i % len(slots)]
@@ -1058,7 +1072,7 @@ def run_jobs(args, cluster, tasks, cached, skipped, run_dir, script):
             print(f"{PROG}: error: no host reachable", file=sys.stderr)
             return 3
         if not args.quiet:
-            print(f"{len(tasks)} jobs over {len(slots)} slots: {', '.join(s.label for s in slots)}",
+            print(f"{task_counts(tasks)} over {plural(len(slots), 'slot')}: {', '.join(s.label for s in slots)}",
                   file=sys.stderr)
         ledger = Ledger(run_dir / "ledger.jsonl")
         scheduler = Scheduler(slots, tasks, health, ledger, run_dir / "logs", script, retries=args.retries,
