@@ -92,7 +92,8 @@ import plotting
 MODE_ORDER = ["target_only", "target_only_fine_tuning", "full_fine_tuning", "base_only"]
 MODE_COLORS = dict(zip(MODE_ORDER, ["tab:blue", "tab:orange", "tab:green", "tab:purple"]))
 NOT_SETTINGS = {"fold", "target_participant", "base_participants", "prefix", "experiments_dir", "overwrite",
-                "device", "script", "base_cache_dir", "no_base_cache", "print_base_key", "job_id", "base_key"}
+                "device", "script", "base_cache_dir", "no_base_cache", "print_base_key", "job_id", "base_key",
+                "progress_every"}
 BASE_PHASE_SETTINGS = {"n_base_participants", "early_stopping_patience", "target_batch_pct"}
 PLOT_SETTINGS = ["target_data_pct", "target_batch_pct", "n_base_participants"]
 # --metric: (base model's key, personalized model's key, the name the report gives it).
