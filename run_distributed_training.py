@@ -61,6 +61,8 @@ import remote
 PROG = "run_distributed_training.py"
 DEFAULT_SCRIPT = "oct1_train.py"
 NOT_FLAGS = ("job_id", "base_key")
+STATUS_EVERY = 30.0  # seconds between status lines when stderr is not a terminal
+BAD_INPUT = 2  # the exit status of an argparse or input error: the same on every try, so never retried
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # it names the log file
 FLAG_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -577,6 +579,18 @@ class Scheduler:
         if important or not self.quiet:
             tqdm.write(message, file=sys.stderr)
 
+    def status_line(self):
+        """'[12:00:30] 7/40 jobs finished: 6 done, 1 failed, 0 blocked, 2 running; ETA 3 min'"""
+        finished = len(self.done) + len(self.failed) + len(self.blocked)
+        elapsed = time.time() - self.started
+        eta = "unknown"
+        if finished:
+            left = elapsed / finished * (len(self.tasks) - finished)
+            eta = f"{left:.0f} s" if left < 120 else f"{left / 60:.0f} min"
+        return (f"[{time.strftime('%H:%M:%S')}] {finished}/{len(self.tasks)} jobs finished: "
+                f"{len(self.done)} done, {len(self.failed)} failed, {len(self.blocked)} blocked, "
+                f"{self.queue.running} running; ETA {eta}")
+
     # -- one attempt
 
     def _record(self, task, record, status, tail="", **fields):
@@ -653,7 +667,9 @@ class Scheduler:
             task.failures += 1
             what = error or (f"timed out after {self.timeout:g} s" if timed_out
                              else f"exit status {exit_status}")
-            if task.failures <= self.retries:
+            if exit_status == BAD_INPUT and not error:
+                what += " (bad input: not retried)"
+            if task.failures <= self.retries and (exit_status != BAD_INPUT or error):
                 self.say(f"{task.job_id}: {what} on {slot.label}; retry {task.failures}/{self.retries}")
                 self.queue.put_back(task, front=bool(task.builds))  # jobs wait on a base job: it goes first
             else:
@@ -852,14 +868,18 @@ class Scheduler:
             self._note(job["job_id"], "cached", base_key=key, result_dir=cache_entry(job, key))
         workers = [threading.Thread(target=self._worker, args=(s,), daemon=True, name=s.label)
                    for s in self.slots]
-        bar = tqdm(total=len(self.tasks), unit="job", disable=self.quiet, file=sys.stderr,
-                   dynamic_ncols=True)
+        bar = tqdm(total=len(self.tasks), unit="job", disable=self.quiet or not sys.stderr.isatty(),
+                   file=sys.stderr, dynamic_ncols=True)
+        status_at = [time.time()]  # when the last status line was printed (no terminal)
 
         def refresh():
             bar.n = len(self.done) + len(self.failed) + len(self.blocked)
             bar.set_postfix_str(f"done {len(self.done)} failed {len(self.failed)} "
                                 f"blocked {len(self.blocked)} running {self.queue.running}", refresh=False)
             bar.refresh()
+            if not self.quiet and not sys.stderr.isatty() and time.time() - status_at[0] >= STATUS_EVERY:
+                status_at[0] = time.time()
+                print(self.status_line(), file=sys.stderr, flush=True)
 
         try:
             for w in workers:
@@ -913,6 +933,8 @@ def summary_lines(scheduler, skipped, per_slot=True):
         for task in scheduler.failed:
             last = task.last
             lines.append(f"  {task.job_id}  {last['status']} (exit {last['exit_status']})  {last['log']}")
+            if last.get("output_tail"):
+                lines.append(f"    {last['output_tail'].splitlines()[-1]}")
     if scheduler.blocked:
         lines.append("blocked jobs (their base model failed; a rerun tries again):")
         for key, n in Counter(task.needs for task in scheduler.blocked).items():
@@ -966,6 +988,24 @@ def write_log_file(path, scheduler, args, skipped):
 def task_counts(tasks):
     n_base = sum(bool(task.builds) for task in tasks)
     return job_counts(len(tasks) - n_base, n_base)
+
+
+def validate_jobs(jobs, jobs_path, script):
+    """Every job through the training script's own parser, as generate_jobs.py does, so a bad
+    flag fails here (exit 2) instead of on every host. Returns a note when the script is not
+    here to ask (it may exist on the hosts only), else None."""
+    import generate_jobs  # it imports this module; needed only here
+    path = Path(script)
+    # Only the project's CLIs are imported to ask: any other script could run on import.
+    if not path.is_file() or "def build_parser(" not in path.read_text(errors="replace"):
+        return f"jobs not checked before starting: {script} is not here or has no build_parser()"
+    try:
+        parser = generate_jobs.load_script_parser(script)
+        for i, job in enumerate(jobs):
+            generate_jobs.parse_job(parser, job, f"{jobs_path}: job {i} ({job['job_id']})")
+    except generate_jobs.GridError as e:
+        raise ConfigError(str(e)) from None
+    return None
 
 
 def print_plan(servers, tasks, script, cached):
@@ -1118,6 +1158,13 @@ def main(argv=None):
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     script = args.script_path or cluster["script_path"]
+    try:
+        note = validate_jobs(jobs, args.jobs_config, script)
+    except ConfigError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    if note:
+        print(note, file=sys.stderr)
     earlier = Counter(r.get("job_id") for r in history if r.get("status") not in NOT_ATTEMPTS)
     # Phase 1 goes first in the queue, so base jobs take the first free slots; a base model
     # already complete in the local cache (an earlier run) is not trained again, only sent.

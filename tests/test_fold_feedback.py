@@ -31,13 +31,15 @@ def flags(data, exp, *extra):
                              "--batch_size", "8", *extra]]
 
 
-def wait_for(read, deadline_s=120):
-    """Poll read() until it returns something true; a bound, not a timing check."""
+def wait_for(read, proc, deadline_s=120):
+    """Poll read() until it returns something true while proc runs; a bound, not a timing check."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
+        ended = proc.poll() is not None
         value = read()
         if value:
             return value
+        assert not ended, f"the run ended (exit {proc.returncode}) before it came"
         time.sleep(0.01)
     raise AssertionError("nothing came within the deadline")
 
@@ -52,8 +54,8 @@ def test_without_a_terminal_the_first_epoch_shows_and_the_log_is_readable_while_
             stdout=out, stderr=err, cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"))
     try:
         # The log's path comes first; stdout (a file) gets the first epoch line as soon as it ends.
-        log_path = Path(wait_for(lambda: re.match(r"log: (\S+)", out_path.read_text()))[1])
-        wait_for(lambda: "base epoch 1: train loss" in out_path.read_text())
+        log_path = Path(wait_for(lambda: re.match(r"log: (\S+)", out_path.read_text()), proc)[1])
+        wait_for(lambda: "base epoch 1: train loss" in out_path.read_text(), proc)
         proc.send_signal(signal.SIGSTOP)  # paused mid-run, so what is read below is read while it runs
         try:
             assert proc.poll() is None, "the run ended before it could be paused"
