@@ -292,7 +292,8 @@ def train_phase(phase, model, loader, val, args, patience, device, augment, firs
         if show_bar:
             bar.set_postfix(val_loss=f"{val_loss:.4f}", val_f1=f"{val_f1:.3f}")
             bar.update()
-        due = not show_bar and (shown_at is None or time.monotonic() - shown_at >= getattr(args, "progress_every", 30))
+        every = getattr(args, "progress_every", 30)
+        due = not show_bar and (shown_at is None or time.monotonic() - shown_at >= every)
         shown_at = time.monotonic() if due else shown_at
         log.log(logging.INFO if due else logging.DEBUG, line)
         if stale >= patience:

@@ -45,6 +45,9 @@ Two subcommands:
                           name order (needs >= 3 recordings per participant)
 
 Errors are one line naming the file, exit status 2, and nothing is written.
+Before writing, a split with no positive or no negative window, a train split
+smaller than --batch_size, and a CSV recording shorter than one window
+(skipped) are warned about on stderr; --strict makes any of them an error.
 The output folder is written in a temporary sibling and renamed at the end, so
 it appears whole or not at all; a non-empty folder is refused unless
 --overwrite.

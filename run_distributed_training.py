@@ -62,7 +62,7 @@ PROG = "run_distributed_training.py"
 DEFAULT_SCRIPT = "oct1_train.py"
 NOT_FLAGS = ("job_id", "base_key")
 STATUS_EVERY = 30.0  # seconds between status lines when stderr is not a terminal
-BAD_INPUT = 2  # the exit status of an argparse or input error: the same on every try, so never retried
+USAGE_LINE = re.compile(r"^usage: ", re.M)  # argparse prints it before its error and exit status 2
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # it names the log file
 FLAG_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -667,9 +667,11 @@ class Scheduler:
             task.failures += 1
             what = error or (f"timed out after {self.timeout:g} s" if timed_out
                              else f"exit status {exit_status}")
-            if exit_status == BAD_INPUT and not error:
-                what += " (bad input: not retried)"
-            if task.failures <= self.retries and (exit_status != BAD_INPUT or error):
+            # An argparse error fails the same way on every slot: never retried.
+            bad_flags = exit_status == 2 and not error and bool(USAGE_LINE.search(tail))
+            if bad_flags:
+                what += " (bad flags: not retried)"
+            if task.failures <= self.retries and not bad_flags:
                 self.say(f"{task.job_id}: {what} on {slot.label}; retry {task.failures}/{self.retries}")
                 self.queue.put_back(task, front=bool(task.builds))  # jobs wait on a base job: it goes first
             else:
@@ -1163,7 +1165,7 @@ def main(argv=None):
     except ConfigError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
-    if note:
+    if note and not args.quiet:
         print(note, file=sys.stderr)
     earlier = Counter(r.get("job_id") for r in history if r.get("status") not in NOT_ATTEMPTS)
     # Phase 1 goes first in the queue, so base jobs take the first free slots; a base model

@@ -59,4 +59,12 @@ def test_an_argparse_error_is_never_retried(tmp_path, capsys, monkeypatch):
     assert "jobs not checked before starting" in err
     records = [json.loads(line) for line in (tmp_path / "runs" / "jobs" / "ledger.jsonl").read_text().splitlines()]
     assert [(r["attempt"], r["exit_status"]) for r in records] == [(1, 2)]
-    assert "bad input: not retried" in err
+    assert "bad flags: not retried" in err
+
+    # An exit 2 without argparse's usage (say data missing on that host) may pass on another slot: retried.
+    script.write_text("import sys\nprint('data/x_train.pt: missing', file=sys.stderr)\nsys.exit(2)\n")
+    shutil.rmtree(tmp_path / "runs")
+    assert rdt.main(argv) == 1
+    records = [json.loads(line) for line in (tmp_path / "runs" / "jobs" / "ledger.jsonl").read_text().splitlines()]
+    assert [(r["attempt"], r["exit_status"]) for r in records] == [(1, 2), (2, 2), (3, 2), (4, 2)]
+    assert "data/x_train.pt: missing" in capsys.readouterr().out  # the summary shows the last line
