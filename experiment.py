@@ -90,6 +90,8 @@ def build_parser(enhanced=False):
     add("--prefix", default="experiment", help="results go to EXPERIMENTS_DIR/PREFIX/fold{k}_{target}/")
     add("--experiments_dir", default="experiments")
     add("--overwrite", action="store_true", help="replace an existing result folder")
+    add("--progress_every", type=float, default=30.0, metavar="SECONDS",
+        help="without a terminal, print an epoch line at most this often (always the first epoch)")
     if enhanced:
         add("--target_batch_pct", type=_fraction, default=None,
             help="exact share of target windows in every fine-tuning batch (full_fine_tuning only)")
@@ -157,6 +159,11 @@ def loss_and_f1(counts, n):
 
 @torch.no_grad()
 def evaluate(model, X, y, device):
+    return loss_and_f1(evaluation_counts(model, X, y, device), len(y))
+
+
+@torch.no_grad()
+def evaluation_counts(model, X, y, device):
     model.eval()
     loss_fn = nn.BCEWithLogitsLoss()
     counts = torch.zeros(5, device=device)
@@ -164,7 +171,23 @@ def evaluate(model, X, y, device):
         xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
         logits = model(xb)
         counts += batch_counts(logits, yb, loss_fn(logits, yb))
-    return loss_and_f1(counts, len(y))
+    return counts
+
+
+def positive_class_scores(model, states, X, y, device):
+    """{key_f1_pos, key_precision, key_recall} of each {key: state dict or None}
+    on (X, y); a score whose denominator is zero is 0. Null for a None state."""
+    scores = {}
+    for key, state in states.items():
+        values = (None, None, None)
+        if state is not None:
+            model.load_state_dict(state)
+            _, tp, fp, fn, _ = evaluation_counts(model, X, y, device).tolist()
+            values = (2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
+                      tp / (tp + fp) if tp + fp else 0.0,
+                      tp / (tp + fn) if tp + fn else 0.0)
+        scores.update({f"{key}_{name}": value for name, value in zip(("f1_pos", "precision", "recall"), values)})
+    return scores
 
 
 # ---------------------------------------------------------------- augmentation
@@ -247,6 +270,7 @@ def train_phase(phase, model, loader, val, args, patience, device, augment, firs
     windows, seconds = 0, 0.0
     stale = 0
     show_bar = sys.stderr.isatty()
+    shown_at = None  # when the console last got an epoch line (no terminal)
     bar = tqdm(total=args.max_epochs, desc=phase, unit="epoch", leave=False, disable=not show_bar)
     for epoch in range(args.max_epochs):
         start = time.perf_counter()
@@ -268,13 +292,19 @@ def train_phase(phase, model, loader, val, args, patience, device, augment, firs
         if show_bar:
             bar.set_postfix(val_loss=f"{val_loss:.4f}", val_f1=f"{val_f1:.3f}")
             bar.update()
-        log.log(logging.INFO if not show_bar and epoch % 10 == 0 else logging.DEBUG, line)
+        every = getattr(args, "progress_every", 30)
+        due = not show_bar and (shown_at is None or time.monotonic() - shown_at >= every)
+        shown_at = time.monotonic() if due else shown_at
+        log.log(logging.INFO if due else logging.DEBUG, line)
         if stale >= patience:
             break
     bar.close()
     epochs_run = len(curves["train_loss"])
     log.info(f"{phase}: {epochs_run} epochs, best epoch {best['epoch']} "
              f"(val loss {best['val_loss']:.4f}, f1 {best['val_f1']:.3f})")
+    if best["epoch"] == first_epoch + epochs_run - 1:
+        log.warning(f"{phase}: the best epoch is the last one, so early stopping never fired: "
+                    f"may be under-trained: raise --max_epochs (now {args.max_epochs})")
     return {"best_epoch": best["epoch"], "best_val_loss": best["val_loss"], "best_val_f1": best["val_f1"],
             "state": best["state"], "curves": curves, "epochs_run": epochs_run,
             "windows_per_s": windows / seconds if seconds else None}
@@ -459,6 +489,9 @@ def run_fold(args):
     personal_test = evaluate(model, *target_test, device)
 
     metrics = fold_metrics(args, args.fold, target_name, base, target, base_test, personal_test, base_entry)
+    metrics.update(positive_class_scores(model, {"best_base_model_target_test": base and base["state"],
+                                                 "best_target_model_target_test": target["state"]},
+                                         *target_test, device))
     metrics["total_time_s"] = time.perf_counter() - started
     hyper = dict(vars(args), participants=participants, target_participant=target_name,
                  base_participants=base_names, n_channels=int(n_channels), window_size=int(window_size),
@@ -550,6 +583,7 @@ def main(argv=None, enhanced=False):
             return 0
         ensure_demo_data(args.data_path)
         setup_logging(scratch / "train.log")
+        print(f"log: {scratch / 'train.log'} (every epoch; copied into the result folder at the end)", flush=True)
         final = run_fold(args)
         if final is not None:
             print(f"RESULT_DIR {final}")

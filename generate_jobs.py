@@ -15,6 +15,7 @@ and jobs with the same id are dropped. Each configuration gets its own prefix,
 in their own folder.
 """
 import argparse
+import contextlib
 import hashlib
 import importlib.util
 import itertools
@@ -28,7 +29,7 @@ from pathlib import Path
 import base_cache
 import experiment
 from data import DataError, check_participants
-from run_distributed_training import job_argv
+from run_distributed_training import job_argv, job_counts
 
 GRID_KEYS = {"grid", "fixed", "folds", "prefix"}
 # Flags a grid may not set: fold comes from "folds", the rest are not training runs.
@@ -143,7 +144,9 @@ def participants_of(spec, parser):
     if "participants" in spec["fixed"]:
         return list(spec["fixed"]["participants"])
     data_path = spec["fixed"].get("data_path", parser.get_default("data_path"))
-    experiment.ensure_demo_data(data_path)
+    # Its "creating the demo dataset" line must not land among --print's command lines.
+    with contextlib.redirect_stdout(sys.stderr):
+        experiment.ensure_demo_data(data_path)
     if not Path(data_path).is_dir():
         raise GridError(f'data_path {data_path} is not on this machine: give "participants" in "fixed" '
                         f'to expand the folds')
@@ -230,7 +233,8 @@ def summary(jobs, duplicates):
     need_base = [job for job in jobs if "base_key" in job]
     keys = {job["base_key"] for job in need_base}
     per_fold = {(job["base_key"], job["fold"]) for job in need_base}
-    lines = [f"jobs: {len(jobs)} (duplicates dropped: {duplicates})",
+    # The runner trains each distinct base model once, as a job of its own, before the jobs that need it.
+    lines = [f"jobs: {job_counts(len(jobs), len(keys))} (duplicates dropped: {duplicates})",
              "per mode: " + ", ".join(f"{mode} {n}" for mode, n in sorted(per_mode.items()))]
     if need_base:
         lines.append(f"unique base models: {len(keys)} for {len(need_base)} jobs that need one "

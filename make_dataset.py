@@ -45,6 +45,9 @@ Two subcommands:
                           name order (needs >= 3 recordings per participant)
 
 Errors are one line naming the file, exit status 2, and nothing is written.
+Before writing, a split with no positive or no negative window, a train split
+smaller than --batch_size, and a CSV recording shorter than one window
+(skipped) are warned about on stderr; --strict makes any of them an error.
 The output folder is written in a temporary sibling and renamed at the end, so
 it appears whole or not at all; a non-empty folder is refused unless
 --overwrite.
@@ -57,6 +60,7 @@ import shutil
 import sys
 import tempfile
 import uuid
+from collections import Counter
 
 import numpy as np
 import torch
@@ -311,8 +315,11 @@ def _cell_value(where, text):
     return value
 
 
-def read_recording(path, channels, label_column, positive_label=None):
-    """(data (L, C) float32, labels (L,) uint8) of one CSV recording."""
+def read_recording(path, channels, label_column, positive_label=None, label_counts=None):
+    """(data (L, C) float32, labels (L,) uint8) of one CSV recording.
+
+    label_counts, a Counter, when given, counts each raw label text seen.
+    """
     with open(path, newline="") as f:
         rows = csv.reader(f)
         header = [name.strip() for name in next(rows, [])]
@@ -330,8 +337,10 @@ def read_recording(path, channels, label_column, positive_label=None):
                 raise DatasetError(f"{line}: {len(row)} fields, header has {len(header)}")
             data.append([_cell_value(f"{line}, column '{name}'", row[i])
                          for name, i in zip(channels, columns)])
-            labels.append(_cell_label(f"{line}, column '{label_column}'",
-                                      row[label_index].strip(), positive_label))
+            text = row[label_index].strip()
+            labels.append(_cell_label(f"{line}, column '{label_column}'", text, positive_label))
+            if label_counts is not None:
+                label_counts[text] += 1
     data = np.array(data, dtype=np.float32).reshape(len(data), len(channels))
     return data, np.array(labels, dtype=np.uint8)
 
@@ -345,6 +354,11 @@ def window_labels(labels, rule):
     if rule == "center":
         return labels[:, labels.shape[1] // 2]
     raise ValueError(f"unknown label rule {rule!r}")
+
+
+def samples_in_windows(n_windows, window_size, stride):
+    """How many samples the first n_windows windows cover (stride may exceed the window)."""
+    return 0 if n_windows == 0 else (n_windows - 1) * min(stride, window_size) + window_size
 
 
 def make_windows(data, labels, window_size, stride, rule):
@@ -405,48 +419,86 @@ def _split_segments(recordings, fractions, split_by):
 
 def csv_splits(input_dir, channels, label_column, positive_label=None, window_size=3000,
                stride=None, label_rule="majority", fractions=(0.6, 0.2, 0.2),
-               split_by="block"):
-    """{(participant, split): (X, y)} windowed from the CSV recordings."""
+               split_by="block", warnings=None, notes=None):
+    """{(participant, split): (X, y)} windowed from the CSV recordings.
+
+    Recordings shorter than one window are skipped with a line appended to
+    `warnings`; the samples that fall in no window, per participant, go to
+    `notes` (both lists, when given).
+    """
     stride = stride or window_size
-    splits, any_positive = {}, False
+    warnings = [] if warnings is None else warnings
+    notes = [] if notes is None else notes
+    splits, label_counts = {}, Counter()
     for participant in _participant_folders(input_dir):
         folder = os.path.join(input_dir, participant)
         paths = _recordings(folder)
         if split_by == "recording" and len(paths) < 3:
             raise DatasetError(f"{folder}: --split_by recording needs >= 3 recordings, "
                                f"found {len(paths)} (use --split_by block)")
-        recordings = []
+        recordings, n_samples = [], 0
         for path in paths:
-            data, labels = read_recording(path, channels, label_column, positive_label)
+            data, labels = read_recording(path, channels, label_column, positive_label, label_counts)
+            n_samples += len(data)
             if len(data) < window_size:
-                raise DatasetError(f"{path}: {len(data)} samples, shorter than one window "
-                                   f"(--window_size {window_size})")
-            any_positive = any_positive or bool(labels.any())
+                warnings.append(f"{path}: {len(data)} samples, shorter than one window "
+                                f"(--window_size {window_size}): skipped")
+                continue
             recordings.append((data, labels))
+        if split_by == "recording" and len(recordings) < 3:
+            raise DatasetError(f"{folder}: --split_by recording needs >= 3 recordings of at least "
+                               f"one window, found {len(recordings)}")
+        n_windowed = 0
         for split, parts in _split_segments(recordings, fractions, split_by).items():
             windows = [make_windows(d, l, window_size, stride, label_rule) for d, l in parts]
-            X = np.concatenate([w[0] for w in windows])
+            X = np.concatenate([w[0] for w in windows] or [np.zeros((0, len(channels), window_size))])
             if len(X) == 0:
                 raise DatasetError(f"{folder}: no windows in the {split} split (recordings "
                                    f"too short for --window_size {window_size} and --split)")
             y = np.concatenate([w[1] for w in windows])
+            n_windowed += sum(samples_in_windows(len(w[1]), window_size, stride) for w in windows)
             splits[(participant, split)] = (torch.from_numpy(X), torch.from_numpy(y))
-    if positive_label is not None and not any_positive:
-        raise DatasetError(f"{input_dir}: no row has label '{positive_label}' "
-                           f"in column '{label_column}'")
+        if n_windowed < n_samples:
+            notes.append(f"{participant}: {n_samples - n_windowed} of {n_samples} samples fall in "
+                         f"no window (short recordings, recording and block ends) and were dropped")
+    if positive_label is not None and positive_label not in label_counts:
+        found = ", ".join(f"'{text}' ({n})" for text, n in label_counts.most_common())
+        raise DatasetError(f"{input_dir}: no row has label '{positive_label}' in column "
+                           f"'{label_column}' (labels are case-sensitive; found: {found})")
     return splits
+
+
+def split_warnings(splits, batch_size):
+    """One line per split a model cannot learn or be scored well from."""
+    lines = []
+    for (participant, split), (_, y) in sorted(splits.items()):
+        n_positive = int((y > 0.5).sum())
+        if n_positive == 0:
+            lines.append(f"{participant} {split}: no positive window (of {len(y)})")
+        elif n_positive == len(y):
+            lines.append(f"{participant} {split}: no negative window (of {len(y)})")
+        if split == "train" and len(y) < batch_size:
+            lines.append(f"{participant} {split}: {len(y)} windows, fewer than one batch "
+                         f"(--batch_size {batch_size})")
+    return lines
 
 
 # ---------------------------------------------------------------- output
 
 
-def write_splits(splits, output_dir, overwrite=False):
-    """Write {(participant, split): (X, y)} so the folder appears whole or not at all."""
+def check_output(output_dir, overwrite):
+    """The absolute output folder, when it may be written."""
     output_dir = os.path.abspath(output_dir)
     if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
         raise DatasetError(f"{output_dir}: folder exists and is not empty (use --overwrite)")
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise DatasetError(f"{output_dir}: exists and is not a folder")
+    return output_dir
+
+
+def write_splits(splits, output_dir, overwrite=False):
+    """Write {(participant, split): (X, y)} so the folder appears whole or not at all."""
+    output_dir = check_output(output_dir, overwrite)
     parent, name = os.path.split(output_dir)
     os.makedirs(parent, exist_ok=True)
     # os.mkdir (not mkdtemp) so the folder gets the user's usual permissions.
@@ -506,6 +558,16 @@ def _positive_int(text):
     return value
 
 
+def add_check_flags(command):
+    command.add_argument("--batch_size", type=_positive_int, default=64,
+                         help="the training batch size: a train split with fewer windows is "
+                              "warned about (default 64, as the training CLIs)")
+    command.add_argument("--strict", action="store_true",
+                         help="refuse (exit 2, write nothing) instead of warning about a split "
+                              "with no positive or no negative window, a train split smaller "
+                              "than a batch, or a skipped recording")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -525,6 +587,7 @@ def build_parser():
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--overwrite", action="store_true",
                      help="replace a non-empty output folder")
+    add_check_flags(syn)
 
     raw = commands.add_parser(
         "csv", help="window raw CSV recordings into splits",
@@ -559,12 +622,15 @@ def build_parser():
                      help="how splits are cut (default: block; see below)")
     raw.add_argument("--overwrite", action="store_true",
                      help="replace a non-empty output folder")
+    add_check_flags(raw)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    warnings, notes = [], []
     try:
+        check_output(args.output_dir, args.overwrite)  # before any work or warning
         if args.command == "synthetic":
             splits = synthetic_splits(args.n_participants, args.window_size, args.n_train,
                                       args.n_val, args.n_test, args.seed)
@@ -574,7 +640,14 @@ def main(argv=None):
                 raise DatasetError("--channels names no column")
             splits = csv_splits(args.input_dir, channels, args.label_column,
                                 args.positive_label, args.window_size, args.stride,
-                                args.label_rule, args.split, args.split_by)
+                                args.label_rule, args.split, args.split_by, warnings, notes)
+        warnings += split_warnings(splits, args.batch_size)
+        for line in notes:
+            print(f"note: {line}", file=sys.stderr)
+        for line in warnings:
+            print(f"warning: {line}", file=sys.stderr)
+        if warnings and args.strict:
+            raise DatasetError(f"--strict: {len(warnings)} warning(s) above; nothing written")
         write_splits(splits, args.output_dir, args.overwrite)
     except DatasetError as e:
         print(f"make_dataset.py: error: {e}", file=sys.stderr)

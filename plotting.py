@@ -5,7 +5,7 @@ is safe in threads and never changes the backend a caller has chosen.
 """
 import os
 import pathlib
-import tempfile
+import uuid
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -15,6 +15,9 @@ from matplotlib.ticker import MaxNLocator
 PHASE_COLORS = {"base": "tab:blue", "target": "tab:orange"}
 SPLIT_STYLES = {"train": "--", "val": "-"}
 BEST_EPOCH_KEYS = {"base": "best_base_epoch", "target": "best_target_epoch"}
+# The base phase early-stops on the base participants' test split, stored as its "val" curve.
+CURVE_LABELS = {("base", "train"): "base train", ("base", "val"): "base participants' test",
+                ("target", "train"): "target train", ("target", "val"): "target val"}
 
 
 def as_number(value):
@@ -96,7 +99,7 @@ def draw(ax, losses, metric):
             if np.isnan(y).all():
                 continue
             # Small markers keep single epochs and values isolated by gaps visible.
-            ax.plot(x, y, style, color=color, marker="o", markersize=3, label=f"{phase} {split}")
+            ax.plot(x, y, style, color=color, marker="o", markersize=3, label=CURVE_LABELS[phase, split])
             drawn = True
     if not drawn:
         return False
@@ -108,6 +111,8 @@ def draw(ax, losses, metric):
                 markeredgecolor="black", label=f"best {phase}")
     if metric == "loss":
         ax.set_yscale("log")
+    else:
+        ax.set_ylim(0, 1.02)  # fixed, so noise never looks like an effect
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
@@ -115,13 +120,17 @@ def draw(ax, losses, metric):
     return True
 
 
-def save_atomic(fig, path):
+def save_atomic(fig, path, **savefig_options):
     """Write to a temp file in the same folder, then rename, so a killed process
-    never leaves a half-written PNG under the final name."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    never leaves a half-written PNG under the final name. The temp file is made
+    with os.open (not mkstemp, which makes it 0600), so the PNG gets the user's
+    usual permissions like every other output."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            FigureCanvasAgg(fig).print_png(f)
+            fig.savefig(f, format="png", **savefig_options)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

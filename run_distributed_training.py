@@ -67,6 +67,8 @@ import remote
 PROG = "run_distributed_training.py"
 DEFAULT_SCRIPT = "oct1_train.py"
 NOT_FLAGS = ("job_id", "base_key")
+STATUS_EVERY = 30.0  # seconds between status lines when stderr is not a terminal
+USAGE_LINE = re.compile(r"^usage: ", re.M)  # argparse prints it before its error and exit status 2
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # it names the log file
 FLAG_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -115,6 +117,15 @@ def job_argv(job):
             values = value if isinstance(value, list) else [value]
             args.extend(str(v) for v in values)
     return args
+
+
+def plural(n, noun):
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def job_counts(n_jobs, n_base):
+    """'30 jobs + 10 base-model jobs': the grid's jobs and the base models trained first."""
+    return plural(n_jobs, "job") + (f" + {plural(n_base, 'base-model job')}" if n_base else "")
 
 
 def job_command_args(job):
@@ -626,6 +637,18 @@ class Scheduler:
         if important or not self.quiet:
             tqdm.write(message, file=sys.stderr)
 
+    def status_line(self):
+        """'[12:00:30] 7/40 jobs finished: 6 done, 1 failed, 0 blocked, 2 running; ETA 3 min'"""
+        finished = len(self.done) + len(self.failed) + len(self.blocked)
+        elapsed = time.time() - self.started
+        eta = "unknown"
+        if finished:
+            left = elapsed / finished * (len(self.tasks) - finished)
+            eta = f"{left:.0f} s" if left < 120 else f"{left / 60:.0f} min"
+        return (f"[{time.strftime('%H:%M:%S')}] {finished}/{len(self.tasks)} jobs finished: "
+                f"{len(self.done)} done, {len(self.failed)} failed, {len(self.blocked)} blocked, "
+                f"{self.queue.running} running; ETA {eta}")
+
     # -- one attempt
 
     def _record(self, task, record, status, tail="", **fields):
@@ -711,7 +734,11 @@ class Scheduler:
             task.failures += 1
             what = error or (f"timed out after {self.timeout:g} s" if timed_out
                              else f"exit status {exit_status}")
-            if task.failures <= self.retries:
+            # An argparse error fails the same way on every slot: never retried.
+            bad_flags = exit_status == 2 and not error and bool(USAGE_LINE.search(tail))
+            if bad_flags:
+                what += " (bad flags: not retried)"
+            if task.failures <= self.retries and not bad_flags:
                 self.say(f"{task.job_id}: {what} on {slot.label}; retry {task.failures}/{self.retries}")
                 self.queue.put_back(task, front=bool(task.builds))  # jobs wait on a base job: it goes first
             else:
@@ -930,14 +957,18 @@ class Scheduler:
             self._note(job["job_id"], "cached", base_key=key, result_dir=cache_entry(job, key))
         workers = [threading.Thread(target=self._worker, args=(s,), daemon=True, name=s.label)
                    for s in self.slots]
-        bar = tqdm(total=len(self.tasks), unit="job", disable=self.quiet, file=sys.stderr,
-                   dynamic_ncols=True)
+        bar = tqdm(total=len(self.tasks), unit="job", disable=self.quiet or not sys.stderr.isatty(),
+                   file=sys.stderr, dynamic_ncols=True)
+        status_at = [time.time()]  # when the last status line was printed (no terminal)
 
         def refresh():
             bar.n = len(self.done) + len(self.failed) + len(self.blocked)
             bar.set_postfix_str(f"done {len(self.done)} failed {len(self.failed)} "
                                 f"blocked {len(self.blocked)} running {self.queue.running}", refresh=False)
             bar.refresh()
+            if not self.quiet and not sys.stderr.isatty() and time.time() - status_at[0] >= STATUS_EVERY:
+                status_at[0] = time.time()
+                print(self.status_line(), file=sys.stderr, flush=True)
 
         try:
             for w in workers:
@@ -992,6 +1023,8 @@ def summary_lines(scheduler, skipped, per_slot=True):
             last = task.last
             why = last.get("error") or f"exit {last['exit_status']}"
             lines.append(f"  {task.job_id}  {last['status']} ({why})  {last['log']}")
+            if last.get("output_tail"):
+                lines.append(f"    {last['output_tail'].splitlines()[-1]}")
     if scheduler.blocked:
         lines.append("blocked jobs (their base model failed; a rerun tries again):")
         for key, n in Counter(task.needs for task in scheduler.blocked).items():
@@ -1042,6 +1075,29 @@ def write_log_file(path, scheduler, args, skipped):
     os.replace(tmp, path)
 
 
+def task_counts(tasks):
+    n_base = sum(bool(task.builds) for task in tasks)
+    return job_counts(len(tasks) - n_base, n_base)
+
+
+def validate_jobs(jobs, jobs_path, script):
+    """Every job through the training script's own parser, as generate_jobs.py does, so a bad
+    flag fails here (exit 2) instead of on every host. Returns a note when the script is not
+    here to ask (it may exist on the hosts only), else None."""
+    import generate_jobs  # it imports this module; needed only here
+    path = Path(script)
+    # Only the project's CLIs are imported to ask: any other script could run on import.
+    if not path.is_file() or "def build_parser(" not in path.read_text(errors="replace"):
+        return f"jobs not checked before starting: {script} is not here or has no build_parser()"
+    try:
+        parser = generate_jobs.load_script_parser(script)
+        for i, job in enumerate(jobs):
+            generate_jobs.parse_job(parser, job, f"{jobs_path}: job {i} ({job['job_id']})")
+    except generate_jobs.GridError as e:
+        raise ConfigError(str(e)) from None
+    return None
+
+
 def print_plan(servers, tasks, script, cached):
     """The dry run: the slots, each job's exact command line (round-robin over the slots), the phases."""
     slots = []
@@ -1057,7 +1113,7 @@ def print_plan(servers, tasks, script, cached):
         if server["gpus"] == "auto" and not server["local"]:
             print(f"# {server['name']}: gpus \"auto\" is asked at run time "
                   f"(CPU slots if it has no nvidia-smi)")
-    print(f"# {len(tasks)} jobs over {len(slots)} slots: {', '.join(s.label for s in slots)}")
+    print(f"# {task_counts(tasks)} over {plural(len(slots), 'slot')}: {', '.join(s.label for s in slots)}")
     if not slots:
         return
     print("# slots take the next job as they free up; this is the first round, in order")
@@ -1163,7 +1219,7 @@ def run_jobs(args, cluster, tasks, cached, skipped, run_dir, script):
             print(f"{PROG}: error: no host reachable", file=sys.stderr)
             return 3
         if not args.quiet:
-            print(f"{len(tasks)} jobs over {len(slots)} slots: {', '.join(s.label for s in slots)}",
+            print(f"{task_counts(tasks)} over {plural(len(slots), 'slot')}: {', '.join(s.label for s in slots)}",
                   file=sys.stderr)
         ledger = Ledger(run_dir / "ledger.jsonl")
         scheduler = Scheduler(slots, tasks, health, ledger, run_dir / "logs", script, retries=args.retries,
@@ -1257,6 +1313,13 @@ def plan_and_run(args, run_dir):
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     script = args.script_path or cluster["script_path"]
+    try:
+        note = validate_jobs(jobs, args.jobs_config, script)
+    except ConfigError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    if note and not args.quiet:
+        print(note, file=sys.stderr)
     earlier = Ledger.attempts(history)
     # Phase 1 goes first in the queue, so base jobs take the first free slots; a base model
     # already complete in the local cache (an earlier run) is not trained again, only sent.

@@ -2,17 +2,25 @@
 """Per-participant tables, statistics and plots from finished LOPO experiments.
 
     python summarize_results.py experiments/demo ['experiments/grid_*' ...]
-                                [-o reports] [--format md|csv|json]
+                                [-o DIR] [--format md|csv|json] [--metric f1|f1_pos] [--ylim LOW HIGH]
 
-Each input is an `experiments/{prefix}` folder or a glob of them. Every
-`fold{k}_{target}/` inside is one run; its hyperparameters.json and metrics.json
-give one row of the per-fold table. Runs that share a configuration (below)
-are aggregated across participants into the per-configuration table.
+Each input is an `experiments/{prefix}` folder or a glob of them; a folder
+without fold*_* folders is searched below for the prefixes that have them (a
+grid's prefix finds its configuration folders). Every `fold{k}_{target}/` is
+one run; its hyperparameters.json and metrics.json give one row of the
+per-fold table. Runs that share a configuration (below) are aggregated across
+participants into the per-configuration table.
 
-Writes per_fold.csv, per_config.csv and the PNGs into -o (default `reports/`)
-and prints the tables to stdout as Markdown (or CSV or JSON with --format).
-Warnings go to stderr; no matching input or no complete result is a one-line
-error with exit status 2.
+F1 is macro F1 (the mean of the positive- and negative-class F1, as the
+original), `--metric f1_pos` reports the positive class's F1 instead; the
+report names the one it shows.
+
+Writes per_fold.csv, per_config.csv and the PNGs into a new folder
+reports/NAME (NAME from the inputs; NAME-2, NAME-3, ... when taken, so no
+report is overwritten), or into -o, and prints the tables to stdout as
+Markdown (or CSV or JSON with --format). Warnings go to stderr; no matching
+input, no fold folder or no complete result is a one-line error with exit
+status 2.
 
 Decisions:
 - A run is complete when both JSON files parse and metrics.json holds the F1
@@ -46,41 +54,59 @@ Decisions:
   EXACT_MAX_N differences p is exact, from the distribution of W+ over all 2^n
   sign assignments (counted, not listed); above that, the normal approximation
   with tie correction and no continuity correction.
-- Plots: paired_config{N}.png per configuration with paired F1s, and
+- Epochs: best epochs are counted within their phase (metrics.json counts the
+  target phase after the base phase's epochs). A run whose best epoch is its
+  phase's last one never early-stopped: the under_trained column names the
+  phase, and a warning says how many runs (raise --max_epochs).
+- Plots: paired_config{N}.png per configuration with paired F1s,
+  scores_config{N}.png per configuration without (target_only, base_only), and
   f1_vs_{setting}.png for target_data_pct, target_batch_pct and
   n_base_participants when that setting takes two or more numeric values. Their
   y is the run's final F1 (personalized; base for base_only), one line per mode,
   band = mean +- sd across folds. Where other settings vary too, a
   participant's F1 at a point is first averaged over them, so every fold counts
-  once (the per-configuration table keeps them apart). PNGs of these names left
-  in -o by an earlier report are removed first.
+  once (the per-configuration table keeps them apart). The y axis is fixed
+  (0-1, or --ylim) so noise never looks like an effect; participant labels are
+  spread so they never overlap. PNGs of these names left in -o by an earlier
+  report are removed first.
 """
 import argparse
 import csv
 import glob
+import itertools
 import json
 import math
+import os
 import re
+import shutil
 import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+import plotting
+
 MODE_ORDER = ["target_only", "target_only_fine_tuning", "full_fine_tuning", "base_only"]
 MODE_COLORS = dict(zip(MODE_ORDER, ["tab:blue", "tab:orange", "tab:green", "tab:purple"]))
 NOT_SETTINGS = {"fold", "target_participant", "base_participants", "prefix", "experiments_dir", "overwrite",
-                "device", "script", "base_cache_dir", "no_base_cache", "print_base_key", "job_id", "base_key"}
+                "device", "script", "base_cache_dir", "no_base_cache", "print_base_key", "job_id", "base_key",
+                "progress_every"}
 BASE_PHASE_SETTINGS = {"n_base_participants", "early_stopping_patience", "target_batch_pct"}
 PLOT_SETTINGS = ["target_data_pct", "target_batch_pct", "n_base_participants"]
-BASE_F1 = "best_base_model_target_test_f1"
-PERSONALIZED_F1 = "best_target_model_target_test_f1"
+# --metric: (base model's key, personalized model's key, the name the report gives it).
+METRICS = {
+    "f1": ("best_base_model_target_test_f1", "best_target_model_target_test_f1", "macro F1"),
+    "f1_pos": ("best_base_model_target_test_f1_pos", "best_target_model_target_test_f1_pos",
+               "positive-class F1"),
+}
 FOLD_DIR = re.compile(r"fold(\d+)_(.+)")
 EXACT_MAX_N = 20
 FIGURES = [("base_f1", "base F1"), ("personalized_f1", "personalized F1"), ("target_only_f1", "target-only F1"),
            ("gain", "gain"), ("gain_pct", "gain %"), ("room_captured", "room captured"),
-           ("best_base_epoch", "best base epoch"), ("best_target_epoch", "best target epoch")]
+           ("best_base_epoch", "best base epoch"), ("best_target_epoch", "best target epoch (of its phase)")]
 STATS = ["mean", "sd", "median"]
 FOLD_KEYS = ["config", "prefix", "fold", "participant", "mode"]
 TEST_COLUMNS = ["n", "n_paired", "responders", "responder_rate", "wilcoxon_n", "wilcoxon_w", "wilcoxon_p"]
@@ -143,8 +169,12 @@ def read_json(path):
     return data, None
 
 
-def load_run(fold_dir):
-    """One run as a dict, or None after a warning that names the folder."""
+def load_run(fold_dir, metric="f1"):
+    """One run as a dict, or None after a warning that names the folder.
+
+    base_f1 and personalized_f1 hold the chosen --metric (macro F1 by default).
+    """
+    base_key, personalized_key, _ = METRICS[metric]
     hyper, problem = read_json(fold_dir / "hyperparameters.json")
     metrics, problem = (None, problem) if problem else read_json(fold_dir / "metrics.json")
     if problem:
@@ -154,7 +184,7 @@ def load_run(fold_dir):
     if not isinstance(mode, str):
         warn(f"{fold_dir}: skipped, no mode in metrics.json or hyperparameters.json")
         return None
-    needed = {"target_only": [PERSONALIZED_F1], "base_only": [BASE_F1]}.get(mode, [BASE_F1, PERSONALIZED_F1])
+    needed = {"target_only": [personalized_key], "base_only": [base_key]}.get(mode, [base_key, personalized_key])
     missing = [key for key in needed if as_number(metrics.get(key)) is None]
     if missing:
         warn(f"{fold_dir}: skipped, metrics.json has no {' or '.join(missing)} (mode {mode})")
@@ -166,18 +196,38 @@ def load_run(fold_dir):
         settings["n_base_participants"] = len(hyper["base_participants"])
     return {"dir": fold_dir, "prefix": fold_dir.parent.name, "fold": int(number),
             "participant": metrics.get("target_participant") or hyper.get("target_participant") or name,
-            "mode": mode, "settings": settings, "metrics": metrics}
+            "mode": mode, "settings": settings, "metrics": metrics,
+            "base_f1": as_number(metrics.get(base_key)), "personalized_f1": as_number(metrics.get(personalized_key))}
 
 
-def load_runs(prefix_dirs):
+def fold_dirs_in(folder):
+    return [d for d in Path(folder).iterdir() if d.is_dir() and FOLD_DIR.fullmatch(d.name)]
+
+
+def find_prefixes(folders):
+    """(prefix folders, folders with none): a folder holding fold*_* folders is a
+    prefix; any other folder is searched below for them (hidden ones aside), so
+    a grid's prefix finds the configuration folders under it."""
+    prefixes, empty = [], []
+    for folder in folders:
+        found = []
+        for parent, children, _ in os.walk(folder):
+            children[:] = sorted(c for c in children if not c.startswith("."))
+            if fold_dirs_in(parent):
+                found.append(Path(parent))
+                children.clear()  # fold folders and what is under them are runs, not prefixes
+        prefixes += [f for f in found if f not in prefixes]
+        if not found:
+            empty.append(folder)
+    return prefixes, empty
+
+
+def load_runs(prefix_dirs, metric="f1"):
     """Complete runs of every fold folder under the given prefix folders."""
     runs = []
     for prefix_dir in prefix_dirs:
-        fold_dirs = [d for d in Path(prefix_dir).iterdir() if d.is_dir() and FOLD_DIR.fullmatch(d.name)]
-        if not fold_dirs:
-            warn(f"{prefix_dir}: no fold*_* folders, skipped")
-        for fold_dir in sorted(fold_dirs, key=lambda d: int(FOLD_DIR.fullmatch(d.name).group(1))):
-            run = load_run(fold_dir)
+        for fold_dir in sorted(fold_dirs_in(prefix_dir), key=lambda d: int(FOLD_DIR.fullmatch(d.name).group(1))):
+            run = load_run(fold_dir, metric)
             if run:
                 runs.append(run)
     # A setting some runs lack is null there, so train.py and oct1_train.py runs compare.
@@ -228,9 +278,30 @@ def target_only_key(participant, settings):
                                          if k != "mode" and k not in BASE_PHASE_SETTINGS))
 
 
+def phase_epoch(metrics):
+    """The best target epoch counted within the target phase (metrics.json counts
+    it on the global axis, after the base phase's epochs)."""
+    epoch = as_number(metrics.get("best_target_epoch"))
+    if epoch is None:
+        return None
+    return int(epoch - (as_number(metrics.get("transition_epoch")) or 0))
+
+
+def under_trained(metrics):
+    """The phases whose best epoch was their last one: early stopping never fired."""
+    phases = []
+    base_epoch, base_run = as_number(metrics.get("best_base_epoch")), as_number(metrics.get("base_epochs_run"))
+    if base_epoch is not None and base_epoch == base_run:
+        phases.append("base")
+    target_epoch, target_run = phase_epoch(metrics), as_number(metrics.get("target_epochs_run"))
+    if target_epoch is not None and target_epoch == target_run:
+        phases.append("target")
+    return ", ".join(phases) or None
+
+
 def fold_row(config, run, varying, target_only_f1s):
     metrics = run["metrics"]
-    base, personalized = as_number(metrics.get(BASE_F1)), as_number(metrics.get(PERSONALIZED_F1))
+    base, personalized = run["base_f1"], run["personalized_f1"]
     gain = None if base is None or personalized is None else round(personalized - base, 12)
     row = {"config": config, "prefix": run["prefix"], "fold": run["fold"], "participant": run["participant"],
            "mode": run["mode"]}
@@ -244,7 +315,8 @@ def fold_row(config, run, varying, target_only_f1s):
         "gain_pct": None if gain is None or base == 0 else gain / base * 100,
         "room_captured": None if gain is None or base == 1 else gain / (1 - base),
         "best_base_epoch": metrics.get("best_base_epoch"),
-        "best_target_epoch": metrics.get("best_target_epoch"),
+        "best_target_epoch": phase_epoch(metrics),
+        "under_trained": under_trained(metrics),
     })
     return row
 
@@ -282,7 +354,7 @@ def summarize(runs):
     for run in runs:
         if run["mode"] == "target_only":
             key = target_only_key(run["participant"], run["settings"])
-            target_only_f1s.setdefault(key, as_number(run["metrics"][PERSONALIZED_F1]))
+            target_only_f1s.setdefault(key, run["personalized_f1"])
     fold_rows, config_rows = [], []
     for number, (settings, config_runs) in enumerate(configs, 1):
         rows = [fold_row(number, run, varying, target_only_f1s) for run in config_runs]
@@ -351,7 +423,7 @@ def cell(value, digits=None):
 
 
 def fold_columns(varying):
-    return FOLD_KEYS + varying + [figure for figure, _ in FIGURES]
+    return FOLD_KEYS + varying + [figure for figure, _ in FIGURES] + ["under_trained"]
 
 
 def config_columns(varying):
@@ -374,8 +446,9 @@ def markdown(headers, lines):
 
 def fold_markdown(rows, varying):
     keys = FOLD_KEYS + varying
-    headers = keys + [name for _, name in FIGURES]
-    lines = [[cell(row[key]) for key in keys] + [cell(row[figure], 3) for figure, _ in FIGURES] for row in rows]
+    headers = keys + [name for _, name in FIGURES] + ["under-trained"]
+    lines = [[cell(row[key]) for key in keys] + [cell(row[figure], 3) for figure, _ in FIGURES]
+             + [cell(row["under_trained"])] for row in rows]
     return markdown(headers, lines)
 
 
@@ -387,7 +460,7 @@ def spread(row, figure):
     return f"{mean:.3f}" + ("" if sd is None else f" ± {sd:.3f}") + f" ({median:.3f})"
 
 
-def config_markdown(rows, varying):
+def config_markdown(rows, varying, metric="f1"):
     headers = ["config", "mode"] + varying + ["n"] + [name for _, name in FIGURES] + ["responders", "Wilcoxon"]
     lines = []
     for row in rows:
@@ -396,15 +469,16 @@ def config_markdown(rows, varying):
                      + [spread(row, figure) for figure, _ in FIGURES]
                      + [f"{row['responders']}/{row['n_paired']}" if paired else "",
                         f"W={row['wilcoxon_w']:g}, p={row['wilcoxon_p']:.3g}" if paired else ""])
-    return "Figures per configuration: mean ± sd (median) across participants.\n\n" + markdown(headers, lines)
+    return (f"F1 = {METRICS[metric][2]} on the target's test split. "
+            "Figures per configuration: mean ± sd (median) across participants.\n\n" + markdown(headers, lines))
 
 
-def headline_line(row, varying):
-    name = label(row, varying)
+def headline_line(row, varying, metric="f1"):
+    name, f1_name = label(row, varying), METRICS[metric][2]
     if row["n_paired"] == 0:
         f1 = row["personalized_f1_mean"] if row["personalized_f1_mean"] is not None else row["base_f1_mean"]
-        return f"{name}: F1 {f1:.3f} (n={row['n']})"
-    return (f"{name}: F1 {row['base_f1_mean']:.3f} -> {row['personalized_f1_mean']:.3f} "
+        return f"{name}: {f1_name} {f1:.3f} (n={row['n']})"
+    return (f"{name}: {f1_name} {row['base_f1_mean']:.3f} -> {row['personalized_f1_mean']:.3f} "
             f"(gain {row['gain_mean']:+.3f}), responders {row['responders']}/{row['n_paired']}, "
             f"Wilcoxon p={row['wilcoxon_p']:.3g}")
 
@@ -412,7 +486,7 @@ def headline_line(row, varying):
 def headline(prefix_dirs):
     """One line per configuration of the runs under `prefix_dirs` (folders or
     globs): mean base F1 -> personalized F1, gain, responders n/N, Wilcoxon p."""
-    runs = load_runs(expand_inputs(prefix_dirs))
+    runs = load_runs(find_prefixes(expand_inputs(prefix_dirs))[0])
     if not runs:
         return "summary: no complete results in " + ", ".join(map(str, prefix_dirs))
     _, config_rows, varying = summarize(runs)
@@ -421,37 +495,84 @@ def headline(prefix_dirs):
 
 # ---------------------------------------------------------------- plots
 
+LABEL_GAP = 0.035  # share of the y range between two participant labels, so they never overlap
+
+
 def new_axes(width=6.4, height=4.2):
     figure = Figure(figsize=(width, height))
     FigureCanvasAgg(figure)
     return figure, figure.add_subplot()
 
 
-def save(figure, path):
-    figure.savefig(path, dpi=100, bbox_inches="tight")
+def spread_labels(values, low, high):
+    """Label heights near `values` (in their order) at least LABEL_GAP of the range apart."""
+    gap = LABEL_GAP * (high - low)
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    heights = list(values)
+    previous = -math.inf
+    for i in order:
+        heights[i] = max(values[i], previous + gap)
+        previous = heights[i]
+    # Labels pushed above the top come back down as a block, keeping their gaps.
+    overflow = max(heights, default=high) - high
+    if overflow > 0:
+        for rank, i in enumerate(reversed(order)):
+            heights[i] = min(heights[i], high - rank * gap)
+    return heights
+
+
+def label_participants(ax, xs, ys, names, ylim):
+    """Participant names right of their points, spread so none overlaps another."""
+    for x, y, height, name in zip(xs, ys, spread_labels(ys, *ylim), names):
+        ax.annotate(str(name), (x, y), xytext=(x + 0.08, height), va="center", fontsize=8,
+                    annotation_clip=False, arrowprops={"arrowstyle": "-", "color": "0.7", "lw": 0.5})
+
+
+def finish(ax, f1_name, path):
+    ax.set_ylabel(f"{f1_name} on the target's test split")
+    ax.legend(fontsize=8)
+    plotting.save_atomic(ax.figure, path, dpi=100, bbox_inches="tight")
     return path
 
 
-def plot_paired(row, rows, varying, path):
+def paired_figure(row, rows, varying, ylim=(0.0, 1.0)):
     """Base and personalized F1 of each participant joined by a line."""
     figure, ax = new_axes(5.0, 4.5)
     pairs = [r for r in rows if r["gain"] is not None]
     for r in pairs:
         color = "tab:green" if r["gain"] > 0 else "tab:red" if r["gain"] < 0 else "tab:gray"
-        ax.plot([0, 1], [r["base_f1"], r["personalized_f1"]], "o-", color=color, alpha=0.7)
-        ax.annotate(str(r["participant"]), (1, r["personalized_f1"]), xytext=(5, 0),
-                    textcoords="offset points", va="center", fontsize=8)
-    ax.plot([0, 1], [row["base_f1_mean"], row["personalized_f1_mean"]], "s-", color="black", lw=2.5, label="mean")
+        ax.plot([0, 1], [r["base_f1"], r["personalized_f1"]], "o-", color=color, alpha=0.7, clip_on=False)
+    ax.set_ylim(*ylim)
+    label_participants(ax, [1] * len(pairs), [r["personalized_f1"] for r in pairs],
+                       [r["participant"] for r in pairs], ylim)
+    ax.plot([0, 1], [row["base_f1_mean"], row["personalized_f1_mean"]], "s-", color="black", lw=2.5,
+            label="mean", clip_on=False)
     ax.set_xticks([0, 1], ["base", "personalized"])
     ax.set_xlim(-0.3, 1.4)
-    ax.set_ylabel("F1 on the target's test split")
     ax.set_title(f"config {row['config']}: {label(row, varying)}\n"
                  f"responders {row['responders']}/{row['n_paired']}, Wilcoxon p={row['wilcoxon_p']:.3g}", fontsize=9)
-    ax.legend(fontsize=8)
-    return save(figure, path)
+    return ax
 
 
-def plot_against(setting, rows, path):
+def scores_figure(row, rows, varying, ylim=(0.0, 1.0)):
+    """The final F1 of each participant, for a configuration with nothing to pair (target_only, base_only)."""
+    figure, ax = new_axes(4.0, 4.5)
+    scores = [(r["personalized_f1"] if r["personalized_f1"] is not None else r["base_f1"], r["participant"])
+              for r in rows]
+    scores = [(f1, name) for f1, name in scores if f1 is not None]
+    ax.plot([0] * len(scores), [f1 for f1, _ in scores], "o", color=MODE_COLORS.get(row["mode"]), alpha=0.7,
+            clip_on=False)
+    ax.set_ylim(*ylim)
+    label_participants(ax, [0] * len(scores), [f1 for f1, _ in scores], [name for _, name in scores], ylim)
+    mean = row["personalized_f1_mean"] if row["personalized_f1_mean"] is not None else row["base_f1_mean"]
+    ax.plot([-0.15, 0.15], [mean, mean], "-", color="black", lw=2.5, label="mean")
+    ax.set_xticks([0], [row["mode"]])
+    ax.set_xlim(-0.4, 0.8)
+    ax.set_title(f"config {row['config']}: {label(row, varying)}\nn={row['n']}", fontsize=9)
+    return ax
+
+
+def plot_against(setting, rows, path, ylim=(0.0, 1.0), f1_name="macro F1"):
     """Final F1 against one setting, a line per mode, band = mean ± sd across folds."""
     # mode -> x -> participant -> F1s (several when other settings vary as well)
     points = {}
@@ -470,66 +591,131 @@ def plot_against(setting, rows, path):
         drawn = ax.plot(xs, means, "o-", color=MODE_COLORS.get(mode), label=mode)
         ax.fill_between(xs, means - sds, means + sds, color=drawn[0].get_color(), alpha=0.2)
     ax.set_xlabel(setting)
-    ax.set_ylabel("F1 on the target's test split")
-    ax.set_title(f"F1 against {setting} (mean ± sd across folds)", fontsize=10)
-    ax.legend(fontsize=8)
-    return save(figure, path)
+    ax.set_title(f"{f1_name} against {setting} (mean ± sd across folds)", fontsize=10)
+    ax.set_ylim(*ylim)
+    return finish(ax, f1_name, path)
 
 
-def write_plots(fold_rows, config_rows, varying, out_dir):
+def write_plots(fold_rows, config_rows, varying, out_dir, ylim=(0.0, 1.0), f1_name="macro F1"):
     """Draws the plots the data supports; returns their paths."""
-    for old in list(out_dir.glob("paired_config*.png")) + list(out_dir.glob("f1_vs_*.png")):
+    for old in [p for pattern in ("paired_config*.png", "scores_config*.png", "f1_vs_*.png")
+                for p in out_dir.glob(pattern)]:
         old.unlink()
     paths = []
     for row in config_rows:
+        rows = [r for r in fold_rows if r["config"] == row["config"]]
         if row["n_paired"]:
-            rows = [r for r in fold_rows if r["config"] == row["config"]]
-            paths.append(plot_paired(row, rows, varying, out_dir / f"paired_config{row['config']}.png"))
+            ax = paired_figure(row, rows, varying, ylim)
+            paths.append(finish(ax, f1_name, out_dir / f"paired_config{row['config']}.png"))
+        else:
+            ax = scores_figure(row, rows, varying, ylim)
+            paths.append(finish(ax, f1_name, out_dir / f"scores_config{row['config']}.png"))
     for setting in PLOT_SETTINGS:
         xs = {as_number(row.get(setting)) for row in fold_rows} - {None}
         if setting in varying and len(xs) > 1:
-            paths.append(plot_against(setting, fold_rows, out_dir / f"f1_vs_{setting}.png"))
+            paths.append(plot_against(setting, fold_rows, out_dir / f"f1_vs_{setting}.png", ylim, f1_name))
     return paths
 
 
 # ---------------------------------------------------------------- CLI
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="summarize_results.py",
-                                     description="Per-participant tables, statistics and plots of finished "
-                                                 "experiments (experiments/PREFIX/fold*_*/).")
-    parser.add_argument("inputs", nargs="+", help="experiments/PREFIX folders or globs of them")
-    parser.add_argument("-o", "--output", default="reports", help="folder for the CSVs and PNGs (default reports)")
-    parser.add_argument("--format", choices=["md", "csv", "json"], default="md", help="what stdout gets (default md)")
-    args = parser.parse_args(argv)
+def report_name(patterns):
+    """A report folder name from the inputs: the last folder before any glob part of each."""
+    names = []
+    for pattern in map(str, patterns):
+        parts = Path(pattern).parts
+        plain = [part for part in itertools.takewhile(lambda part: not glob.has_magic(part), parts)]
+        name = (plain[-1] if plain else "report").strip("/") or "report"
+        if name not in names:
+            names.append(name)
+    return "+".join(names)
 
-    prefix_dirs = expand_inputs(args.inputs)
-    if not prefix_dirs:
-        print(f"{parser.prog}: error: no folder matches {' '.join(args.inputs)}", file=sys.stderr)
-        return 2
-    runs = load_runs(prefix_dirs)
-    if not runs:
-        print(f"{parser.prog}: error: no complete results in {' '.join(map(str, prefix_dirs))}", file=sys.stderr)
-        return 2
-    fold_rows, config_rows, varying = summarize(runs)
 
-    out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def publish_report(tmp, root, name):
+    """Rename the finished report folder to root/name, or name-2, name-3, ... when taken."""
+    for n in itertools.count(1):
+        final = root / (name if n == 1 else f"{name}-{n}")
+        if not final.exists():
+            try:
+                os.rename(tmp, final)
+                return final
+            except OSError:  # taken meanwhile by another report
+                continue
+
+
+def write_outputs(out_dir, fold_rows, config_rows, varying, ylim, f1_name):
+    """per_fold.csv, per_config.csv and the plots; returns the number of plots."""
     with open(out_dir / "per_fold.csv", "w", newline="") as f:
         write_csv(f, fold_rows, fold_columns(varying))
     with open(out_dir / "per_config.csv", "w", newline="") as f:
         write_csv(f, config_rows, config_columns(varying))
-    plots = write_plots(fold_rows, config_rows, varying, out_dir)
+    return len(write_plots(fold_rows, config_rows, varying, out_dir, ylim, f1_name))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="summarize_results.py",
+                                     description="Per-participant tables, statistics and plots of finished "
+                                                 "experiments (experiments/PREFIX/fold*_*/).")
+    parser.add_argument("inputs", nargs="+", help="experiments/PREFIX folders or globs of them; a folder "
+                                                  "without fold*_* folders is searched below for prefixes")
+    parser.add_argument("-o", "--output", help="folder for the CSVs and PNGs, replacing its earlier report "
+                                               "(default: a new reports/NAME, NAME-2, ... from the inputs)")
+    parser.add_argument("--format", choices=["md", "csv", "json"], default="md", help="what stdout gets (default md)")
+    parser.add_argument("--metric", choices=sorted(METRICS), default="f1",
+                        help="f1: macro F1, the mean of the positive- and negative-class F1 (default, as the "
+                             "original); f1_pos: the positive class's F1")
+    parser.add_argument("--ylim", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"),
+                        help="y range of the plots (default 0 1)")
+    args = parser.parse_args(argv)
+    if not args.ylim[0] < args.ylim[1]:
+        parser.error(f"--ylim {args.ylim[0]:g} {args.ylim[1]:g}: LOW must be below HIGH")
+
+    folders = expand_inputs(args.inputs)
+    if not folders:
+        print(f"{parser.prog}: error: no folder matches {' '.join(args.inputs)}", file=sys.stderr)
+        return 2
+    prefix_dirs, empty = find_prefixes(folders)
+    if not prefix_dirs:
+        print(f"{parser.prog}: error: no fold*_* folders in or under {' '.join(map(str, empty))}", file=sys.stderr)
+        return 2
+    for folder in empty:
+        warn(f"{folder}: no fold*_* folders in or under it, skipped")
+    runs = load_runs(prefix_dirs, args.metric)
+    if not runs:
+        print(f"{parser.prog}: error: no complete results in {' '.join(map(str, prefix_dirs))}", file=sys.stderr)
+        return 2
+    fold_rows, config_rows, varying = summarize(runs)
+    flagged = [row for row in fold_rows if row["under_trained"]]
+    if flagged:
+        warn(f"{len(flagged)} run(s) had their best epoch at their last one, so early stopping never fired "
+             f"(may be under-trained: raise --max_epochs): see the under-trained column")
+
+    f1_name = METRICS[args.metric][2]
+    if args.output:
+        out_dir = Path(args.output)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        n_plots = write_outputs(out_dir, fold_rows, config_rows, varying, args.ylim, f1_name)
+    else:
+        # A new folder, written aside and renamed, so no earlier report is touched.
+        root = Path("reports")
+        root.mkdir(exist_ok=True)
+        tmp = root / f".report-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()  # not mkdtemp: the report gets the user's usual permissions
+        try:
+            n_plots = write_outputs(tmp, fold_rows, config_rows, varying, args.ylim, f1_name)
+            out_dir = publish_report(tmp, root, report_name(args.inputs))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     if args.format == "json":
-        print(json.dumps({"per_fold": fold_rows, "per_config": config_rows}, indent=2))
+        print(json.dumps({"metric": args.metric, "per_fold": fold_rows, "per_config": config_rows}, indent=2))
     elif args.format == "csv":
         write_csv(sys.stdout, fold_rows, fold_columns(varying))
         print()
         write_csv(sys.stdout, config_rows, config_columns(varying))
     else:
-        print(fold_markdown(fold_rows, varying), "", config_markdown(config_rows, varying), sep="\n")
-    print(f"wrote per_fold.csv, per_config.csv and {len(plots)} plot(s) to {out_dir}", file=sys.stderr)
+        print(fold_markdown(fold_rows, varying), "", config_markdown(config_rows, varying, args.metric), sep="\n")
+    print(f"wrote per_fold.csv, per_config.csv and {n_plots} plot(s) to {out_dir}", file=sys.stderr)
     return 0
 
 

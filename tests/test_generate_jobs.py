@@ -36,7 +36,7 @@ def test_original_grid_counts(tmp_path):
     out = tmp_path / "jobs.json"
     result = run_cli(str(EXAMPLES / "original_grid.json"), "-o", str(out))
     assert result.returncode == 0, result.stderr
-    assert "jobs: 1008 (duplicates dropped: 0)" in result.stdout
+    assert "jobs: 1008 jobs + 54 base-model jobs (duplicates dropped: 0)" in result.stdout
     assert "full_fine_tuning 504, target_only_fine_tuning 504" in result.stdout
     # 2 batch sizes x 7 folds x 6 base sizes = 84 fold-specific base models; folds whose
     # first-n base participants coincide share one, leaving 2 x (2+3+4+5+6+7) = 54.
@@ -188,3 +188,32 @@ def test_set_overrides_and_print(tmp_path):
     assert all(line.startswith("python oct1_train.py ") and "--batch_size 16" in line for line in lines)
     assert "jobs: 4" in result.stderr
     assert not (tmp_path / "jobs.json").exists()
+
+
+def test_print_puts_only_command_lines_on_stdout_even_when_it_makes_the_demo_data(tmp_path, monkeypatch,
+                                                                                   capsys):
+    import functools
+
+    import make_dataset
+    monkeypatch.chdir(tmp_path)  # no data/demo here: the default grid creates it first
+    # A small demo dataset keeps the test fast; what matters is the line announcing it.
+    monkeypatch.setattr(make_dataset, "write_synthetic_dataset", functools.partial(
+        make_dataset.write_synthetic_dataset, n_participants=3, window_size=50, n_train=4, n_val=2, n_test=2))
+    assert generate_jobs.main(["--print", "--script", OCT1]) == 0
+    out, err = capsys.readouterr()
+    assert (tmp_path / "data" / "demo" / "p01_train.pt").is_file()
+    lines = out.splitlines()
+    assert len(lines) == 6 and all(line.startswith(f"python {OCT1} --") for line in lines), out
+    assert "creating the synthetic demo dataset" in err
+
+
+def test_generator_and_runner_count_jobs_alike(demo_cwd, capsys):
+    import run_distributed_training as rdt
+    assert generate_jobs.main(["--script", OCT1, "-o", "jobs.json"]) == 0
+    out = capsys.readouterr().out
+    # The demo grid: 6 folds x (full_fine_tuning, target_only); one base model per full_fine_tuning fold.
+    assert "jobs: 12 jobs + 6 base-model jobs (duplicates dropped: 0)" in out
+    (demo_cwd / "cluster.json").write_text(json.dumps(
+        {"servers": [{"host": "here", "local": True, "gpus": [0]}], "script_path": OCT1}))
+    assert rdt.main(["--cluster-config", "cluster.json", "--jobs-config", "jobs.json", "--dry-run"]) == 0
+    assert "# 12 jobs + 6 base-model jobs over 1 slot: here:0" in capsys.readouterr().out

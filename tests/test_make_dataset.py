@@ -256,9 +256,6 @@ def make_broken_input(raw, case):
     if case == "label not 0/1":
         rows = [(i, 0, 1, "smoking") for i in range(40)]
         return [], "line 2, column 'label'", write_csv(p1 / "a.csv", header, rows)
-    if case == "recording shorter than a window":
-        time_index_recording(p1 / "a.csv", 50, recording=0)
-        return [], "shorter than one window", time_index_recording(p1 / "b.csv", 9, 1)
     if case == "no windows in a split":
         time_index_recording(p1 / "a.csv", 50, recording=0)  # val block: 10 samples
         return ["--window_size", 20], "no windows in the val split", p1
@@ -275,7 +272,7 @@ def make_broken_input(raw, case):
 
 
 @pytest.mark.parametrize("case", [
-    "missing column", "non-numeric value", "label not 0/1", "recording shorter than a window",
+    "missing column", "non-numeric value", "label not 0/1",
     "no windows in a split", "empty input folder", "too few recordings",
     "positive label never seen"])
 def test_csv_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, case):
@@ -287,3 +284,45 @@ def test_csv_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, case
     assert err.startswith("make_dataset.py: error: ") and err.count("\n") == 1, err
     assert message in err and f"{named}:" in err
     assert sorted(os.listdir(tmp_path)) == ["raw"]
+
+
+def test_csv_warns_about_bad_splits_and_strict_refuses(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    # alice: positives only in the first 60% (train); her val and test have none.
+    time_index_recording(raw / "alice" / "r1.csv", 100, recording=1, labels=[1] * 60 + [0] * 40)
+    time_index_recording(raw / "alice" / "short.csv", 7, recording=2)
+    # bob: train all positive; val and test one positive and one negative window each.
+    mixed = [1] + [0] * 19
+    time_index_recording(raw / "bob" / "r1.csv", 100, recording=3, labels=[1] * 60 + mixed + mixed)
+    args = ["csv", "--input_dir", raw, *CSV_ARGS, "--window_size", 10, "--label_rule", "any",
+            "--batch_size", 8]
+    status, out, err = run_main(capsys, *args, "--output_dir", tmp_path / "out")
+    assert status == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert "warning: alice val: no positive window (of 2)" in warnings
+    assert "warning: alice test: no positive window (of 2)" in warnings
+    assert "warning: bob train: no negative window (of 6)" in warnings
+    assert "warning: alice train: 6 windows, fewer than one batch (--batch_size 8)" in warnings
+    assert any("short.csv: 7 samples, shorter than one window" in line for line in warnings)
+    assert not any(line.startswith("warning: bob val") for line in warnings)
+    # alice's 7-sample recording is dropped whole; the windows cover the rest exactly.
+    assert "note: alice: 7 of 107 samples fall in no window" in err
+    assert "wrote 6 files" in out
+
+    status, out, err = run_main(capsys, *args, "--output_dir", tmp_path / "strict", "--strict")
+    assert status == 2
+    assert err.splitlines()[-1].startswith("make_dataset.py: error: --strict: ")
+    assert not (tmp_path / "strict").exists()
+    assert sorted(os.listdir(tmp_path)) == ["out", "raw"]
+
+
+def test_csv_missing_positive_label_lists_the_labels_found(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    rows = [(i, 0.1 * i, "Smoking" if i % 4 == 0 else "none") for i in range(40)]
+    write_csv(raw / "p1" / "day1.csv", ["t", "acc_x", "activity"], rows)
+    status, _, err = run_main(capsys, "csv", "--input_dir", raw, "--output_dir", tmp_path / "out",
+                              "--channels", "t,acc_x", "--label_column", "activity",
+                              "--positive_label", "smoking", "--window_size", 4)
+    assert status == 2 and err.count("\n") == 1, err
+    assert "no row has label 'smoking'" in err
+    assert "found: 'none' (30), 'Smoking' (10)" in err

@@ -1,4 +1,5 @@
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -102,7 +103,7 @@ def test_creates_out_dir_and_overwrites(tmp_path):
 
 
 def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
-    def crash(self, f):
+    def crash(self, f, **options):
         f.write(PNG_SIGNATURE)  # a half-written file, then the process dies
         raise KeyboardInterrupt
 
@@ -192,7 +193,7 @@ def test_draw_breaks_lines_at_none_and_marks_transition():
     ax = Figure().add_subplot()
     assert plotting.draw(ax, losses, "loss")
     lines = {line.get_label(): line for line in ax.get_lines()}
-    base_val = lines["base val"].get_ydata()
+    base_val = lines["base participants' test"].get_ydata()
     assert np.isnan(base_val).tolist() == [False, True, False, True, True]
     assert lines["phase transition"].get_xdata()[0] == 3.5
     assert ax.get_yscale() == "log"
@@ -204,3 +205,16 @@ def test_draw_reports_no_data():
     ax = Figure().add_subplot()
     assert not plotting.draw(ax, CASES["all_curves_none"], "f1")
     assert ax.get_lines() == []
+
+
+def test_pngs_get_the_same_permissions_as_every_other_output(tmp_path):
+    old = os.umask(0o022)  # a typical shared server: others may read
+    try:
+        pngs = plotting.plot_training_curves(FULL, tmp_path)
+        (tmp_path / "metrics.json").write_text("{}")  # as experiment.py writes its JSON files
+    finally:
+        os.umask(old)
+    json_mode = stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode)
+    assert json_mode == 0o644
+    assert [stat.S_IMODE(p.stat().st_mode) for p in pngs] == [json_mode, json_mode]
+    assert sorted(os.listdir(tmp_path)) == ["f1_curves.png", "loss_curves.png", "metrics.json"]

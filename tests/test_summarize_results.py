@@ -3,6 +3,7 @@
 Every expected value below is worked out by hand in the comments next to it.
 """
 import csv
+import itertools
 import json
 import math
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
+from matplotlib.text import Text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -22,7 +24,7 @@ PARTICIPANTS = ["p1", "p2", "p3", "p4"]
 
 
 def write_run(prefix_dir, fold, mode, base_f1, personalized_f1, base_epoch=None, target_epoch=None,
-              participants=PARTICIPANTS, n_base="all", drop_metric=None, **settings):
+              participants=PARTICIPANTS, n_base="all", drop_metric=None, extra_metrics=None, **settings):
     """One fold folder as experiment.py writes it (only the keys that matter here)."""
     target = participants[fold]
     others = [p for p in participants if p != target]
@@ -38,6 +40,7 @@ def write_run(prefix_dir, fold, mode, base_f1, personalized_f1, base_epoch=None,
     metrics = {"mode": mode, "fold": fold, "target_participant": target,
                "best_base_epoch": base_epoch, "best_target_epoch": target_epoch,
                "best_base_model_target_test_f1": base_f1, "best_target_model_target_test_f1": personalized_f1}
+    metrics.update(extra_metrics or {})
     metrics.pop(drop_metric, None)
     fold_dir = prefix_dir / f"fold{fold}_{target}"
     fold_dir.mkdir(parents=True)
@@ -299,16 +302,16 @@ def test_wilcoxon_agrees_with_scipy():
 def test_headline(experiments, capsys):
     text = sr.headline([experiments / "ft", experiments / "ft_half", str(experiments / "t*")])
     assert text.splitlines() == [
-        "target_only, target_data_pct=1.0: F1 0.667 (n=3)",
-        "target_only_fine_tuning, target_data_pct=1.0: F1 0.500 -> 0.700 (gain +0.200), responders 1/2, "
+        "target_only, target_data_pct=1.0: macro F1 0.667 (n=3)",
+        "target_only_fine_tuning, target_data_pct=1.0: macro F1 0.500 -> 0.700 (gain +0.200), responders 1/2, "
         "Wilcoxon p=1",
-        "full_fine_tuning, target_data_pct=0.5: F1 0.575 -> 0.625 (gain +0.050), responders 3/4, "
+        "full_fine_tuning, target_data_pct=0.5: macro F1 0.575 -> 0.625 (gain +0.050), responders 3/4, "
         "Wilcoxon p=0.25",
-        "full_fine_tuning, target_data_pct=1.0: F1 0.575 -> 0.700 (gain +0.125), responders 3/4, "
+        "full_fine_tuning, target_data_pct=1.0: macro F1 0.575 -> 0.700 (gain +0.125), responders 3/4, "
         "Wilcoxon p=0.375",
     ]
     # One prefix alone: nothing varies, so the label is the mode.
-    assert sr.headline([experiments / "ft"]) == ("full_fine_tuning: F1 0.575 -> 0.700 (gain +0.125), "
+    assert sr.headline([experiments / "ft"]) == ("full_fine_tuning: macro F1 0.575 -> 0.700 (gain +0.125), "
                                                 "responders 3/4, Wilcoxon p=0.375")
     assert sr.headline([experiments / "nothing_here"]).startswith("summary: no complete results in ")
 
@@ -342,7 +345,7 @@ def test_cli_markdown_csv_files_and_plots(experiments, tmp_path):
     assert "fold9_p9: skipped" in result.stderr and "fold9_p9" not in result.stdout
     lines = result.stdout.splitlines()
     assert lines[0].startswith("| config | prefix | fold | participant | mode | target_data_pct | base F1 |")
-    assert "| 4 | ft | 2 | p3 | full_fine_tuning | 1.0 | 0.800 | 0.700 | 0.750 | -0.100 | -12.500 | -0.500 | 8 | 11 |" \
+    assert "| 4 | ft | 2 | p3 | full_fine_tuning | 1.0 | 0.800 | 0.700 | 0.750 | -0.100 | -12.500 | -0.500 | 8 | 11 |  |" \
         in lines
     assert any(line.startswith("| 4 | full_fine_tuning | 1.0 | 4 | 0.575 ± 0.171 (0.550) |")
                and line.endswith("| 3/4 | W=1.5, p=0.375 |") for line in lines)
@@ -363,7 +366,8 @@ def test_cli_markdown_csv_files_and_plots(experiments, tmp_path):
     assert float(ft["gain_median"]) == pytest.approx(0.15)
 
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["f1_vs_target_data_pct.png", "paired_config2.png", "paired_config3.png", "paired_config4.png"]
+    assert pngs == ["f1_vs_target_data_pct.png", "paired_config2.png", "paired_config3.png", "paired_config4.png",
+                    "scores_config1.png"]
     for name in pngs:
         assert_drawn(out / name)
 
@@ -415,3 +419,108 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, capsys, monkeypatch):
     assert err.splitlines() == [f"warning: {broken / 'fold0_p1'}: skipped, no hyperparameters.json",
                                 f"summarize_results.py: error: no complete results in {broken}"]
     assert not (tmp_path / "reports").exists()
+
+
+# ---------------------------------------------------------------- what a researcher trips over (issue 13)
+
+def test_metric_f1_pos_reports_the_positive_class_and_the_default_names_macro_f1(tmp_path, capsys):
+    exp = tmp_path / "experiments"
+    for fold, (base, pers, base_pos, pers_pos) in enumerate([(0.7, 0.8, 0.4, 0.6), (0.6, 0.7, 0.3, 0.2)]):
+        write_run(exp / "ft", fold, "full_fine_tuning", base, pers, extra_metrics={
+            "best_base_model_target_test_f1_pos": base_pos, "best_target_model_target_test_f1_pos": pers_pos})
+    status, out, err = run_main(capsys, exp / "ft", "-o", tmp_path / "macro")
+    assert status == 0, err
+    assert "F1 = macro F1 on the target's test split." in out
+    assert "| 1 | ft | 0 | p1 | full_fine_tuning | 0.700 | 0.800 |" in out
+    status, out, err = run_main(capsys, exp / "ft", "-o", tmp_path / "pos", "--metric", "f1_pos")
+    assert status == 0, err
+    assert "F1 = positive-class F1 on the target's test split." in out
+    assert "| 1 | ft | 0 | p1 | full_fine_tuning | 0.400 | 0.600 |" in out
+    assert "| 1 | ft | 1 | p2 | full_fine_tuning | 0.300 | 0.200 |" in out
+    assert sr.headline([exp / "ft"]).startswith("full_fine_tuning: macro F1 0.650 -> 0.750")
+
+
+def test_best_epochs_are_counted_within_their_phase(tmp_path):
+    exp = tmp_path / "experiments"
+    # Fine-tuning: 30 base epochs, so global target epoch 45 is epoch 15 of the target phase.
+    write_run(exp / "ft", 0, "full_fine_tuning", 0.5, 0.6, 25, 45, extra_metrics={"transition_epoch": 30})
+    write_run(exp / "to", 0, "target_only", None, 0.6, None, 20, extra_metrics={"transition_epoch": None})
+    fold_rows, _, _ = sr.summarize(sr.load_runs([exp / "ft", exp / "to"]))
+    assert only(fold_rows, mode="full_fine_tuning")["best_target_epoch"] == 15
+    assert only(fold_rows, mode="full_fine_tuning")["best_base_epoch"] == 25
+    assert only(fold_rows, mode="target_only")["best_target_epoch"] == 20
+    assert [name for key, name in sr.FIGURES if key == "best_target_epoch"] == ["best target epoch (of its phase)"]
+
+
+def test_a_grid_prefix_finds_its_configurations_and_reports_never_clobber(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    watch = tmp_path / "experiments" / "watch"
+    for pct in (0.5, 1.0):
+        for fold in range(2):
+            write_run(watch / f"target_data_pct-{pct}", fold, "full_fine_tuning", 0.5, 0.6 + fold / 10,
+                      target_data_pct=pct)
+    status, out, err = run_main(capsys, "experiments/watch")
+    assert status == 0, err
+    assert "no fold" not in err
+    assert (tmp_path / "reports" / "watch" / "per_fold.csv").read_text().count("\n") == 5
+    first = (tmp_path / "reports" / "watch" / "per_fold.csv").read_bytes()
+    status, out, err = run_main(capsys, "experiments/watch/*")
+    assert status == 0, err
+    assert (tmp_path / "reports" / "watch-2" / "per_fold.csv").is_file()
+    assert (tmp_path / "reports" / "watch" / "per_fold.csv").read_bytes() == first
+    assert err.splitlines()[-1].endswith("to reports/watch-2")
+    assert [p.name for p in (tmp_path / "reports").iterdir()] != [] and not any(
+        p.name.startswith(".") for p in (tmp_path / "reports").iterdir())
+    # An empty folder: one line, the error.
+    (tmp_path / "experiments" / "empty").mkdir()
+    status, out, err = run_main(capsys, "experiments/empty")
+    assert status == 2
+    assert err.splitlines() == ["summarize_results.py: error: no fold*_* folders in or under experiments/empty"]
+
+
+def test_report_plots_have_fixed_axes_separate_labels_and_target_only_too(tmp_path, capsys):
+    exp = tmp_path / "experiments"
+    # Personalized F1 1.00 for three participants, and every value within 0.459-0.467.
+    for fold, (base, pers) in enumerate([(0.459, 1.0), (0.467, 1.0), (0.46, 1.0), (0.462, 0.463)]):
+        write_run(exp / "ft", fold, "full_fine_tuning", base, pers)
+    for fold in range(3):
+        write_run(exp / "to", fold, "target_only", None, 0.46 + fold / 1000)
+    fold_rows, config_rows, varying = sr.summarize(sr.load_runs([exp / "ft", exp / "to"]))
+    paired = sr.paired_figure(config_rows[1], rows_of(fold_rows, config=2), varying)
+    assert paired.get_ylim() == (0.0, 1.0)
+    heights = sorted(text.xyann[1] for text in paired.texts)
+    assert len(heights) == 4
+    assert min(b - a for a, b in zip(heights, heights[1:])) >= sr.LABEL_GAP - 1e-9
+    assert max(heights) <= 1.0
+    # The labels' drawn boxes do not overlap either.
+    paired.figure.canvas.draw()  # places the texts
+    renderer = paired.figure.canvas.get_renderer()
+    boxes = [Text.get_window_extent(text, renderer) for text in paired.texts]  # the text, not its arrow
+    assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))
+
+    status, out, err = run_main(capsys, exp / "*", "-o", tmp_path / "out", "--ylim", "0.4", "0.6")
+    assert status == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["paired_config2.png", "scores_config1.png"]
+    assert_drawn(tmp_path / "out" / "scores_config1.png")
+    scores = sr.scores_figure(config_rows[0], rows_of(fold_rows, config=1), varying, (0.4, 0.6))
+    assert scores.get_ylim() == (0.4, 0.6) and len(scores.texts) == 3
+
+
+def test_runs_whose_best_epoch_is_the_last_are_flagged_under_trained(tmp_path, capsys):
+    exp = tmp_path / "experiments"
+    # p1: target phase ran 20 epochs after 30 base ones and was best at its last (global 50).
+    write_run(exp / "ft", 0, "full_fine_tuning", 0.5, 0.6, 20, 50, extra_metrics={
+        "transition_epoch": 30, "base_epochs_run": 30, "target_epochs_run": 20})
+    # p2: both phases stopped early.
+    write_run(exp / "ft", 1, "full_fine_tuning", 0.5, 0.6, 20, 40, extra_metrics={
+        "transition_epoch": 30, "base_epochs_run": 30, "target_epochs_run": 20})
+    # p3: target_only, best at its last epoch; base fields are null.
+    write_run(exp / "to", 2, "target_only", None, 0.6, None, 60, extra_metrics={
+        "transition_epoch": None, "base_epochs_run": None, "target_epochs_run": 60})
+    status, out, err = run_main(capsys, exp / "*", "-o", tmp_path / "out")
+    assert status == 0, err
+    assert "2 run(s) had their best epoch at their last one" in err and "raise --max_epochs" in err
+    with open(tmp_path / "out" / "per_fold.csv") as f:
+        flags = {row["participant"]: row["under_trained"] for row in csv.DictReader(f)}
+    assert flags == {"p1": "target", "p2": "", "p3": "target"}
+    assert "under-trained" in out.splitlines()[0]

@@ -28,6 +28,8 @@ from tiny_data import write_tiny_dataset
 ROOT = Path(__file__).resolve().parent.parent
 WINDOW = 64
 SIZES = (16, 8, 8)  # train, val, test windows per participant
+POSITIVE_CLASS = {f"best_{model}_model_target_test_{score}" for model in ("base", "target")
+                  for score in ("f1_pos", "precision", "recall")}
 METRIC_KEYS = {
     "mode", "fold", "target_participant",
     "best_base_epoch", "best_base_val_loss", "best_base_val_f1",
@@ -36,14 +38,16 @@ METRIC_KEYS = {
     "best_base_model_target_test_loss", "best_base_model_target_test_f1",
     "best_target_model_target_test_loss", "best_target_model_target_test_f1",
     "base_epochs_run", "target_epochs_run", "base_model_reused", "base_key",
-    "train_windows_per_s", "total_time_s"}
+    "train_windows_per_s", "total_time_s"} | POSITIVE_CLASS
 BASE_METRICS = {"best_base_epoch", "best_base_val_loss", "best_base_val_f1", "transition_epoch",
-                "best_base_model_target_test_loss", "best_base_model_target_test_f1", "base_epochs_run"}
+                "best_base_model_target_test_loss", "best_base_model_target_test_f1", "base_epochs_run",
+                "best_base_model_target_test_f1_pos", "best_base_model_target_test_precision",
+                "best_base_model_target_test_recall"}
 TARGET_METRICS = {"best_target_epoch", "best_target_val_loss", "best_target_val_f1",
                   "best_target_model_target_test_loss", "best_target_model_target_test_f1",
                   "target_epochs_run"}
 TEST_SCORES = {"best_base_model_target_test_loss", "best_base_model_target_test_f1",
-               "best_target_model_target_test_loss", "best_target_model_target_test_f1"}
+               "best_target_model_target_test_loss", "best_target_model_target_test_f1"} | POSITIVE_CLASS
 TIMING = {"total_time_s", "train_windows_per_s"}
 CURVES = [f"{phase}_{name}" for phase in ("base", "target")
           for name in ("train_loss", "val_loss", "train_f1", "val_f1")]
