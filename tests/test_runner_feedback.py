@@ -47,6 +47,12 @@ def test_a_bad_flag_fails_the_dry_run_naming_job_and_flag(tmp_path, capsys, monk
     assert not (tmp_path / "runs").exists()
 
 
+def ended(folder):
+    """The ledger's end lines (each attempt also writes a start line)."""
+    lines = (folder / "runs" / "jobs" / "ledger.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["status"] != "started"]
+
+
 def test_an_argparse_error_is_never_retried(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # A script the runner cannot ask beforehand (no build_parser here): the job fails on the host.
@@ -57,7 +63,7 @@ def test_an_argparse_error_is_never_retried(tmp_path, capsys, monkeypatch):
     assert rdt.main(argv) == 1
     out, err = capsys.readouterr()
     assert "jobs not checked before starting" in err
-    records = [json.loads(line) for line in (tmp_path / "runs" / "jobs" / "ledger.jsonl").read_text().splitlines()]
+    records = ended(tmp_path)
     assert [(r["attempt"], r["exit_status"]) for r in records] == [(1, 2)]
     assert "bad flags: not retried" in err
 
@@ -65,6 +71,6 @@ def test_an_argparse_error_is_never_retried(tmp_path, capsys, monkeypatch):
     script.write_text("import sys\nprint('data/x_train.pt: missing', file=sys.stderr)\nsys.exit(2)\n")
     shutil.rmtree(tmp_path / "runs")
     assert rdt.main(argv) == 1
-    records = [json.loads(line) for line in (tmp_path / "runs" / "jobs" / "ledger.jsonl").read_text().splitlines()]
+    records = ended(tmp_path)
     assert [(r["attempt"], r["exit_status"]) for r in records] == [(1, 2), (2, 2), (3, 2), (4, 2)]
     assert "data/x_train.pt: missing" in capsys.readouterr().out  # the summary shows the last line
