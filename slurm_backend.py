@@ -497,7 +497,7 @@ def main(args):
     workdir = Path(settings["workdir"])
     cached = {key: job for key, job in bases.items()
               if base_cache.entry_intact(workdir / rdt.cache_entry(job, key))}
-    items = make_items(todo, bases, cached, history if args.resume else [])
+    items = make_items(todo, bases, cached, history)
     skipped = len(jobs) - len(todo)
     if skipped:
         print(f"resume: {skipped} of {len(jobs)} jobs already finished (per {run_dir / 'ledger.jsonl'}); "

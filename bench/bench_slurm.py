@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,15 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 import slurm_backend  # noqa: E402
+from bench_dispatch import timed  # noqa: E402
 from slurm_cluster import SlurmCluster, slurm_installed  # noqa: E402  (the tests' cluster helper)
-
-
-def timed(command, env, cwd):
-    started = time.perf_counter()
-    done = subprocess.run(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if done.returncode:
-        sys.exit(f"{command[:2]} failed ({done.returncode}): {done.stderr[-2000:]}")
-    return time.perf_counter() - started
 
 
 def main():
@@ -54,7 +46,7 @@ def main():
             "slurm": {"gpus_per_task": 0, "python": sys.executable, "workdir": str(tmp)},
             "script_path": str(script)}))
         runner = timed([sys.executable, str(ROOT / "run_distributed_training.py"), "--cluster-config",
-                        "slurm.json", "--jobs-config", "jobs.json", "--quiet"], cluster.env, tmp)
+                        "slurm.json", "--jobs-config", "jobs.json", "--quiet"], env=cluster.env, cwd=tmp)
         bare_script = tmp / "bare.sh"
         bare_script.write_text(f"#!/bin/bash\n{sys.executable} {script} --fold $SLURM_ARRAY_TASK_ID\n")
         started = time.perf_counter()

@@ -4,7 +4,6 @@ Skipped when Slurm is not installed, unless REQUIRE_SLURM_TESTS=1 (set by .ci/ru
 turns the skip into a failure. The test cluster has 2 CPUs and 2 fake GPUs, no accounting
 database: finished jobs are read from `scontrol show job`.
 """
-import json
 import os
 import re
 import shutil
