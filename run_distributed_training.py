@@ -1097,7 +1097,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.backend is not None:
         print(f"{PROG}: error: --backend: the cluster config chooses the backend; give it a \"slurm\" "
-              f"section for Slurm (see examples/cluster_slurm.json)", file=sys.stderr)
+              f"section for Slurm (see examples/slurm_cluster.json)", file=sys.stderr)
         return 2
     import slurm_backend  # here: it builds on this module
     if slurm_backend.is_slurm_config(args.cluster_config):

@@ -480,6 +480,21 @@ def summary_lines(run, skipped, cached):
     return lines
 
 
+def write_log_file(path, run, args, skipped):
+    """The JSON report of --log-file: totals and, per job, its last Slurm job, state and exit code."""
+    jobs = [{"job_id": i.job_id, "status": i.status, "state": i.state, "exit_status": i.exit_status,
+             "attempts": i.attempts, "log": str(run.log_dir / f"{i.job_id}.log")} for i in run.items]
+    totals = {status: sum(i.status == status for i in run.items) for status in ("ok", "failed", "cancelled",
+                                                                                "blocked", "queued")}
+    report = {"backend": "slurm", "cluster_config": args.cluster_config, "jobs_config": args.jobs_config,
+              "started": run.started, "wall_s": time.time() - run.started, "arrays": run.submitted,
+              "totals": dict(totals, jobs=len(run.items) + skipped, skipped=skipped), "jobs": jobs}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    os.replace(tmp, path)
+
+
 def main(args):
     """run_distributed_training.py with a Slurm cluster config; returns the exit status."""
     run_dir = Path(args.run_dir or Path("runs", Path(args.jobs_config).stem)).absolute()
@@ -538,6 +553,7 @@ def main(args):
     finally:
         signal.signal(signal.SIGTERM, previous)
         ledger.close()
+        write_log_file(args.log_file or run_dir / "run_log.json", run, args, skipped)
     print("\n".join(summary_lines(run, skipped, cached)))
     return finish_run(jobs, workdir, 0 if all(i.status == "ok" for i in items) else 1)
 

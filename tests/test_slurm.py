@@ -4,6 +4,7 @@ Skipped when Slurm is not installed, unless REQUIRE_SLURM_TESTS=1 (set by .ci/ru
 turns the skip into a failure. The test cluster has 2 CPUs and 2 fake GPUs, no accounting
 database: finished jobs are read from `scontrol show job`.
 """
+import json
 import os
 import re
 import shutil
@@ -103,6 +104,14 @@ def test_dry_run_prints_the_arrays_and_their_dependencies(tmp_path, capsys, monk
     assert "slurm.gpus_per_task: expected a whole number >= 0" in errors[2]
 
 
+def test_the_shipped_example_config_is_valid():
+    settings, script = slurm_backend.load_slurm_config(ROOT / "examples" / "slurm_cluster.json")
+    assert script == "oct1_train.py" and settings["workdir"] == "/shared/me/personalization"
+    assert slurm_backend.sbatch_options(settings, timeout=90) == [
+        "--partition=gpu", "--account=mylab", "--cpus-per-task=4", "--mem=16G", "--time=2", "--gres=gpu:1",
+        "--constraint=a100|v100"]
+
+
 def test_six_fine_tuning_jobs_share_two_base_models(cluster, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_tiny_dataset(tmp_path / "data")
@@ -116,6 +125,8 @@ def test_six_fine_tuning_jobs_share_two_base_models(cluster, tmp_path, capsys, m
     assert "6 done, 0 failed, 0 cancelled, 0 blocked, 0 skipped (finished earlier), 0 not run" in out
     assert "base models: 2 trained for 2 distinct keys (0 already in the cache), against 6 without sharing" in out
     assert "report: python summarize_results.py" in out and "target_data_pct=0.34: F1" in out
+    report = json.loads((tmp_path / "runs" / "jobs" / "run_log.json").read_text())
+    assert report["totals"]["ok"] == 8 and len(report["arrays"]) == 3
 
     records = ledger(tmp_path / "runs" / "jobs")
     submitted = {r["job_id"]: r["slurm_job"] for r in records if r["status"] == "submitted"}
