@@ -44,6 +44,7 @@ SLURM_WORD = re.compile(r"^[A-Za-z0-9_.:,+=@-]+$")  # partition, account, qos, g
 DONE = "COMPLETED"
 NOT_RETRIED = ("CANCELLED",)  # someone cancelled it on purpose: reported, not retried
 GONE_AFTER_POLLS = 10  # a job neither squeue nor the accounting knows for this long is lost
+UNREACHABLE_S = 120.0  # squeue failing this long ends the watch (the jobs stay queued)
 
 
 def _word(v):
@@ -202,11 +203,15 @@ def first_line(text):
     return lines[-1] if lines else "(no output)"
 
 
+class SlurmUnreachable(Exception):
+    """squeue failed (the controller is down or unreachable)."""
+
+
 def queue_states():
     """{job id ("123_4" for an array task): state} of this user's jobs in squeue."""
     out = slurm("squeue", "--me", "-h", "-r", "-o", "%i|%T")
     if out.returncode:
-        raise RuntimeError(f"squeue: {first_line(out.stderr)}")
+        raise SlurmUnreachable(f"squeue: {first_line(out.stderr)}")
     return dict(line.split("|", 1) for line in out.stdout.split())
 
 
@@ -264,8 +269,8 @@ class SlurmRun:
         self.missing = {}  # id: polls it has been unknown to Slurm
         self.started = time.time()
 
-    def say(self, message):
-        if not self.quiet:
+    def say(self, message, important=False):
+        if important or not self.quiet:
             tqdm.write(message, file=sys.stderr)
 
     # -- submitting
@@ -365,9 +370,17 @@ class SlurmRun:
     def watch(self):
         """Poll until every item has ended; Ctrl-C cancels what is queued or running."""
         bar = tqdm(total=len(self.items), desc="jobs", unit="job", disable=self.quiet, file=sys.stderr)
+        failing_since = None
         try:
             while self.active():
-                self.poll()
+                try:
+                    self.poll()
+                    failing_since = None
+                except SlurmUnreachable as e:  # a controller restart is brief; ride it out
+                    failing_since = failing_since or time.time()
+                    if time.time() - failing_since > UNREACHABLE_S:
+                        raise
+                    self.say(f"warning: {e}; asking again", important=True)
                 counts = {s: sum(i.status == s for i in self.items) for s in ("ok", "failed", "blocked")}
                 running = sum(i.state == "RUNNING" for i in self.active().values())
                 bar.n = len(self.items) - len(self.active())
@@ -540,6 +553,10 @@ def main(args):
                   f"rerun the same command without --detach to watch them", file=sys.stderr)
             return 0
         run.watch()
+    except SlurmUnreachable as e:
+        print(f"{rdt.PROG}: error: {e} for {UNREACHABLE_S:.0f} s; submitted jobs stay in Slurm: rerun the "
+              f"same command to watch them", file=sys.stderr)
+        return 3
     except SubmitError as e:  # at the start or for a retry: nothing half-submitted stays queued
         run.cancel_all()
         print(f"{rdt.PROG}: error: {e}", file=sys.stderr)

@@ -79,10 +79,17 @@ class SlurmCluster:
         self.conf.write_text(SLURM_CONF.format(root=root, ctld_port=free_port("127.0.0.1"),
                                                slurmd_port=free_port("127.0.0.1")))
         (root / "gres.conf").write_text(f"NodeName=localhost Name=gpu File={root}/dev/gpu[0-1]\n")
-        subprocess.run(["slurmctld", "-f", self.conf], check=True, env=self.env)  # daemonizes
-        self._wait(lambda: self.run("scontrol", "ping").returncode == 0, "slurmctld")
+        self.start_controller()
         subprocess.run(["slurmd", "-f", self.conf, "-N", "localhost"], check=True, env=self.env)
         self._wait(lambda: self.run("sinfo", "-h", "-o", "%T").stdout.strip() == "idle", "an idle node")
+
+    def start_controller(self):
+        """slurmctld, recovering the jobs it saved when it last stopped."""
+        subprocess.run(["slurmctld", "-f", self.conf], check=True, env=self.env)  # daemonizes
+        self._wait(lambda: self.run("scontrol", "ping").returncode == 0, "slurmctld")
+
+    def stop_controller(self):
+        stop_by_pid_file(self.root / "run" / "slurmctld.pid")
 
     def run(self, *argv):
         return subprocess.run(argv, capture_output=True, text=True, env=self.env)
@@ -102,14 +109,19 @@ class SlurmCluster:
     def stop(self):
         for pid_file in (self.root / "run" / "slurmd.pid", self.root / "run" / "slurmctld.pid",
                          self.root / "munge" / "munged.pid"):
-            try:
-                pid = int(pid_file.read_text())
-                os.kill(pid, signal.SIGTERM)
-            except (OSError, ValueError):
-                continue
-            for _ in range(100):
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.1)
+            stop_by_pid_file(pid_file)
+
+
+def stop_by_pid_file(pid_file):
+    """SIGTERM the daemon whose pid the file holds, and wait (10 s at most) until it is gone."""
+    try:
+        pid = int(pid_file.read_text())
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        return
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)

@@ -251,6 +251,28 @@ def test_detach_leaves_jobs_queued_and_a_rerun_watches_them(cluster, tmp_path, f
         zip(["job0", "job1"], submitted))
 
 
+def test_the_watch_rides_out_a_controller_restart(cluster, tmp_path, fake_script):
+    block = tmp_path / "block"
+    block.touch()
+    started = tmp_path / "started"
+    started.mkdir()
+    jobs = fake_jobs(tmp_path, {"fold": 0, "block_file": str(block), "started_dir": str(started)})
+    stderr = tmp_path / "runner.err"
+    with open(stderr, "w") as err:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "run_distributed_training.py"), "--cluster-config",
+                                 slurm_config(tmp_path, fake_script), "--jobs-config", jobs, "--quiet"],
+                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        wait_for(lambda: list(started.iterdir()), 60, "the job to start")
+        cluster.stop_controller()
+        wait_for(lambda: "warning: squeue" in stderr.read_text(), 60, "the runner to notice")
+    finally:
+        cluster.start_controller()
+    block.unlink()
+    assert proc.wait(60) == 0, stderr.read_text()
+    assert [r["status"] for r in ledger(tmp_path / "runs" / "jobs")] == ["submitted", "ok"]
+
+
 @pytest.mark.parametrize("setting, reason", [
     ({"partition": "nope"}, "Invalid partition name specified"),
     ({"gpus_per_task": 3}, "Requested node configuration is not available"),
