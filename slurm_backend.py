@@ -403,8 +403,11 @@ class SlurmRun:
                                "attempt": item.attempts})
             item.status, item.slurm_id = "cancelled", None
         deadline = time.time() + wait_s
-        while time.time() < deadline and any(job.split("_")[0] in arrays for job in queue_states()):
-            time.sleep(0.2)
+        try:
+            while time.time() < deadline and any(job.split("_")[0] in arrays for job in queue_states()):
+                time.sleep(0.2)
+        except SlurmUnreachable as e:
+            self.say(f"warning: {e}; cannot confirm the cancel: check squeue", important=True)
 
 
 # ------------------------------------------------------------- resume and CLI

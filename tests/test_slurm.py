@@ -4,6 +4,7 @@ Skipped when Slurm is not installed, unless REQUIRE_SLURM_TESTS=1 (set by .ci/ru
 turns the skip into a failure. The test cluster has 2 CPUs and 2 fake GPUs, no accounting
 database: finished jobs are read from `scontrol show job`.
 """
+import contextlib
 import json
 import os
 import re
@@ -29,20 +30,22 @@ HEADER = re.compile(r"^=== (\S+) attempt (\d+): slurm job (\S+) on \S+, CUDA_VIS
                     re.MULTILINE)
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    if not slurm_installed():
-        message = "Slurm not installed: apt-get install slurm-wlm munge"
+@contextlib.contextmanager
+def throwaway_cluster(accounting=False):
+    """A started SlurmCluster that the runner's sbatch, squeue, ... talk to (SLURM_CONF)."""
+    if not slurm_installed(accounting):
+        message = "Slurm not installed: apt-get install slurm-wlm munge" + (
+            " slurmdbd mariadb-server" if accounting else "")
         if os.environ.get("REQUIRE_SLURM_TESTS") == "1":
             pytest.fail(message + " (REQUIRE_SLURM_TESTS=1)", pytrace=False)
         pytest.skip(message)
     # munged wants every folder above its socket open to all, which pytest's tmp folders are not.
-    cluster = SlurmCluster(tempfile.mkdtemp(prefix="slurm-test-"))
+    cluster = SlurmCluster(tempfile.mkdtemp(prefix="slurm-test-"), accounting)
     os.chmod(cluster.root, 0o755)
     before = os.environ.get("SLURM_CONF")
     try:
         cluster.start()
-        os.environ["SLURM_CONF"] = str(cluster.conf)  # the runner's sbatch, squeue, ... talk to it
+        os.environ["SLURM_CONF"] = str(cluster.conf)
         yield cluster
     finally:
         cluster.stop()
@@ -51,6 +54,12 @@ def cluster():
             os.environ.pop("SLURM_CONF", None)
         else:
             os.environ["SLURM_CONF"] = before
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with throwaway_cluster() as cluster:
+        yield cluster
 
 
 def slurm_config(folder, script, **settings):
@@ -64,10 +73,23 @@ def fake_jobs(folder, *jobs):
     return write_json(folder / "jobs.json", [dict(job, job_id=f"job{job['fold']}") for job in jobs])
 
 
-def runner(folder, *argv):
-    """The runner as its own process, as a user starts it."""
-    return subprocess.Popen([sys.executable, str(ROOT / "run_distributed_training.py"), *argv], cwd=folder,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@pytest.fixture
+def runner(cluster):
+    """runner(folder, *argv, stderr=PIPE): the runner as its own process, as a user starts it.
+    A test that fails midway leaves no runner and no job behind for the next one."""
+    procs = []
+
+    def start(folder, *argv, stderr=subprocess.PIPE):
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "run_distributed_training.py"), *argv],
+                                      cwd=folder, stdout=subprocess.PIPE, stderr=stderr, text=True))
+        return procs[-1]
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    cluster.run("scancel", "--me")
 
 
 def headers(log):
@@ -182,7 +204,7 @@ def test_a_failing_base_blocks_only_its_dependents(cluster, tmp_path, capsys, mo
         assert_carries_the_stored_base(tmp_path, job)
 
 
-def test_a_cancelled_job_is_reported_and_a_failed_one_retried(cluster, tmp_path, fake_script):
+def test_a_cancelled_job_is_reported_and_a_failed_one_retried(cluster, runner, tmp_path, fake_script):
     block = tmp_path / "block"
     block.touch()
     started = tmp_path / "started"
@@ -192,6 +214,7 @@ def test_a_cancelled_job_is_reported_and_a_failed_one_retried(cluster, tmp_path,
     proc = runner(tmp_path, "--cluster-config", slurm_config(tmp_path, fake_script, gpus_per_task=0),
                   "--jobs-config", jobs, "--retries", "1", "--quiet")
     wait_for(lambda: list(started.glob("*-fold0")), 60, "job0 to start")
+    wait_for(lambda: ledger(tmp_path / "runs" / "jobs"), 60, "the ledger")  # sbatch may return after the start
     job0 = next(r["slurm_job"] for r in ledger(tmp_path / "runs" / "jobs") if r["job_id"] == "job0")
     assert cluster.run("scancel", job0).returncode == 0
     out, err = proc.communicate(timeout=60)
@@ -211,7 +234,7 @@ def test_a_cancelled_job_is_reported_and_a_failed_one_retried(cluster, tmp_path,
     assert not (tmp_path / "experiments" / "fake" / "fold0_p0").exists()
 
 
-def test_ctrl_c_cancels_what_the_runner_submitted(cluster, tmp_path, fake_script):
+def test_ctrl_c_cancels_what_the_runner_submitted(cluster, runner, tmp_path, fake_script):
     block = tmp_path / "block"
     block.touch()
     started = tmp_path / "started"
@@ -232,26 +255,26 @@ def test_ctrl_c_cancels_what_the_runner_submitted(cluster, tmp_path, fake_script
     assert "rerun the same command" in err
 
 
-def test_detach_leaves_jobs_queued_and_a_rerun_watches_them(cluster, tmp_path, fake_script):
+def test_detach_leaves_jobs_queued_and_a_rerun_watches_them(cluster, runner, tmp_path, fake_script):
     jobs = fake_jobs(tmp_path, {"fold": 0, "sleep": 1}, {"fold": 1, "sleep": 1})
     argv = ["--cluster-config", slurm_config(tmp_path, fake_script), "--jobs-config", jobs, "--quiet"]
-    first = subprocess.run([sys.executable, str(ROOT / "run_distributed_training.py"), *argv, "--detach"],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert first.returncode == 0 and "detached: 2 jobs queued" in first.stderr
+    first = runner(tmp_path, *argv, "--detach")
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == 0 and "detached: 2 jobs queued" in err
     submitted = [r["slurm_job"] for r in ledger(tmp_path / "runs" / "jobs")]
     assert set(submitted) <= set(cluster.queue()) | set(slurm_backend.final_states(submitted))
 
-    second = subprocess.run([sys.executable, str(ROOT / "run_distributed_training.py"), *argv],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert second.returncode == 0, second.stderr
-    assert "resume: watching 2 jobs already in Slurm" in second.stderr
+    second = runner(tmp_path, *argv)
+    _, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err
+    assert "resume: watching 2 jobs already in Slurm" in err
     records = ledger(tmp_path / "runs" / "jobs")
     assert sum(r["status"] == "submitted" for r in records) == 2  # nothing submitted twice
     assert sorted((r["job_id"], r["slurm_job"]) for r in records if r["status"] == "ok") == sorted(
         zip(["job0", "job1"], submitted))
 
 
-def test_the_watch_rides_out_a_controller_restart(cluster, tmp_path, fake_script):
+def test_the_watch_rides_out_a_controller_restart(cluster, runner, tmp_path, fake_script):
     block = tmp_path / "block"
     block.touch()
     started = tmp_path / "started"
@@ -259,9 +282,8 @@ def test_the_watch_rides_out_a_controller_restart(cluster, tmp_path, fake_script
     jobs = fake_jobs(tmp_path, {"fold": 0, "block_file": str(block), "started_dir": str(started)})
     stderr = tmp_path / "runner.err"
     with open(stderr, "w") as err:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "run_distributed_training.py"), "--cluster-config",
-                                 slurm_config(tmp_path, fake_script), "--jobs-config", jobs, "--quiet"],
-                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err)
+        proc = runner(tmp_path, "--cluster-config", slurm_config(tmp_path, fake_script), "--jobs-config", jobs,
+                      "--quiet", stderr=err)
     try:
         wait_for(lambda: list(started.iterdir()), 60, "the job to start")
         cluster.stop_controller()
@@ -294,3 +316,17 @@ def test_sacct_lines_are_read_like_scontrol_ones():
     text = "41_0|COMPLETED|0:0\n41_1|FAILED|1:0\n41_2|CANCELLED by 0|0:15\n41_[3-5]|PENDING|0:0\n"
     assert slurm_backend.parse_sacct(text) == {
         "41_0": ("COMPLETED", 0), "41_1": ("FAILED", 1), "41_2": ("CANCELLED", 0)}
+
+
+def test_with_accounting_ended_jobs_are_read_from_sacct(tmp_path, fake_script, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    jobs = fake_jobs(tmp_path, {"fold": 0}, {"fold": 1, "fail_once_dir": str(tmp_path / "failed")})
+    with throwaway_cluster(accounting=True) as cluster:
+        assert rdt.main(["--cluster-config", slurm_config(tmp_path, fake_script), "--jobs-config", jobs,
+                         "--retries", "1", "--quiet"]) == 0
+        records = ledger(tmp_path / "runs" / "jobs")
+        ended = {r["slurm_job"]: (r["state"], r["exit_status"]) for r in records if r["status"] != "submitted"}
+        sacct = cluster.run("sacct", "-n", "-P", "-X", "-o", "JobID,State,ExitCode")
+        assert sacct.returncode == 0  # so final_states() asked sacct, not scontrol
+        assert slurm_backend.parse_sacct(sacct.stdout) == ended
+    assert sorted(ended.values()) == [("COMPLETED", 0), ("COMPLETED", 0), ("FAILED", 1)]
