@@ -1150,6 +1150,9 @@ def parse_args(argv):
     p.add_argument("--accept-new-hosts", action="store_true",
                    help="trust unknown host keys on first use and add them to known_hosts")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-job lines")
+    p.add_argument("--detach", action="store_true",
+                   help="Slurm only: submit and exit, leaving the jobs queued; rerun to watch them")
+    p.add_argument("--backend", help=argparse.SUPPRESS)  # refused in main(): the cluster config decides
     args = p.parse_args(argv)
     if args.retries < 0:
         p.error("--retries must be >= 0")
@@ -1289,6 +1292,17 @@ def run_dir_lock(run_dir):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.backend is not None:
+        print(f"{PROG}: error: --backend: the cluster config chooses the backend; give it a \"slurm\" "
+              f"section for Slurm (see examples/slurm_cluster.json)", file=sys.stderr)
+        return 2
+    import slurm_backend  # here: it builds on this module
+    if slurm_backend.is_slurm_config(args.cluster_config):
+        return slurm_backend.main(args)
+    if args.detach:
+        print(f"{PROG}: error: --detach needs a Slurm cluster config (SSH jobs end with the runner)",
+              file=sys.stderr)
+        return 2
     run_dir = Path(args.run_dir or Path("runs", Path(args.jobs_config).stem))
     if args.dry_run:
         return plan_and_run(args, run_dir)
