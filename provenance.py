@@ -1,0 +1,122 @@
+"""What produced a result: code version, libraries, device, host, times, command line, data.
+
+    python provenance.py --data_path data/demo --participants p01 p02    # JSON, for the runner's check
+
+A fold writes `provenance.json` beside `hyperparameters.json` (record()), and a
+base-model cache entry keeps one too. The runner runs this file on every host
+before it dispatches a grid and compares the answer (code hash and data
+fingerprint) with its own checkout.
+
+The code hash covers the project's own Python files at the top of the project
+folder (the code a fold runs), by content, so a checkout without .git, or a copy
+made with scp, still identifies itself; the git commit and a dirty flag are
+added where git can tell.
+"""
+import argparse
+import hashlib
+import json
+import platform
+import socket
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent
+
+
+def code_files(root=PROJECT_DIR):
+    """The project's Python files a fold runs: every *.py at the top of the folder."""
+    return sorted(p.name for p in Path(root).glob("*.py") if p.is_file())
+
+
+def file_sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def code_hash(root=PROJECT_DIR):
+    """One hash of the names and contents of code_files(root)."""
+    digest = hashlib.sha256()
+    for name in code_files(root):
+        digest.update(f"{name}\0{file_sha256(Path(root, name))}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def git_version(root=PROJECT_DIR):
+    """(commit, dirty) where git knows the folder, else (None, None)."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return None, None
+        status = git("status", "--porcelain", "--untracked-files=no")
+        return head.stdout.strip(), bool(status.stdout.strip()) if status.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def code_version(root=PROJECT_DIR):
+    commit, dirty = git_version(root)
+    return {"code_hash": code_hash(root), "git_commit": commit, "git_dirty": dirty}
+
+
+def device_name(device):
+    """The GPU model for a CUDA device, else the CPU model."""
+    import torch
+    if getattr(device, "type", str(device)).startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def libraries():
+    import numpy
+    import torch
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+            "cuda": torch.version.cuda, "cudnn": cudnn}
+
+
+def now():
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def record(device, data_fingerprint, started, argv=None):
+    """The provenance of a run that started at `started` (an ISO time from now()) and ends now."""
+    return {**code_version(), **libraries(), "device": str(device), "device_name": device_name(device),
+            "hostname": socket.gethostname(), "started": started, "ended": now(),
+            "command": [Path(sys.executable).name, *(sys.argv if argv is None else argv)],
+            "data_fingerprint": data_fingerprint}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="provenance.py", description="Print this checkout's code hash and "
+                                "the fingerprint of participants' data files as JSON (for the runner's check).")
+    p.add_argument("--data_path", help="data folder (default: none, code only)")
+    p.add_argument("--participants", nargs="*", help="participants whose files to fingerprint "
+                   "(default: every participant in the folder)")
+    args = p.parse_args(argv)
+    answer = {"code_hash": code_hash(), "data_fingerprint": None}
+    if args.data_path:
+        import base_cache
+        from data import DataError, discover_participants
+        try:
+            names = args.participants or discover_participants(args.data_path)
+            answer["data_fingerprint"] = base_cache.data_fingerprint(args.data_path, names)
+        except OSError as e:  # a missing file is a difference the runner reports, not a crash here
+            answer["data_error"] = f"{e.filename}: {e.strerror}"
+        except DataError as e:
+            answer["data_error"] = str(e)
+    print(json.dumps(answer, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
