@@ -29,7 +29,7 @@ from pathlib import Path
 import base_cache
 import experiment
 from data import DataError, check_participants
-from run_distributed_training import job_argv, job_counts
+from commands import job_argv, job_counts
 
 GRID_KEYS = {"grid", "fixed", "folds", "prefix"}
 # Flags a grid may not set: fold comes from "folds", the rest are not training runs.

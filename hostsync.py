@@ -7,24 +7,29 @@ sync(): copies the files that differ (by content hash) to a host's workdir: into
 a hidden folder first, then each renamed into place, so a file on the host is
 always either the old one or the new one, whole.
 """
+import json
 import os
 import posixpath
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
-import json
 
 import provenance
+import remote
+from commands import in_workdir, shell_path
 from provenance import PROJECT_DIR
 
 DEMO_DATA_PATH = "data/demo"  # the training CLIs' default --data_path, made on first use
 
 
 def project_files(root=PROJECT_DIR):
-    """The files --sync-code sends: git's tracked files, or without git the code and requirements."""
+    """The files --sync-code sends: the files git tracks, and the new ones it does not ignore (so
+    the code hash there equals the one here); without git, the code and requirements."""
     try:
-        listed = subprocess.run(["git", "-C", str(root), "ls-files", "-z"], capture_output=True, timeout=30)
+        listed = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others",
+                                 "--exclude-standard"], capture_output=True, timeout=30)
         if listed.returncode == 0 and listed.stdout:
             names = [n for n in listed.stdout.decode().split("\0") if n]
             return [n for n in names if os.path.isfile(os.path.join(root, n))]  # deleted, not committed
@@ -47,36 +52,24 @@ def data_needs(jobs):
 
 
 def local_answer(needs):
-    """What this checkout would answer: code hash, {data_path: fingerprint or None when absent}."""
-    import base_cache
-    from data import DataError, discover_participants
-    data = {}
-    for path, names in needs.items():
-        try:
-            data[path] = base_cache.data_fingerprint(path, names or discover_participants(path))
-        except (OSError, DataError):
-            data[path] = None  # not here: the hosts are compared with each other instead
-    return {"code_hash": provenance.code_hash(), "data": data}
+    """What this checkout answers: its code hash, {data_path: fingerprint or None when absent}."""
+    data = {path: provenance.data_answer(path, names) for path, names in needs.items()}
+    # Data not here cannot be compared (the planning machine may hold none); the hosts have it.
+    return {"code_hash": provenance.code_hash(),
+            "data": {path: None if "error" in answer else answer for path, answer in data.items()}}
 
 
 def ask_host(host, server, script, needs):
-    """The host's answer, or (None, why not)."""
-    from run_distributed_training import in_workdir, shell_path
+    """The host's answer (as local_answer's), or (None, why not)."""
     code = posixpath.dirname(script) or "."
-    answer = {"data": {}}
-    for path, names in [(None, None), *needs.items()]:
-        args = "" if path is None else f" --data_path {shell_path(path)}" + (
-            " --participants " + " ".join(map(shlex.quote, names)) if names else "")
-        result = host.run(in_workdir(server, f"{shell_path(server['python'])} "
-                                             f"{shell_path(posixpath.join(code, 'provenance.py'))}{args}"))
-        if not result.ok:
-            last = (result.stdout.strip().splitlines() or [f"exit status {result.exit_status}"])[-1]
-            return None, f"cannot tell its code version ({last[:200]}); --sync-code copies this checkout there"
-        reply = json.loads(result.stdout.strip().splitlines()[-1])
-        answer["code_hash"] = reply["code_hash"]
-        if path is not None:
-            answer["data"][path] = reply["data_fingerprint"] or reply.get("data_error")
-    return answer, None
+    result = host.run(in_workdir(server, f"{shell_path(server['python'])} "
+                                         f"{shell_path(posixpath.join(code, 'provenance.py'))} "
+                                         f"--needs {shlex.quote(json.dumps(needs))}"))
+    try:
+        return json.loads(result.stdout.strip().splitlines()[-1]), None
+    except (ValueError, IndexError):
+        last = (result.stdout.strip().splitlines() or [f"exit status {result.exit_status}"])[-1]
+        return None, f"cannot tell its code version ({last[:200]}); --sync-code copies this checkout there"
 
 
 def differences(name, local, remote):
@@ -86,11 +79,11 @@ def differences(name, local, remote):
         lines.append(f"{name}: code differs (code hash here {local['code_hash']}, there {remote['code_hash']}); "
                      f"--sync-code copies this checkout there")
     for path, here in local["data"].items():
-        there = remote["data"].get(path)
+        there = remote["data"].get(path) or {"error": "no answer"}
         if here is None or there == here:
             continue
-        if isinstance(there, str):
-            lines.append(f"{name}: data {path}: {there}; --sync-data copies it there")
+        if "error" in there:
+            lines.append(f"{name}: data {path}: {there['error']}; --sync-data copies it there")
             continue
         changed = sorted(f for f in set(here) | set(there) if here.get(f) != there.get(f))
         first = changed[0]
@@ -99,13 +92,18 @@ def differences(name, local, remote):
     return lines
 
 
+def in_folder(server, line):
+    """A shell line run in the server's workdir without its setup (which a fresh workdir may
+    not support yet); a missing workdir makes the line fail, as an empty one would answer."""
+    return f"cd {shell_path(server['workdir'])} && {line}"
+
+
 def remote_hashes(host, server, names):
     """{name: sha256} of the files among names that exist in the host's workdir."""
-    from run_distributed_training import in_workdir
     found = {}
     for start in range(0, len(names), 200):  # keep each command line short
         quoted = " ".join(shlex.quote(n) for n in names[start:start + 200])
-        result = host.run(in_workdir(server, f'for f in {quoted}; do [ -f "$f" ] && sha256sum -- "$f"; done; true'))
+        result = host.run(in_folder(server, f'for f in {quoted}; do [ -f "$f" ] && sha256sum -- "$f"; done; true'))
         for line in result.stdout.splitlines():
             digest, _, name = line.partition("  ")
             if len(digest) == 64:
@@ -116,7 +114,6 @@ def remote_hashes(host, server, names):
 def sync(host, server, names, local_root="."):
     """Copy the files among names (relative to local_root) whose content differs on the host.
     Returns how many were copied."""
-    from run_distributed_training import in_workdir, shell_path
     there = remote_hashes(host, server, names)
     changed = [n for n in names if there.get(n) != provenance.file_sha256(os.path.join(local_root, n))]
     if not changed:
@@ -130,8 +127,63 @@ def sync(host, server, names, local_root="."):
     folders = sorted({posixpath.dirname(n) for n in changed} - {""})
     moves = [f"mkdir -p -- {' '.join(map(shlex.quote, folders))}"] if folders else []
     moves += [f"mv -f -- {shlex.quote(posixpath.join(staging, n))} {shlex.quote(n)}" for n in changed]
-    placed = host.run(in_workdir(server, f"{{ {' && '.join(moves)}; }}; status=$?; rm -rf -- "
+    placed = host.run(in_folder(server, f"{{ {' && '.join(moves)}; }}; status=$?; rm -rf -- "
                                          f"{shlex.quote(staging)}; exit $status"))
     if not placed.ok:
         raise OSError(f"{host.name}: could not put the copied files in place: {placed.stdout.strip()[-200:]}")
     return len(changed)
+
+
+def data_files(needs):
+    """The files --sync-data sends for data_needs(jobs): relative paths of this checkout."""
+    from data import SPLITS, DataError, discover_participants
+    files = []
+    for path, names in needs.items():
+        if os.path.isabs(path) or ".." in path.split("/"):
+            raise ValueError(f"--sync-data copies data folders inside the project only; {path} is not")
+        try:
+            names = names or discover_participants(path)
+        except DataError as e:
+            raise ValueError(f"--sync-data: {e}") from None
+        files += [posixpath.join(path, f"{name}_{split}.pt") for name in names for split in SPLITS]
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        raise ValueError(f"--sync-data: {missing[0]} not found here ({len(missing)} files missing)")
+    return files
+
+
+class Checker:
+    """What the runner does on each host as it is reached: copy what was asked for, then
+    compare the host's code and data with this checkout's.
+
+    Raises ValueError (one line) when a copy asked for cannot be made from here."""
+
+    def __init__(self, jobs, script, sync_code=False, sync_data=False, allow_mismatch=False):
+        self.needs, self.script, self.allow_mismatch = data_needs(jobs), script, allow_mismatch
+        self.code_files = project_files() if sync_code else []
+        self.data_files = data_files(self.needs) if sync_data else []
+        self.local = local_answer(self.needs)
+        self.copied = {}  # host name: files copied
+
+    def prepare(self, host, server):
+        """Copy, then check. Raises HostRefused naming every difference unless allow_mismatch,
+        which prints them as warnings instead."""
+        try:
+            self.copied[host.name] = (sync(host, server, self.code_files, local_root=PROJECT_DIR)
+                                      + sync(host, server, self.data_files))
+        except OSError as e:  # what stopped the copy happens on every try
+            raise remote.HostRefused(f"{host.name}: copying to {server['workdir']} failed ({e})") from None
+        answer, why = ask_host(host, server, self.script, self.needs)
+        lines = [f"{host.name}: {why}"] if why else differences(host.name, self.local, answer)
+        if lines and not self.allow_mismatch:
+            raise Mismatch("; ".join(lines), lines)
+        for line in lines:
+            print(f"warning: {line} (--allow-mismatch)", file=sys.stderr)
+
+
+class Mismatch(remote.HostRefused):
+    """A host runs other code, or reads other data, than this checkout."""
+
+    def __init__(self, message, lines):
+        super().__init__(message)
+        self.lines = lines

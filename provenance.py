@@ -1,6 +1,6 @@
 """What produced a result: code version, libraries, device, host, times, command line, data.
 
-    python provenance.py --data_path data/demo --participants p01 p02    # JSON, for the runner's check
+    python provenance.py --needs '{"data/demo": ["p01", "p02"]}'    # JSON, for the runner's check
 
 A fold writes `provenance.json` beside `hyperparameters.json` (record()), and a
 base-model cache entry keeps one too. The runner runs this file on every host
@@ -96,25 +96,27 @@ def record(device, data_fingerprint, started, argv=None):
             "data_fingerprint": data_fingerprint}
 
 
+def data_answer(data_path, participants=None):
+    """The fingerprint of participants' files (every participant in the folder by default), or
+    {"error": why} when it cannot be taken: a missing file is a difference, not a crash."""
+    import base_cache
+    from data import DataError, discover_participants
+    try:
+        return base_cache.data_fingerprint(data_path, participants or discover_participants(data_path))
+    except OSError as e:
+        return {"error": f"{e.filename}: {e.strerror}"}
+    except DataError as e:
+        return {"error": str(e)}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="provenance.py", description="Print this checkout's code hash and "
-                                "the fingerprint of participants' data files as JSON (for the runner's check).")
-    p.add_argument("--data_path", help="data folder (default: none, code only)")
-    p.add_argument("--participants", nargs="*", help="participants whose files to fingerprint "
-                   "(default: every participant in the folder)")
+                                "the fingerprints of data files as JSON (for the runner's check).")
+    p.add_argument("--needs", type=json.loads, default={},
+                   help='JSON {data folder: [participants] or null for all}, e.g. \'{"data/demo": null}\'')
     args = p.parse_args(argv)
-    answer = {"code_hash": code_hash(), "data_fingerprint": None}
-    if args.data_path:
-        import base_cache
-        from data import DataError, discover_participants
-        try:
-            names = args.participants or discover_participants(args.data_path)
-            answer["data_fingerprint"] = base_cache.data_fingerprint(args.data_path, names)
-        except OSError as e:  # a missing file is a difference the runner reports, not a crash here
-            answer["data_error"] = f"{e.filename}: {e.strerror}"
-        except DataError as e:
-            answer["data_error"] = str(e)
-    print(json.dumps(answer, sort_keys=True))
+    data = {path: data_answer(path, names) for path, names in args.needs.items()}
+    print(json.dumps({"code_hash": code_hash(), "data": data}, sort_keys=True))
     return 0
 
 

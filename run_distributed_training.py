@@ -62,11 +62,14 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 import base_cache
+import hostsync
+import provenance
 import remote
+from commands import (MASK, NOT_FLAGS, in_workdir, intact_command, job_argv,  # noqa: F401 (re-exported)
+                      job_command, job_command_args, job_counts, plural, shell_path)
 
 PROG = "run_distributed_training.py"
 DEFAULT_SCRIPT = "oct1_train.py"
-NOT_FLAGS = ("job_id", "base_key")
 STATUS_EVERY = 30.0  # seconds between status lines when stderr is not a terminal
 USAGE_LINE = re.compile(r"^usage: ", re.M)  # argparse prints it before its error and exit status 2
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # it names the log file
@@ -76,7 +79,6 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIAL|APIKEY|(^|_)(KEY|PAT|AUTH)(_|$)",
                          re.IGNORECASE)
 CONTROL_CHAR = re.compile(r"[\x00-\x1f\x7f]")  # NUL, newline, escape ...
-MASK = "***"
 GPU_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:_-]*$")  # an index, or a GPU/MIG UUID
 TOP_FIELDS = ("servers", "script_path", "known_hosts", "ssh_config")
 SSH_ONLY = ("user", "port", "ssh_key", "shared_fs", "remove_results", "max_sessions")
@@ -84,10 +86,6 @@ BASE_CACHE_DIR = "experiments/base_models"  # the training CLI's default --base_
 # Flags a base job leaves out: the target phase's, and where results go (base_only publishes none).
 NOT_BASE_FLAGS = ("target_data_pct", "early_stopping_patience_target", "target_batch_pct", "overwrite",
                   "no_base_cache", "prefix", "experiments_dir")
-# Run on a host with the training script's folder and an entry folder: exit 0 when the entry is
-# complete and matches its checksums, as that host's code sees it.
-INTACT_CHECK = ("import sys; sys.path.insert(0, sys.argv[1]); import base_cache; "
-                "sys.exit(0 if base_cache.entry_intact(sys.argv[2]) else 1)")
 
 
 class ConfigError(Exception):
@@ -96,77 +94,6 @@ class ConfigError(Exception):
 
 class CopyError(Exception):
     """A result folder did not come home intact."""
-
-
-# ------------------------------------------------------------- command lines
-
-
-def job_argv(job):
-    """The job's flags as command-line tokens, e.g. ['--fold', '0', '--participants', 'a', 'b'].
-
-    job_id and base_key are not flags; true is a bare flag; false and null are left
-    out; a list gives its values after the flag (an empty list is left out);
-    anything else is str(value). generate_jobs.py validates jobs through this too.
-    """
-    args = []
-    for key, value in job.items():
-        if key in NOT_FLAGS or value is None or value is False or value == []:
-            continue
-        args.append(f"--{key}")
-        if value is not True:
-            values = value if isinstance(value, list) else [value]
-            args.extend(str(v) for v in values)
-    return args
-
-
-def plural(n, noun):
-    return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
-def job_counts(n_jobs, n_base):
-    """'30 jobs + 10 base-model jobs': the grid's jobs and the base models trained first."""
-    return plural(n_jobs, "job") + (f" + {plural(n_base, 'base-model job')}" if n_base else "")
-
-
-def job_command_args(job):
-    """job_argv, every token shell-quoted."""
-    return [shlex.quote(token) for token in job_argv(job)]
-
-
-def shell_path(path):
-    """Quote a path for the shell; a leading ~ keeps meaning the home folder."""
-    if path == "~":
-        return '"$HOME"'
-    if path.startswith("~/"):
-        return '"$HOME"/' + shlex.quote(path[2:])
-    return shlex.quote(path)
-
-
-def in_workdir(server, line, masked=False):
-    """A shell line run in the server's workdir, after its setup (shown as *** when masked)."""
-    steps = [f"cd {shell_path(server['workdir'])}"]
-    if server["setup"]:  # the server's own shell snippet, written by its owner; it may hold secrets
-        steps.append(MASK if masked else server["setup"])
-    return " && ".join(steps + [line])
-
-
-def job_command(server, device, script, job, masked=False):
-    """The shell line that runs one job on one device of a server. masked: the server's env
-    values and setup shown as *** (for logs and the dry run; they may hold secrets)."""
-    env = {name: MASK if masked else shlex.quote(str(value)) for name, value in server["env"].items()}
-    env = {"PYTHONUNBUFFERED": "1", **env,  # unbuffered: the log streams live
-           "CUDA_VISIBLE_DEVICES": "<asked at run time>" if device == "auto"  # dry run, remote host
-           else shlex.quote("" if device == "cpu" else str(device))}
-    assignments = " ".join(f"{name}={value}" for name, value in env.items())
-    return in_workdir(server, " ".join([assignments, shell_path(server["python"]), shell_path(script),
-                                        *job_command_args(job)]), masked)
-
-
-def intact_command(server, script, path):
-    """The shell line that checks a base-model entry on a server (exit 0: intact)."""
-    code = posixpath.dirname(script) or "."
-    return in_workdir(server, f"{shell_path(server['python'])} -c {shlex.quote(INTACT_CHECK)} "
-                              f"{shell_path(code)} {shell_path(path)}")
 
 
 # ------------------------------------------------------------- input files
@@ -501,6 +428,7 @@ class Health:
     refused: str = None  # why it is out of the run
     server: dict = None
     checked: bool = True  # check_host passed (False: down when the run began)
+    checker: object = None  # the hostsync.Checker check_host runs, if any
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -538,9 +466,12 @@ def out_of_the_run(error):
     return f"{PROG}: error: {error}; that host is out of this run, its jobs go to the other hosts"
 
 
-def check_host(server, host):
+def check_host(server, host, checker=None):
     """The devices of a host just reached. Raises HostRefused when it cannot run jobs at all
-    (workdir, setup or python broken; nvidia-smi failing): every job there would fail alike."""
+    (workdir, setup or python broken; nvidia-smi failing): every job there would fail alike;
+    and hostsync.Mismatch when the checker finds other code or data there than here."""
+    if checker:
+        checker.prepare(host, server)  # copies what --sync-code/--sync-data ask for, then compares
     probe = host.run(in_workdir(server, f"{shell_path(server['python'])} -c ''"), timeout=120)
     if not probe.ok:
         raise remote.HostRefused(f"{host.name}: cannot run {server['python']} in {server['workdir']} "
@@ -900,7 +831,7 @@ class Scheduler:
         try:
             host.connect()
             if not health.checked:
-                check_host(health.server, host)  # down when the run began: not checked yet
+                check_host(health.server, host, health.checker)  # down when the run began: not checked yet
                 health.checked = True
         except remote.HostRefused as e:
             self._host_refused(host, e)
@@ -1153,13 +1084,19 @@ def parse_args(argv):
     p.add_argument("--detach", action="store_true",
                    help="Slurm only: submit and exit, leaving the jobs queued; rerun to watch them")
     p.add_argument("--backend", help=argparse.SUPPRESS)  # refused in main(): the cluster config decides
+    p.add_argument("--sync-code", action="store_true",
+                   help="first copy this checkout's tracked files that differ to each host's workdir")
+    p.add_argument("--sync-data", action="store_true",
+                   help="first copy the data files the jobs read that differ to each host's workdir")
+    p.add_argument("--allow-mismatch", action="store_true",
+                   help="run even where a host's code or data differ from this checkout (warns)")
     args = p.parse_args(argv)
     if args.retries < 0:
         p.error("--retries must be >= 0")
     return args
 
 
-def reach_hosts(servers, hosts):
+def reach_hosts(servers, hosts, checker=None):
     """Connect to every host and check it (check_host), in parallel. Returns {name: devices}
     of the hosts ready now and {name: error}: HostDown (unreachable now, tried again later)
     or HostRefused (cannot be used as configured)."""
@@ -1168,7 +1105,7 @@ def reach_hosts(servers, hosts):
     def reach(server, host):
         try:
             host.connect()
-            devices[server["name"]] = check_host(server, host)
+            devices[server["name"]] = check_host(server, host, checker)
         except (remote.HostDown, remote.HostRefused) as e:
             errors[server["name"]] = e
 
@@ -1180,7 +1117,7 @@ def reach_hosts(servers, hosts):
     return devices, errors
 
 
-def plan_slots(servers, hosts, devices, errors):
+def plan_slots(servers, hosts, devices, errors, checker=None):
     """The slots of every usable host, and each one's Health (down from the start when
     unreachable). Refused hosts have none."""
     slots, health = [], {}
@@ -1191,11 +1128,11 @@ def plan_slots(servers, hosts, devices, errors):
         if error and server["gpus"] == "auto":
             print(f"warning: {error}; its gpus are \"auto\", so it sits this run out", file=sys.stderr)
             continue
-        health[host.name] = Health(server=server)
+        health[host.name] = Health(server=server, checker=checker)
         if error:
             print(f"warning: {error}; will keep trying", file=sys.stderr)
             health[host.name] = Health(down_since=time.time(), next_try=time.time() + 1.0, server=server,
-                                       checked=False)
+                                       checked=False, checker=checker)
         host_slots = slots_of(server, host, devices.get(server["name"]) or devices_of(server, None))
         if not server["local"] and len(host_slots) > server["max_sessions"] - 1:
             print(f"warning: {host.name} has {len(host_slots)} slots but max_sessions is "
@@ -1205,19 +1142,40 @@ def plan_slots(servers, hosts, devices, errors):
     return slots, health
 
 
+def make_checker(args, tasks, script):
+    """The check of every host's code and data (hostsync), or None when the script is not one of
+    this project's (a lab's own script has no provenance.py beside it to answer)."""
+    if posixpath.basename(script) not in provenance.code_files():
+        if args.sync_code or args.sync_data or args.allow_mismatch:
+            raise ConfigError(f"{script} is not one of this project's scripts: --sync-code, --sync-data "
+                              f"and --allow-mismatch apply to this project's own")
+        return None
+    try:
+        return hostsync.Checker([t.job for t in tasks if not t.builds], script, args.sync_code,
+                                args.sync_data, args.allow_mismatch)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def run_jobs(args, cluster, tasks, cached, skipped, run_dir, script):
     """Connect, run every task, report; returns the exit status."""
     servers = cluster["servers"]
     hosts = [make_host(s, cluster, args.accept_new_hosts) for s in servers]
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill <runner>` stops like Ctrl-C
     try:
-        devices, errors = reach_hosts(servers, hosts)
+        checker = make_checker(args, tasks, script)
+        devices, errors = reach_hosts(servers, hosts, checker)
+        mismatches = [line for e in errors.values() if isinstance(e, hostsync.Mismatch) for line in e.lines]
+        if mismatches:
+            print("\n".join(f"{PROG}: error: {line}" for line in mismatches), file=sys.stderr)
+            raise ConfigError("hosts differ from this checkout (above); not started. --allow-mismatch "
+                              "runs anyway")
         refused = [str(e) for e in errors.values() if isinstance(e, remote.HostRefused)]
         if len(refused) == len(servers):
             raise ConfigError("; ".join(refused))  # no host is usable
         for error in refused:
             print(out_of_the_run(error), file=sys.stderr)
-        slots, health = plan_slots(servers, hosts, devices, errors)
+        slots, health = plan_slots(servers, hosts, devices, errors, checker)
         if not slots:
             print(f"{PROG}: error: no host reachable", file=sys.stderr)
             return 3

@@ -44,8 +44,9 @@ def test_an_empty_workdir_is_reported_then_synced_then_passes(host_and_server, t
     assert not [p for p in workdir.iterdir() if p.name.startswith(".sync")]  # staging folder removed
     answer, why = hostsync.ask_host(host, server, "oct1_train.py", needs)
     assert why is None and answer["code_hash"] == local["code_hash"]
-    assert hostsync.differences("h", local, answer) == [f"h: data d: {answer['data']['d']}; "
+    assert hostsync.differences("h", local, answer) == [f"h: data d: {answer['data']['d']['error']}; "
                                                         f"--sync-data copies it there"]
+    assert "d: data folder not found" in answer["data"]["d"]["error"]
 
     data_files = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "d").iterdir())
     assert hostsync.sync(host, server, data_files) == 6

@@ -47,13 +47,13 @@ def test_git_commit_and_dirty_flag(tmp_path):
 
 def test_cli_answers_code_hash_and_the_base_cache_fingerprint(tmp_path):
     names = write_tiny_dataset(tmp_path / "d")
-    out = subprocess.run([sys.executable, str(PROJECT / "provenance.py"), "--data_path", str(tmp_path / "d"),
-                          "--participants", *names[:2]], capture_output=True, text=True, check=True)
+    needs = {str(tmp_path / "d"): names[:2], str(tmp_path / "missing"): None, str(tmp_path / "d") + "/": ["x"]}
+    out = subprocess.run([sys.executable, str(PROJECT / "provenance.py"), "--needs", json.dumps(needs)],
+                         capture_output=True, text=True, check=True)
     answer = json.loads(out.stdout)
     assert answer["code_hash"] == provenance.code_hash(PROJECT)
-    assert answer["data_fingerprint"] == base_cache.data_fingerprint(tmp_path / "d", names[:2])
-    assert len(answer["data_fingerprint"]) == 6  # 2 participants x 3 splits
-    missing = subprocess.run([sys.executable, str(PROJECT / "provenance.py"), "--data_path",
-                              str(tmp_path / "d"), "--participants", "nobody"],
-                             capture_output=True, text=True, check=True)
-    assert "nobody_train.pt" in json.loads(missing.stdout)["data_error"]
+    data = answer["data"]
+    assert data[str(tmp_path / "d")] == base_cache.data_fingerprint(tmp_path / "d", names[:2])
+    assert len(data[str(tmp_path / "d")]) == 6  # 2 participants x 3 splits
+    assert "data folder not found" in data[str(tmp_path / "missing")]["error"]
+    assert "x_train.pt" in data[str(tmp_path / "d") + "/"]["error"]

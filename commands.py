@@ -1,0 +1,82 @@
+"""Job command lines: a job's flags as argv, and the shell lines the runner sends to a host.
+
+No torch and no paramiko: generate_jobs.py, the SSH runner and the Slurm backend all use it.
+Every value is shell-quoted; env values and setup lines can be shown masked (***).
+"""
+import posixpath
+import shlex
+
+NOT_FLAGS = ("job_id", "base_key")
+MASK = "***"
+# Run on a host with the training script's folder and an entry folder: exit 0 when the entry is
+# complete and matches its checksums, as that host's code sees it.
+INTACT_CHECK = ("import sys; sys.path.insert(0, sys.argv[1]); import base_cache; "
+                "sys.exit(0 if base_cache.entry_intact(sys.argv[2]) else 1)")
+
+
+def job_argv(job):
+    """The job's flags as command-line tokens, e.g. ['--fold', '0', '--participants', 'a', 'b'].
+
+    job_id and base_key are not flags; true is a bare flag; false and null are left
+    out; a list gives its values after the flag (an empty list is left out);
+    anything else is str(value). generate_jobs.py validates jobs through this too.
+    """
+    args = []
+    for key, value in job.items():
+        if key in NOT_FLAGS or value is None or value is False or value == []:
+            continue
+        args.append(f"--{key}")
+        if value is not True:
+            values = value if isinstance(value, list) else [value]
+            args.extend(str(v) for v in values)
+    return args
+
+
+def plural(n, noun):
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def job_counts(n_jobs, n_base):
+    """'30 jobs + 10 base-model jobs': the grid's jobs and the base models trained first."""
+    return plural(n_jobs, "job") + (f" + {plural(n_base, 'base-model job')}" if n_base else "")
+
+
+def job_command_args(job):
+    """job_argv, every token shell-quoted."""
+    return [shlex.quote(token) for token in job_argv(job)]
+
+
+def shell_path(path):
+    """Quote a path for the shell; a leading ~ keeps meaning the home folder."""
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
+def in_workdir(server, line, masked=False):
+    """A shell line run in the server's workdir, after its setup (shown as *** when masked)."""
+    steps = [f"cd {shell_path(server['workdir'])}"]
+    if server["setup"]:  # the server's own shell snippet, written by its owner; it may hold secrets
+        steps.append(MASK if masked else server["setup"])
+    return " && ".join(steps + [line])
+
+
+def job_command(server, device, script, job, masked=False):
+    """The shell line that runs one job on one device of a server. masked: the server's env
+    values and setup shown as *** (for logs and the dry run; they may hold secrets)."""
+    env = {name: MASK if masked else shlex.quote(str(value)) for name, value in server["env"].items()}
+    env = {"PYTHONUNBUFFERED": "1", **env,  # unbuffered: the log streams live
+           "CUDA_VISIBLE_DEVICES": "<asked at run time>" if device == "auto"  # dry run, remote host
+           else shlex.quote("" if device == "cpu" else str(device))}
+    assignments = " ".join(f"{name}={value}" for name, value in env.items())
+    return in_workdir(server, " ".join([assignments, shell_path(server["python"]), shell_path(script),
+                                        *job_command_args(job)]), masked)
+
+
+def intact_command(server, script, path):
+    """The shell line that checks a base-model entry on a server (exit 0: intact)."""
+    code = posixpath.dirname(script) or "."
+    return in_workdir(server, f"{shell_path(server['python'])} -c {shlex.quote(INTACT_CHECK)} "
+                              f"{shell_path(code)} {shell_path(path)}")
