@@ -113,6 +113,25 @@ def test_collapse_rules(demo_cwd):
     assert (len(jobs), duplicates) == (7, 18 - 7)
 
 
+def test_collapse_rules_of_the_original_behaviour_flags(demo_cwd):
+    spec = {"grid": {"mode": ["target_only", "full_fine_tuning"], "base_val_pct": [0.5, 1.0],
+                     "epoch_rule": ["target_pass", "shortest"], "target_count": ["round", "floor"],
+                     "augmentation": ["window", "batch"]},
+            "fixed": {"preset": "original"}, "folds": [0], "prefix": "c"}
+    jobs, duplicates = expand(spec)
+    # None of the four matters to target_only; for full_fine_tuning without
+    # target_batch_pct, target shares or augmentation only base_val_pct does.
+    assert sorted((job["mode"], job.get("base_val_pct")) for job in jobs) == [
+        ("full_fine_tuning", 0.5), ("full_fine_tuning", 1.0), ("target_only", None)]
+    assert not any({"epoch_rule", "target_count", "augmentation"} & set(job) for job in jobs)
+    assert (len(jobs), duplicates) == (3, 32 - 3)
+    # With a batch share, augmentation and a target subsample, each flag makes its own job.
+    spec["fixed"].update(target_batch_pct=0.9, target_data_pct=0.5, use_augmentation=True)
+    spec["grid"]["mode"] = ["full_fine_tuning"]
+    jobs, duplicates = expand(spec)
+    assert (len(jobs), duplicates) == (16, 0)
+
+
 def test_base_key_matches_training_script(demo_cwd, capsys):
     spec = {"grid": {"n_base_participants": [2, "all"]}, "fixed": {"batch_size": 16, "use_augmentation": True},
             "folds": [1, 4], "prefix": "k"}
