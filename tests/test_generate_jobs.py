@@ -49,6 +49,10 @@ def test_original_grid_counts(tmp_path):
     assert len({(job["base_key"], job["fold"]) for job in jobs}) == 84
     # No two jobs write the same result folder.
     assert len({(job["prefix"], job["fold"]) for job in jobs}) == 1008
+    # The published grid's settings come from the preset, resolved by the training CLI's parser.
+    assert all(job["preset"] == "original" and job["use_augmentation"] for job in jobs)
+    args = generate_jobs.parse_job(generate_jobs.load_script_parser(OCT1), jobs[0], "job 0")
+    assert (args.lr, args.early_stopping_patience, args.augmentation, args.target_count) == (3e-4, 40, "batch", "floor")
 
 
 def test_batch_composition_and_data_efficiency_grids(demo_cwd):
