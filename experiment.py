@@ -268,22 +268,16 @@ class Augmenter:
         return torch.where(self._chosen(x), warped, x)
 
 
-class BatchAugmenter:
-    """The original's augmentation: with probability `prob` one of jitter,
-    magnitude scaling (one factor per window) and time warp, picked at random,
-    is applied to the whole batch.
+class BatchAugmenter(Augmenter):
+    """The original's augmentation, with the same parameters as Augmenter: with
+    probability `prob` one of jitter, magnitude scaling (one factor per window)
+    and time warp, picked at random, is applied to the whole batch.
 
     The original's time warp was written for (N, T, C) data and indexes dim 1,
     which holds the channels of (N, C, T) windows; its slice there is empty, so
     that branch leaves the batch as it is. This reproduces it as such.
     Decisions are drawn on the device, so there is no host sync per batch.
     """
-
-    def __init__(self, jitter_std, magnitude_range, prob, generator):
-        self.jitter_std = jitter_std
-        self.low, self.high = magnitude_range
-        self.prob = prob
-        self.generator = generator
 
     def __call__(self, x):
         g = self.generator
