@@ -171,10 +171,11 @@ def check_args(args):
     pct = getattr(args, "target_batch_pct", None)
     if pct is not None and args.mode != "full_fine_tuning":
         raise ConfigError(f"--target_batch_pct works only with --mode full_fine_tuning, not {args.mode}")
-    if pct is not None and not 0 < share_count(pct, args.batch_size, args.target_count) < args.batch_size:
-        raise ConfigError(f"--target_batch_pct {pct} of --batch_size {args.batch_size} gives "
-                          f"{share_count(pct, args.batch_size, args.target_count)} target windows per batch "
-                          f"(--target_count {args.target_count}); both sides need at least one")
+    if pct is not None:
+        k = share_count(pct, args.batch_size, args.target_count)
+        if not 0 < k < args.batch_size:
+            raise ConfigError(f"--target_batch_pct {pct} of --batch_size {args.batch_size} gives {k} target "
+                              f"windows per batch (--target_count {args.target_count}); both sides need at least one")
     if args.mode == "base_only" and args.no_base_cache:
         raise ConfigError("--mode base_only stores the base model in the cache; it cannot run with --no_base_cache")
 

@@ -199,3 +199,13 @@ def test_target_data_pct_rounds_down_with_the_preset(data, tmp_path, capsys):
                 "--mode", "target_only", "--target_data_pct", "0.425", "--overwrite", *extra]
         assert experiment.main([str(a) for a in argv]) == 0
         assert f"{kept} target train windows" in capsys.readouterr().out
+
+
+def test_a_share_that_floors_to_no_target_window_is_a_one_line_error(data, tmp_path, capsys):
+    # round(0.01 * 64) = 1 works; the original's int() gives 0, which no batch can hold.
+    argv = ["--data_path", data, "--experiments_dir", tmp_path / "exp", "--device", "cpu",
+            "--target_batch_pct", "0.01", "--preset", "original"]
+    assert experiment.main([str(a) for a in argv], enhanced=True) == 2
+    err = capsys.readouterr().err
+    assert "gives 0 target windows per batch (--target_count floor)" in err and err.count("\n") == 1
+    assert not (tmp_path / "exp").exists()
