@@ -41,8 +41,10 @@ def key_settings(args, base_participants):
         "lr": args.lr,
         "early_stopping_patience": args.early_stopping_patience,
         "max_epochs": args.max_epochs,
+        "base_val_pct": args.base_val_pct,
         "use_augmentation": augment,
         # Augmentation parameters matter only when augmentation is on.
+        "augmentation": args.augmentation if augment else None,
         "jitter_std": args.jitter_std if augment else None,
         "magnitude_range": list(args.magnitude_range) if augment else None,
         "aug_prob": args.aug_prob if augment else None,
@@ -137,7 +139,8 @@ def _write_entry(folder, result, settings, fingerprint):
     import torch
     folder.mkdir(parents=True)
     torch.save({k: v.cpu() for k, v in result["state"].items()}, folder / "model.pt")
-    metrics = {k: result[k] for k in ("best_epoch", "best_val_loss", "best_val_f1", "epochs_run", "windows_per_s")}
+    metrics = {k: result[k] for k in ("best_epoch", "best_val_loss", "val_f1_at_best_loss", "best_val_f1",
+                                       "best_val_f1_epoch", "epochs_run", "windows_per_s")}
     contents = {"metrics.json": metrics, "losses.json": result["curves"],
                 "config.json": settings, "fingerprint.json": fingerprint}
     for name, content in contents.items():

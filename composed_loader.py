@@ -43,6 +43,15 @@ class TensorBatchLoader:
 
 
 EPOCH_RULES = ("target_pass", "shortest")
+COUNT_RULES = ("round", "floor")
+
+
+def share_count(pct, n, rule):
+    """How many of n windows a share pct is: Python's round (halves to even), or
+    "floor", the original pipeline's int(pct * n)."""
+    if rule not in COUNT_RULES:
+        raise ValueError(f"unknown count rule {rule!r}; choose one of {COUNT_RULES}")
+    return int(pct * n) if rule == "floor" else round(pct * n)
 
 
 def _check_side(name, side):
@@ -65,7 +74,8 @@ class ComposedBatchDataLoader:
 
     base, target: (X, y) tensor pairs on one device, X shaped (N, C, T).
     k = round(target_pct * batch_size) (Python's round: halves go to the even
-    integer); both k and batch_size - k must be at least 1.
+    integer), or int(target_pct * batch_size) with target_count="floor" (the
+    original pipeline's rule); both k and batch_size - k must be at least 1.
 
     epoch_rule says how long an epoch is:
       "target_pass" (default): one pass over the target set, so
@@ -95,7 +105,7 @@ class ComposedBatchDataLoader:
     """
 
     def __init__(self, base, target, batch_size, target_pct, shuffle=True,
-                 generator=None, epoch_rule="target_pass"):
+                 generator=None, epoch_rule="target_pass", target_count="round"):
         Xb, yb = _check_side("base", base)
         Xt, yt = _check_side("target", target)
         if Xb.shape[1:] != Xt.shape[1:] or Xb.dtype != Xt.dtype:
@@ -123,7 +133,7 @@ class ComposedBatchDataLoader:
             hint = " (write a percentage like 10 as 0.1)" if 1 < target_pct <= 100 else ""
             raise ValueError(f"target_pct must be a fraction strictly between 0 and 1, "
                              f"got {target_pct!r}{hint}")
-        k = round(target_pct * batch_size)
+        k = share_count(target_pct, batch_size, target_count)
         if not 0 < k < batch_size:
             raise ValueError(f"target_pct={target_pct} with batch_size={batch_size} gives "
                              f"{k} target windows per batch; it must give 1 to {batch_size - 1}")

@@ -24,7 +24,8 @@ from torch import nn
 from tqdm import tqdm
 
 import base_cache
-from composed_loader import ComposedBatchDataLoader, TensorBatchLoader
+from composed_loader import (COUNT_RULES, EPOCH_RULES, ComposedBatchDataLoader,
+                             TensorBatchLoader, share_count)
 from data import (DataError, check_participants, load_participants,
                   parse_n_base, resolve_fold)
 from models import MODELS, build_model
@@ -59,11 +60,54 @@ def _fraction(text):
     return value
 
 
+# Flags whose default depends on --preset: without one they keep this project's
+# values; `--preset original` gives every behaviour of the original's oct1_train.py.
+PROJECT_DEFAULTS = {
+    "lr": 1e-3, "early_stopping_patience": 10, "early_stopping_patience_target": 10,
+    "base_val_pct": 1.0, "target_val_pct": 1.0, "target_count": "round", "epoch_rule": "target_pass",
+    "augmentation": "window", "jitter_std": 0.03, "magnitude_range": [0.9, 1.1], "aug_prob": 0.5,
+}
+PRESETS = {"original": {
+    "lr": 3e-4, "early_stopping_patience": 40, "early_stopping_patience_target": 40,
+    "base_val_pct": 0.5, "target_val_pct": 0.1, "target_count": "floor", "epoch_rule": "shortest",
+    "augmentation": "batch", "jitter_std": 0.005, "magnitude_range": [0.98, 1.02], "aug_prob": 0.3,
+}}
+
+
+def resolve_preset(args):
+    """Fill every preset-dependent flag the command line left unset (explicit flags win)."""
+    chosen = PRESETS.get(args.preset, {})
+    for flag, default in PROJECT_DEFAULTS.items():
+        if hasattr(args, flag) and getattr(args, flag) is None:
+            value = chosen.get(flag, default)
+            setattr(args, flag, list(value) if isinstance(value, list) else value)
+    return args
+
+
+class TrainingParser(argparse.ArgumentParser):
+    """Resolves --preset right after parsing, so every reader of the flags
+    (the engine, generate_jobs.py, the base-cache key) sees plain values."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, rest = super().parse_known_args(args, namespace)
+        return resolve_preset(parsed), rest
+
+
+def _defaults(flag):
+    """Help text naming a preset-dependent flag's defaults."""
+    def text(value):
+        return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+    return f"default {text(PROJECT_DEFAULTS[flag])}; {text(PRESETS['original'][flag])} with --preset original"
+
+
 def build_parser(enhanced=False):
     """The flags of train.py; `enhanced` adds oct1_train.py's."""
-    parser = argparse.ArgumentParser(
+    parser = TrainingParser(
         description="Train one leave-one-participant-out fold: base model, then personalization.")
     add = parser.add_argument
+    add("--preset", choices=sorted(PRESETS), default=None,
+        help="original: every behaviour of the original pipeline at once (lr, patience, validation "
+             "subsets, batch composition, augmentation); explicit flags override it")
     add("--data_path", default=DEMO_DATA_PATH,
         help=f"folder of NAME_{{train,val,test}}.pt files (default {DEMO_DATA_PATH}: "
              "the demo dataset, created on first use)")
@@ -76,15 +120,31 @@ def build_parser(enhanced=False):
     add("--model", choices=sorted(MODELS), default="test")
     add("--window_size", type=_positive_int, default=None, help="must equal the data's window length when given")
     add("--batch_size", type=_positive_int, default=64)
-    add("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    add("--lr", type=float, default=None, help=f"AdamW learning rate ({_defaults('lr')})")
     add("--max_epochs", type=_positive_int, default=500, help="bound on the epochs of each phase")
-    add("--early_stopping_patience", type=_positive_int, default=10, help="base phase")
-    add("--early_stopping_patience_target", type=_positive_int, default=10, help="target phase")
+    add("--early_stopping_patience", type=_positive_int, default=None,
+        help=f"base phase ({_defaults('early_stopping_patience')})")
+    add("--early_stopping_patience_target", type=_positive_int, default=None,
+        help=f"target phase ({_defaults('early_stopping_patience_target')})")
+    add("--base_val_pct", type=_fraction, default=None,
+        help=f"share of the base participants' test split the base phase early-stops on, seeded "
+             f"({_defaults('base_val_pct')})")
+    add("--target_val_pct", type=_fraction, default=None,
+        help=f"share of the target's val split the target phase early-stops on, seeded "
+             f"({_defaults('target_val_pct')})")
     add("--target_data_pct", type=_fraction, default=1.0, help="share of the target's train split used (seeded)")
+    add("--target_count", choices=COUNT_RULES, default=None,
+        help="how a share of target windows becomes a count, for --target_data_pct and "
+             f"--target_batch_pct: round to nearest, or floor like the original's int() ({_defaults('target_count')})")
     add("--use_augmentation", action="store_true", help="jitter, magnitude scaling and time warp")
-    add("--jitter_std", type=float, default=0.03)
-    add("--magnitude_range", type=float, nargs=2, default=[0.9, 1.1], metavar=("LOW", "HIGH"))
-    add("--aug_prob", type=float, default=0.5, help="chance that each augmentation touches a window")
+    add("--augmentation", choices=("window", "batch"), default=None,
+        help="window: each transform touches each window with probability --aug_prob; batch (the "
+             "original's): with probability --aug_prob one transform, picked at random, touches the "
+             f"whole batch ({_defaults('augmentation')})")
+    add("--jitter_std", type=float, default=None, help=_defaults("jitter_std"))
+    add("--magnitude_range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+        help=_defaults("magnitude_range"))
+    add("--aug_prob", type=float, default=None, help=f"chance of augmentation ({_defaults('aug_prob')})")
     add("--seed", type=int, default=42)
     add("--device", default="auto", help="auto, cpu, cuda, cuda:N or N")
     add("--prefix", default="experiment", help="results go to EXPERIMENTS_DIR/PREFIX/fold{k}_{target}/")
@@ -95,6 +155,9 @@ def build_parser(enhanced=False):
     if enhanced:
         add("--target_batch_pct", type=_fraction, default=None,
             help="exact share of target windows in every fine-tuning batch (full_fine_tuning only)")
+        add("--epoch_rule", choices=EPOCH_RULES, default=None,
+            help="with --target_batch_pct: an epoch is one pass over the target windows, or ends when "
+                 f"the shorter side runs out, like the original ({_defaults('epoch_rule')})")
         add("--base_cache_dir", default="experiments/base_models")
         add("--no_base_cache", action="store_true", help="always train the base model, store nothing")
         add("--print_base_key", action="store_true",
@@ -110,9 +173,11 @@ def check_args(args):
     pct = getattr(args, "target_batch_pct", None)
     if pct is not None and args.mode != "full_fine_tuning":
         raise ConfigError(f"--target_batch_pct works only with --mode full_fine_tuning, not {args.mode}")
-    if pct is not None and not 0 < round(pct * args.batch_size) < args.batch_size:
-        raise ConfigError(f"--target_batch_pct {pct} of --batch_size {args.batch_size} gives "
-                          f"{round(pct * args.batch_size)} target windows per batch; both sides need at least one")
+    if pct is not None:
+        k = share_count(pct, args.batch_size, args.target_count)
+        if not 0 < k < args.batch_size:
+            raise ConfigError(f"--target_batch_pct {pct} of --batch_size {args.batch_size} gives {k} target "
+                              f"windows per batch (--target_count {args.target_count}); both sides need at least one")
     if args.mode == "base_only" and args.no_base_cache:
         raise ConfigError("--mode base_only stores the base model in the cache; it cannot run with --no_base_cache")
 
@@ -227,6 +292,28 @@ class Augmenter:
         return torch.where(self._chosen(x), warped, x)
 
 
+class BatchAugmenter(Augmenter):
+    """The original's augmentation, with the same parameters as Augmenter: with
+    probability `prob` one of jitter, magnitude scaling (one factor per window)
+    and time warp, picked at random, is applied to the whole batch.
+
+    The original's time warp was written for (N, T, C) data and indexes dim 1,
+    which holds the channels of (N, C, T) windows; its slice there is empty, so
+    that branch leaves the batch as it is. This reproduces it as such.
+    Decisions are drawn on the device, so there is no host sync per batch.
+    """
+
+    def __call__(self, x):
+        g = self.generator
+        apply, pick = torch.rand(2, device=x.device, generator=g)
+        # -1: untouched; 0 jitter, 1 magnitude, 2 time warp (changes nothing, as in the original).
+        transform = torch.where(apply < self.prob, (pick * 3).floor().clamp(max=2), -1)
+        noise = torch.randn(x.shape, device=x.device, generator=g) * self.jitter_std
+        scale = self.low + (self.high - self.low) * torch.rand(len(x), 1, 1, device=x.device, generator=g)
+        x = torch.where(transform == 0, x + noise, x)
+        return torch.where(transform == 1, x * scale, x)
+
+
 # ---------------------------------------------------------------- one phase
 
 def phase_generators(seed, device):
@@ -262,11 +349,13 @@ def train_phase(phase, model, loader, val, args, patience, device, augment, firs
     """Train until the validation loss has not improved for `patience` epochs.
 
     Returns the best state (by validation loss), its epoch and scores, the
-    per-epoch curves, and the windows seen per second.
+    best validation F1 over the epochs and its epoch (the first that reached
+    it), the per-epoch curves, and the windows seen per second.
     """
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     curves = {name: [] for name in CURVES}
     best = {"epoch": None, "val_loss": math.inf, "val_f1": None, "state": None}
+    best_f1, best_f1_epoch = None, None
     windows, seconds = 0, 0.0
     stale = 0
     show_bar = sys.stderr.isatty()
@@ -286,6 +375,8 @@ def train_phase(phase, model, loader, val, args, patience, device, augment, firs
             stale = 0
         else:
             stale += 1
+        if best_f1 is None or val_f1 > best_f1:
+            best_f1, best_f1_epoch = val_f1, first_epoch + epoch
         line = (f"{phase} epoch {first_epoch + epoch}: train loss {train_loss:.4f} f1 {train_f1:.3f} | "
                 f"val loss {val_loss:.4f} f1 {val_f1:.3f} | {elapsed:.2f}s, {n / elapsed:.0f} windows/s")
         # Every epoch goes to the log file; the console gets a bar or a line every 10 epochs.
@@ -305,7 +396,8 @@ def train_phase(phase, model, loader, val, args, patience, device, augment, firs
     if best["epoch"] == first_epoch + epochs_run - 1:
         log.warning(f"{phase}: the best epoch is the last one, so early stopping never fired: "
                     f"may be under-trained: raise --max_epochs (now {args.max_epochs})")
-    return {"best_epoch": best["epoch"], "best_val_loss": best["val_loss"], "best_val_f1": best["val_f1"],
+    return {"best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
+            "val_f1_at_best_loss": best["val_f1"], "best_val_f1": best_f1, "best_val_f1_epoch": best_f1_epoch,
             "state": best["state"], "curves": curves, "epochs_run": epochs_run,
             "windows_per_s": windows / seconds if seconds else None}
 
@@ -316,11 +408,11 @@ def concat(pairs):
     return torch.cat([X for X, _ in pairs]), torch.cat([y for _, y in pairs])
 
 
-def subsample(X, y, pct, seed):
-    """A seeded random share of the windows, kept in their original order."""
+def subsample(X, y, pct, seed, count_rule="round"):
+    """A seeded random share of the windows (at least one), kept in their original order."""
     if pct >= 1:
         return X, y
-    keep = max(1, round(pct * len(X)))
+    keep = max(1, share_count(pct, len(X), count_rule))
     index = torch.randperm(len(X), generator=torch.Generator().manual_seed(seed))[:keep].sort().values
     return X[index], y[index]
 
@@ -339,7 +431,9 @@ def place(tensors, device):
 def train_base_model(args, base_data, n_channels, device):
     """Base phase: train on the base participants' train+val, early-stop on their test."""
     X_train, y_train = concat([base_data[p][s] for p in base_data for s in ("train", "val")])
-    X_stop, y_stop = concat([base_data[p]["test"] for p in base_data])
+    # Seeded apart from the other draws; --base_val_pct is part of the base key.
+    X_stop, y_stop = subsample(*concat([base_data[p]["test"] for p in base_data]), args.base_val_pct,
+                               args.seed + 2)
     X_train, y_train, X_stop, y_stop = place([X_train, y_train, X_stop, y_stop], device)
     loader_gen, augment_gen = phase_generators(args.seed, device)
     model = build_model(args.model, n_channels).to(device)
@@ -353,7 +447,8 @@ def train_base_model(args, base_data, n_channels, device):
 def make_augmenter(args, generator):
     if not args.use_augmentation:
         return None
-    return Augmenter(args.jitter_std, args.magnitude_range, args.aug_prob, generator)
+    kind = BatchAugmenter if args.augmentation == "batch" else Augmenter
+    return kind(args.jitter_std, args.magnitude_range, args.aug_prob, generator)
 
 
 def target_loader(args, base_train, target_train, generator):
@@ -362,7 +457,8 @@ def target_loader(args, base_train, target_train, generator):
         return TensorBatchLoader(*target_train, args.batch_size, shuffle=True, generator=generator)
     if getattr(args, "target_batch_pct", None) is not None:
         return ComposedBatchDataLoader(base_train, target_train, args.batch_size, args.target_batch_pct,
-                                       shuffle=True, generator=generator)
+                                       shuffle=True, generator=generator, epoch_rule=args.epoch_rule,
+                                       target_count=args.target_count)
     X = torch.cat([base_train[0], target_train[0]])
     y = torch.cat([base_train[1], target_train[1]])
     return TensorBatchLoader(X, y, args.batch_size, shuffle=True, generator=generator)
@@ -382,26 +478,37 @@ def curve_axis(base, target):
     return losses
 
 
-def fold_metrics(args, fold, target_name, base, target, base_test, target_test, base_entry):
-    return {
-        "mode": args.mode, "fold": fold, "target_participant": target_name,
-        "best_base_epoch": base and base["best_epoch"],
-        "best_base_val_loss": base and base["best_val_loss"],
-        "best_base_val_f1": base and base["best_val_f1"],
-        "best_target_epoch": target and target["best_epoch"],
-        "best_target_val_loss": target and target["best_val_loss"],
-        "best_target_val_f1": target and target["best_val_f1"],
-        "transition_epoch": base and base["epochs_run"],
-        "best_base_model_target_test_loss": base_test and base_test[0],
-        "best_base_model_target_test_f1": base_test and base_test[1],
-        "best_target_model_target_test_loss": target_test and target_test[0],
-        "best_target_model_target_test_f1": target_test and target_test[1],
+def fold_metrics(args, fold, target_name, base, target, scores, base_entry):
+    """metrics.json, with the original pipeline's key meanings.
+
+    best_{phase}_val_loss / _f1: the best validation loss and the best validation
+    F1 over the phase's epochs, each with its _epoch; best_{phase}_epoch is the
+    kept checkpoint's epoch (the best loss); {phase}_val_f1_at_best_loss is the F1
+    of that checkpoint. scores: (loss, F1) pairs, None where a model is absent;
+    best_base_model_* and best_target_model_* are the kept checkpoints.
+    """
+    metrics = {"mode": args.mode, "fold": fold, "target_participant": target_name}
+    for name, phase in (("base", base), ("target", target)):
+        metrics.update({
+            f"best_{name}_epoch": phase and phase["best_epoch"],
+            f"best_{name}_val_loss": phase and phase["best_val_loss"],
+            f"best_{name}_val_loss_epoch": phase and phase["best_epoch"],
+            f"best_{name}_val_f1": phase and phase["best_val_f1"],
+            f"best_{name}_val_f1_epoch": phase and phase["best_val_f1_epoch"],
+            f"{name}_val_f1_at_best_loss": phase and phase["val_f1_at_best_loss"],
+        })
+    metrics["transition_epoch"] = base and base["epochs_run"]
+    for model_and_split, score in scores.items():
+        metrics[f"best_{model_and_split}_loss"] = score and score[0]
+        metrics[f"best_{model_and_split}_f1"] = score and score[1]
+    metrics.update({
         "base_epochs_run": base and base["epochs_run"],
         "target_epochs_run": target and target["epochs_run"],
         "base_model_reused": bool(base_entry and base_entry.reused),
         "base_key": base_entry.key if base_entry else None,
         "train_windows_per_s": (target or base)["windows_per_s"],
-    }
+    })
+    return metrics
 
 
 def obtain_base(args, base_names, base_data, n_channels, device):
@@ -421,7 +528,7 @@ def check_composition(args, n_target, n_base):
     pct = getattr(args, "target_batch_pct", None)
     if pct is None:
         return
-    k = round(pct * args.batch_size)
+    k = share_count(pct, args.batch_size, args.target_count)
     if n_target < k:
         raise ConfigError(f"--target_batch_pct {pct} puts {k} target windows in every batch, but "
                           f"--target_data_pct {args.target_data_pct} leaves {n_target} target train windows")
@@ -449,7 +556,8 @@ def run_fold(args):
     data = load_participants(args.data_path, [target_name] + base_names, args.window_size)
     n_channels, window_size = data[target_name]["train"][0].shape[1:]
     base_data = {p: data[p] for p in base_names}
-    target_train = subsample(*data[target_name]["train"], args.target_data_pct, args.seed)
+    target_train = subsample(*data[target_name]["train"], args.target_data_pct, args.seed, args.target_count)
+    target_val = subsample(*data[target_name]["val"], args.target_val_pct, args.seed + 3)
     check_composition(args, len(target_train[0]), sum(len(base_data[p][s][0]) for p in base_names
                                                        for s in ("train", "val")))
 
@@ -461,7 +569,7 @@ def run_fold(args):
         print(f"BASE_MODEL {base_entry.path}")
         return None
 
-    tensors = place([*target_train, *data[target_name]["val"]], device)
+    tensors = place([*target_train, *target_val], device)
     target_train, target_val = tuple(tensors[:2]), tuple(tensors[2:])
     base_train = None
     if args.mode == "full_fine_tuning":
@@ -474,21 +582,25 @@ def run_fold(args):
         model.load_state_dict(base["state"])
     loader = target_loader(args, base_train, target_train, loader_gen)
     log.info(f"target phase ({args.mode}): {len(target_train[0])} target train windows, "
-             f"{len(loader)} batches per epoch, early stopping on {target_name}'s val split")
+             f"{len(loader)} batches per epoch, early stopping on {target_name}'s val split "
+             f"({len(target_val[0])} windows)")
     first_epoch = (base["epochs_run"] if base else 0) + 1
     target = train_phase("target", model, loader, target_val, args, args.early_stopping_patience_target,
                          device, make_augmenter(args, augment_gen), first_epoch)
 
     # The target's test split is read here, once, for the final scores only.
     target_test = data[target_name]["test"]
-    base_test = None
+    base_val, base_test = None, None
     if base is not None:
         model.load_state_dict(base["state"])
+        base_val = evaluate(model, *target_val, device)
         base_test = evaluate(model, *target_test, device)
     model.load_state_dict(target["state"])
     personal_test = evaluate(model, *target_test, device)
 
-    metrics = fold_metrics(args, args.fold, target_name, base, target, base_test, personal_test, base_entry)
+    metrics = fold_metrics(args, args.fold, target_name, base, target,
+                           {"base_model_target_val": base_val, "base_model_target_test": base_test,
+                            "target_model_target_test": personal_test}, base_entry)
     metrics.update(positive_class_scores(model, {"best_base_model_target_test": base and base["state"],
                                                  "best_target_model_target_test": target["state"]},
                                          *target_test, device))

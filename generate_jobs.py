@@ -7,9 +7,11 @@
 A grid file is {"grid": {flag: [values]}, "fixed": {flag: value},
 "folds": "all" or [indices], "prefix": "..."}. Every job is checked by the
 training CLI's own parser. Settings that do not matter for a job collapse
-(target_only ignores n_base_participants, target_batch_pct and the base
-patience; target_batch_pct exists only for full_fine_tuning; an
-n_base_participants of at least the number of other participants is "all"),
+(target_only ignores n_base_participants, target_batch_pct, the base
+patience and base_val_pct; target_batch_pct exists only for full_fine_tuning;
+epoch_rule needs target_batch_pct, target_count a target share below 1, and
+augmentation use_augmentation; an n_base_participants of at least the number
+of other participants is "all"),
 and jobs with the same id are dropped. Each configuration gets its own prefix,
 `{prefix}/{flag}-{value}_...` over the grid's varying flags, so its folds land
 in their own folder.
@@ -172,10 +174,18 @@ def fold_list(spec, participants):
 def collapse(flags, mode, n_others):
     """Drop settings that cannot change this job's work."""
     if mode == "target_only":
-        for flag in ("n_base_participants", "target_batch_pct", "early_stopping_patience"):
+        for flag in ("n_base_participants", "target_batch_pct", "early_stopping_patience", "base_val_pct"):
             flags.pop(flag, None)
     if mode != "full_fine_tuning":
         flags.pop("target_batch_pct", None)
+    # The epoch rule shapes composed batches only; the count rule turns target
+    # shares (target_batch_pct, target_data_pct < 1) into counts.
+    if flags.get("target_batch_pct") is None:
+        flags.pop("epoch_rule", None)
+        if flags.get("target_data_pct", 1) >= 1:
+            flags.pop("target_count", None)
+    if not flags.get("use_augmentation"):
+        flags.pop("augmentation", None)
     n_base = flags.get("n_base_participants")
     if isinstance(n_base, int) and not isinstance(n_base, bool) and n_base >= n_others:
         flags["n_base_participants"] = "all"

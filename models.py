@@ -5,29 +5,32 @@ from torch import nn
 class ChannelLayerNorm(nn.Module):
     """Layer norm over the channels at every time step of (N, C, T)."""
 
-    def __init__(self, channels):
+    def __init__(self, channels, affine=True):
         super().__init__()
-        self.norm = nn.LayerNorm(channels)
+        self.norm = nn.LayerNorm(channels, elementwise_affine=affine)
 
     def forward(self, x):
         return self.norm(x.transpose(1, 2)).transpose(1, 2)
 
 
-def conv_block(in_channels, out_channels, kernel_size, pool):
+def conv_block(in_channels, out_channels, kernel_size, pool, affine, ceil_mode):
     layers = [nn.Conv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
-              ChannelLayerNorm(out_channels), nn.ReLU()]
+              ChannelLayerNorm(out_channels, affine), nn.ReLU()]
     if pool > 1:
-        layers.append(nn.MaxPool1d(pool, ceil_mode=True))  # any window length works
+        layers.append(nn.MaxPool1d(pool, ceil_mode=ceil_mode))
     return nn.Sequential(*layers)
 
 
 class ConvNet(nn.Module):
-    """Conv blocks, global average pool over time, linear to one logit."""
+    """Conv blocks, global average pool over time, linear to one logit.
 
-    def __init__(self, widths, kernel_size, pools, dropout=0.0):
+    ceil_mode pooling keeps a partial last window, so any window length works.
+    """
+
+    def __init__(self, widths, kernel_size, pools, dropout=0.0, affine=True, ceil_mode=True):
         super().__init__()
         self.features = nn.Sequential(*[
-            conv_block(c_in, c_out, kernel_size, pool)
+            conv_block(c_in, c_out, kernel_size, pool, affine, ceil_mode)
             for c_in, c_out, pool in zip(widths[:-1], widths[1:], pools)])
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(widths[-1], 1)
@@ -37,8 +40,18 @@ class ConvNet(nn.Module):
         return self.head(self.dropout(features)).squeeze(1)
 
 
-def small_cnn(n_channels):
-    """The original's `test` model: C->8->8->8->16, kernel 3, pooling in the first blocks."""
+def test_model(n_channels):
+    """The original's TestModel exactly: C->8->8->8->16, kernel 3, LayerNorm over the
+    channels without scale/shift, MaxPool1d(2) after blocks 1 and 2 only (floor, as
+    there), global average pool, Linear(16, 1); 969 parameters for 6 channels."""
+    return ConvNet([n_channels, 8, 8, 8, 16], kernel_size=3, pools=[2, 2, 1, 1],
+                   affine=False, ceil_mode=False)
+
+
+def test_pool4_model(n_channels):
+    """This project's earlier `test`: the same widths with affine LayerNorm and
+    MaxPool1d(4, ceil) after blocks 1-3 (1,049 parameters for 6 channels; 210
+    convolution multiply-adds per input time step against `test`'s 384)."""
     return ConvNet([n_channels, 8, 8, 8, 16], kernel_size=3, pools=[4, 4, 4, 1])
 
 
@@ -48,10 +61,30 @@ def medium_cnn(n_channels):
                    pools=[2, 2, 2, 2, 1], dropout=0.2)
 
 
-MODELS = {"test": small_cnn, "medium": medium_cnn}
+MODELS = {"test": test_model, "test_pool4": test_pool4_model, "medium": medium_cnn}
 
 
 def build_model(name, n_channels):
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choices: {', '.join(sorted(MODELS))}")
     return MODELS[name](n_channels)
+
+
+def load_original_state_dict(model, original_state):
+    """Load a state_dict saved by the original's TestModel into `test`.
+
+    Its tensor names differ from this registry's, but its parameters come in the
+    same order (conv weight and bias per block, then the linear layer): they are
+    matched by position and each shape is checked.
+    """
+    ours = model.state_dict()
+    if len(ours) != len(original_state):
+        raise ValueError(f"the original state has {len(original_state)} tensors; this model has {len(ours)}")
+    mapped = {}
+    for (name, own), (original_name, tensor) in zip(ours.items(), original_state.items()):
+        if own.shape != tensor.shape:
+            raise ValueError(f"{original_name} has shape {tuple(tensor.shape)}; "
+                             f"{name} needs {tuple(own.shape)}")
+        mapped[name] = tensor
+    model.load_state_dict(mapped)
+    return model

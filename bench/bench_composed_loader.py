@@ -5,7 +5,8 @@ drop_last=True, batch sizes k and batch_size - k, zipped; each pair is
 concatenated and permuted. Both loaders read the same tensors.
 
 Prints (1) loader-only batches/s and the ratio composed/original (goal >= 10x),
-and (2) the loader's share of one training epoch of a small 1D CNN:
+and (2) the loader's share of one training epoch of a registry model (default
+`test`, the original's TestModel):
 share = (t_epoch_with_loader - t_epoch_over_prebuilt_batches) / t_epoch_with_loader
 (goal <= 5%). Each figure is the best of a few runs. The full run uses base
 4000 and target 800 windows of 6 x 3000 (about 350 MB, plus the composed
@@ -28,6 +29,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from composed_loader import ComposedBatchDataLoader  # noqa: E402
+from models import build_model  # noqa: E402
 
 
 def original_epoch(base, target, batch_size, k, generator):
@@ -59,25 +61,13 @@ def batches_per_s(make_epoch, device, epochs):
     return best
 
 
-class SmallCNN(nn.Module):
-    def __init__(self, channels):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv1d(channels, 8, 5, padding=2), nn.ReLU(), nn.MaxPool1d(4),
-            nn.Conv1d(8, 16, 5, padding=2), nn.ReLU(), nn.MaxPool1d(4),
-            nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(16, 1))
-
-    def forward(self, x):
-        return self.net(x).squeeze(1)
-
-
-def train_epoch_seconds(model_state, batches, channels, device):
+def train_epoch_seconds(model_name, model_state, batches, channels, device):
     """Time one training epoch from the same starting weights.
 
     Returns (epoch seconds, seconds spent waiting for the next batch); the second
     is a direct reading of the loader's share, steadier on a busy machine.
     """
-    model = SmallCNN(channels).to(device)
+    model = build_model(model_name, channels).to(device)
     model.load_state_dict(model_state)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = nn.BCEWithLogitsLoss()
@@ -104,6 +94,7 @@ def main():
     parser.add_argument("--window", type=int, default=3000, help="samples per window (T)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default="test", help="registry model trained in the epoch-share figure")
     args = parser.parse_args()
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -122,10 +113,10 @@ def main():
     target = (torch.randn(n_target, C, T, generator=gen).to(device),
               torch.randint(0, 2, (n_target,), generator=gen).float().to(device))
     torch.manual_seed(args.seed)
-    model_state = SmallCNN(C).to(device).state_dict()
+    model_state = build_model(args.model, C).to(device).state_dict()
 
     print(f"device {device} | threads {torch.get_num_threads()} | base {n_base} and target "
-          f"{n_target} windows of {C} x {T} | batch_size {batch_size} | epoch_rule target_pass")
+          f"{n_target} windows of {C} x {T} | batch_size {batch_size} | epoch_rule target_pass | model {args.model}")
     rows = []
     for pct in (0.1, 0.5):
         k = round(pct * batch_size)
@@ -136,11 +127,11 @@ def main():
 
         # Same batches either way; alternate the two and keep the fastest of each.
         prebuilt = list(loader)
-        train_epoch_seconds(model_state, prebuilt, C, device)  # warm-up, not timed
+        train_epoch_seconds(args.model, model_state, prebuilt, C, device)  # warm-up, not timed
         with_loader = over_prebuilt = (float("inf"), 0.0)
         for _ in range(repeats):
-            with_loader = min(with_loader, train_epoch_seconds(model_state, loader, C, device))
-            over_prebuilt = min(over_prebuilt, train_epoch_seconds(model_state, prebuilt, C, device))
+            with_loader = min(with_loader, train_epoch_seconds(args.model, model_state, loader, C, device))
+            over_prebuilt = min(over_prebuilt, train_epoch_seconds(args.model, model_state, prebuilt, C, device))
         rows.append(dict(pct=pct, k=k, batches=len(loader), original=original, composed=composed,
                          ratio=composed / original, t_loader=with_loader[0],
                          t_prebuilt=over_prebuilt[0], fetch=with_loader[1] / with_loader[0],

@@ -170,6 +170,8 @@ BASE_SETTING_CHANGES = {
     "max epochs": ["--max_epochs", "7"],
     "augmentation": ["--use_augmentation"],
     "seed": ["--seed", "1"],
+    "base validation share": ["--base_val_pct", "0.5"],
+    "preset original (lr, patience, base validation share)": ["--preset", "original"],
 }
 
 
@@ -196,6 +198,12 @@ FINE_TUNING_CHANGES = {
     "device": ([], ["--device", "cuda:0"]),
     "overwrite": ([], ["--overwrite"]),
     "experiments_dir": ([], ["--experiments_dir", "{tmp}/elsewhere"]),
+    "target_val_pct": ([], ["--target_val_pct", "0.1"]),
+    "target_count": (["--target_batch_pct", "0.9"], ["--target_count", "floor"]),
+    "epoch_rule": (["--target_batch_pct", "0.9"], ["--epoch_rule", "shortest"]),
+    "preset's fine-tuning flags given explicitly": (["--preset", "original"], [
+        "--target_val_pct", "1", "--target_count", "round", "--epoch_rule", "target_pass",
+        "--early_stopping_patience_target", "3"]),
 }
 
 
@@ -210,6 +218,7 @@ AUGMENTATION_PARAMETERS = {
     "jitter_std": ["--jitter_std", "0.1"],
     "magnitude_range": ["--magnitude_range", "0.5", "1.5"],
     "aug_prob": ["--aug_prob", "0.9"],
+    "augmentation mode": ["--augmentation", "batch"],
 }
 
 
@@ -219,6 +228,16 @@ def test_augmentation_parameters_matter_only_when_augmentation_is_on(tmp_path, c
     assert key_of(off + change) == key_of(off)
     on = key_flags(tmp_path, "--use_augmentation")
     assert key_of(on + change) != key_of(on)
+
+
+def test_the_preset_enters_the_key_only_through_its_resolved_values(tmp_path):
+    spelled_out = ["--lr", "0.0003", "--early_stopping_patience", "40", "--base_val_pct", "0.5",
+                   "--augmentation", "batch", "--jitter_std", "0.005", "--magnitude_range", "0.98", "1.02",
+                   "--aug_prob", "0.3", "--use_augmentation"]
+    preset = key_flags(tmp_path, "--preset", "original", "--use_augmentation")
+    assert key_of(preset) == key_of(key_flags(tmp_path, *spelled_out))
+    # An explicit flag beats the preset, in the key too.
+    assert key_of(preset + ["--lr", "0.001"]) == key_of(key_flags(tmp_path, *spelled_out, "--lr", "0.001"))
 
 
 def test_target_only_has_no_base_key(tmp_path, engine):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from composed_loader import ComposedBatchDataLoader, TensorBatchLoader  # noqa: E402
+from composed_loader import ComposedBatchDataLoader, TensorBatchLoader, share_count  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,19 +39,20 @@ def epoch_ids(loader):
 GRID = list(itertools.product([7, 50, 203], [3, 20, 64], [2, 5, 16], [0.1, 0.3, 0.5, 0.9]))
 
 
-def valid(n_base, n_target, bs, pct):
-    k = round(pct * bs)
+def valid(n_base, n_target, bs, pct, count):
+    k = share_count(pct, bs, count)
     return 0 < k < bs and n_target >= k and n_base >= bs - k
 
 
+@pytest.mark.parametrize("count", ["round", "floor"])
 @pytest.mark.parametrize("rule", ["target_pass", "shortest"])
-def test_len_and_composition_exact_over_grid(rule):
+def test_len_and_composition_exact_over_grid(rule, count):
     checked = 0
     for n_base, n_target, bs, pct in GRID:
-        if not valid(n_base, n_target, bs, pct):
+        if not valid(n_base, n_target, bs, pct, count):
             continue
-        loader = make(n_base, n_target, bs, pct, epoch_rule=rule)
-        k = round(pct * bs)
+        loader = make(n_base, n_target, bs, pct, epoch_rule=rule, target_count=count)
+        k = share_count(pct, bs, count)
         for _ in range(2):  # the second epoch also sees the carried-over base stream
             batches = epoch_ids(loader)
             assert len(batches) == len(loader), (n_base, n_target, bs, pct)
@@ -60,6 +61,16 @@ def test_len_and_composition_exact_over_grid(rule):
                 assert sum(i > 0 for i in ids) == k, (n_base, n_target, bs, pct, ids)
         checked += 1
     assert checked > 40
+
+
+@pytest.mark.parametrize("pct,rounded,floored", [
+    (0.9, 58, 57), (0.15, 10, 9), (0.2, 13, 12), (0.4, 26, 25), (0.7, 45, 44), (0.25, 16, 16)])
+def test_target_count_floor_is_the_originals_int(pct, rounded, floored):
+    # The table at batch 64: the two rules differ at 0.15, 0.2, 0.4, 0.7 and 0.9.
+    assert (share_count(pct, 64, "round"), share_count(pct, 64, "floor")) == (rounded, floored)
+    for count, k in (("round", rounded), ("floor", floored)):
+        loader = make(200, 100, 64, pct, target_count=count)
+        assert all(sum(i > 0 for i in ids) == k for ids in epoch_ids(loader))
 
 
 def test_target_pass_length_and_each_target_once_when_k_divides():
@@ -177,6 +188,7 @@ BASE, TARGET = tagged(20, -1), tagged(10, 1)
     (dict(base=(BASE[0], BASE[1].to("meta"))), "base: X is on cpu but y is on meta"),
     (dict(target=TARGET[0]), r"target must be an \(X, y\) pair"),
     (dict(epoch_rule="longest"), "unknown epoch_rule 'longest'"),
+    (dict(target_count="ceil"), "unknown count rule 'ceil'"),
     (dict(generator=0), "generator must be a torch.Generator"),
 ])
 def test_bad_arguments_raise_clear_value_errors(kwargs, message):

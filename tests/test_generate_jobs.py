@@ -49,6 +49,10 @@ def test_original_grid_counts(tmp_path):
     assert len({(job["base_key"], job["fold"]) for job in jobs}) == 84
     # No two jobs write the same result folder.
     assert len({(job["prefix"], job["fold"]) for job in jobs}) == 1008
+    # The published grid's settings come from the preset, resolved by the training CLI's parser.
+    assert all(job["preset"] == "original" and job["use_augmentation"] for job in jobs)
+    args = generate_jobs.parse_job(generate_jobs.load_script_parser(OCT1), jobs[0], "job 0")
+    assert (args.lr, args.early_stopping_patience, args.augmentation, args.target_count) == (3e-4, 40, "batch", "floor")
 
 
 def test_batch_composition_and_data_efficiency_grids(demo_cwd):
@@ -111,6 +115,25 @@ def test_collapse_rules(demo_cwd):
     # target_only_fine_tuning ignores target_batch_pct: 2 base sizes.
     assert len(by_mode["target_only_fine_tuning"]) == 2
     assert (len(jobs), duplicates) == (7, 18 - 7)
+
+
+def test_collapse_rules_of_the_original_behaviour_flags(demo_cwd):
+    spec = {"grid": {"mode": ["target_only", "full_fine_tuning"], "base_val_pct": [0.5, 1.0],
+                     "epoch_rule": ["target_pass", "shortest"], "target_count": ["round", "floor"],
+                     "augmentation": ["window", "batch"]},
+            "fixed": {"preset": "original"}, "folds": [0], "prefix": "c"}
+    jobs, duplicates = expand(spec)
+    # None of the four matters to target_only; for full_fine_tuning without
+    # target_batch_pct, target shares or augmentation only base_val_pct does.
+    assert sorted((job["mode"], job.get("base_val_pct")) for job in jobs) == [
+        ("full_fine_tuning", 0.5), ("full_fine_tuning", 1.0), ("target_only", None)]
+    assert not any({"epoch_rule", "target_count", "augmentation"} & set(job) for job in jobs)
+    assert (len(jobs), duplicates) == (3, 32 - 3)
+    # With a batch share, augmentation and a target subsample, each flag makes its own job.
+    spec["fixed"].update(target_batch_pct=0.9, target_data_pct=0.5, use_augmentation=True)
+    spec["grid"]["mode"] = ["full_fine_tuning"]
+    jobs, duplicates = expand(spec)
+    assert (len(jobs), duplicates) == (16, 0)
 
 
 def test_base_key_matches_training_script(demo_cwd, capsys):

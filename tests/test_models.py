@@ -7,7 +7,7 @@ import experiment
 import models
 
 
-@pytest.mark.parametrize("name", ["test", "medium"])
+@pytest.mark.parametrize("name", sorted(models.MODELS))
 @pytest.mark.parametrize("channels,window", [(1, 64), (3, 64), (6, 128), (3, 3000)])
 def test_registry_models_give_one_logit_per_window(name, channels, window):
     torch.manual_seed(0)
@@ -29,7 +29,7 @@ def test_registry_models_give_one_logit_per_window(name, channels, window):
         assert model(x[:1]).shape == (1,)
 
 
-@pytest.mark.parametrize("name", ["test", "medium"])
+@pytest.mark.parametrize("name", sorted(models.MODELS))
 def test_every_parameter_gets_a_gradient(name):
     torch.manual_seed(0)
     model = models.build_model(name, 3)
@@ -42,7 +42,7 @@ def test_every_parameter_gets_a_gradient(name):
         assert torch.isfinite(param.grad).all(), pname
 
 
-@pytest.mark.parametrize("name", ["test", "medium"])
+@pytest.mark.parametrize("name", sorted(models.MODELS))
 @pytest.mark.parametrize("window", [16, 32])
 def test_models_accept_short_windows(name, window):
     # tests/tiny_data.py writes 32-sample windows by default; a registry model
@@ -55,21 +55,81 @@ def test_models_accept_short_windows(name, window):
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("channels", [1, 3, 7])
-def test_test_model_is_the_original_small_cnn(channels):
-    model = models.build_model("test", channels)
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv1d)]
-    assert [(c.in_channels, c.out_channels) for c in convs] == [
-        (channels, 8), (8, 8), (8, 8), (8, 16)]
-    assert all(c.kernel_size == (3,) for c in convs)
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    assert [(m.in_features, m.out_features) for m in linears] == [(16, 1)]
+def parameter_count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_test_model_is_the_originals_test_model():
+    # The original: 4 blocks Conv1d(k3, p1) -> LayerNorm over channels without
+    # affine -> ReLU, MaxPool1d(2) after blocks 1-2 only, global average pool, Linear(16, 1).
+    model = models.build_model("test", 6)
+    assert parameter_count(model) == 969
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.LayerNorm, nn.ReLU, nn.MaxPool1d, nn.Linear))]
+    kinds = [type(m).__name__ for m in layers]
+    assert kinds == ["Conv1d", "LayerNorm", "ReLU", "MaxPool1d"] * 2 + ["Conv1d", "LayerNorm", "ReLU"] * 2 + ["Linear"]
+    convs = [m for m in layers if isinstance(m, nn.Conv1d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [
+        (6, 8, (3,), (1,)), (8, 8, (3,), (1,)), (8, 8, (3,), (1,)), (8, 16, (3,), (1,))]
+    norms = [m for m in layers if isinstance(m, nn.LayerNorm)]
+    assert [n.normalized_shape for n in norms] == [(8,), (8,), (8,), (16,)]
+    assert not any(n.elementwise_affine for n in norms)
+    pools = [m for m in layers if isinstance(m, nn.MaxPool1d)]
+    assert all(p.kernel_size == 2 and p.stride == 2 and not p.ceil_mode for p in pools)
+    assert [(m.in_features, m.out_features) for m in layers if isinstance(m, nn.Linear)] == [(16, 1)]
+
+
+def test_test_model_normalizes_each_time_step_over_channels():
+    # Features after the first block's norm have mean 0 and variance 1 over the
+    # channels at every time step: the norm runs over C, not over T.
+    model = models.build_model("test", 6)
+    block = model.features[0]
+    with torch.no_grad():
+        normed = block[1](block[0](torch.randn(3, 6, 40)))
+    assert torch.allclose(normed.mean(dim=1), torch.zeros(3, 40), atol=1e-5)
+    assert torch.allclose(normed.var(dim=1, unbiased=False), torch.ones(3, 40), atol=1e-3)
+
+
+def test_test_pool4_keeps_the_projects_earlier_network():
+    model = models.build_model("test_pool4", 6)
+    assert parameter_count(model) == 1049
+    pools = [m for m in model.modules() if isinstance(m, nn.MaxPool1d)]
+    assert [(p.kernel_size, p.ceil_mode) for p in pools] == [(4, True)] * 3
+
+
+def original_shaped_state(seed):
+    # The original's TestModel names its tensors its own way; shapes and order are what count.
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"conv1.weight": (8, 6, 3), "conv1.bias": (8,), "conv2.weight": (8, 8, 3), "conv2.bias": (8,),
+              "conv3.weight": (8, 8, 3), "conv3.bias": (8,), "conv4.weight": (16, 8, 3), "conv4.bias": (16,),
+              "fc.weight": (1, 16), "fc.bias": (1,)}
+    return {name: torch.randn(shape, generator=g) for name, shape in shapes.items()}
+
+
+def test_a_state_dict_of_the_originals_shapes_loads_into_test():
+    state = original_shaped_state(0)
+    model = models.load_original_state_dict(models.build_model("test", 6), state)
+    assert torch.equal(model.features[0][0].weight, state["conv1.weight"])
+    assert torch.equal(model.features[3][0].bias, state["conv4.bias"])
+    assert torch.equal(model.head.weight, state["fc.weight"])
+    # Fed through: the loaded weights decide the logits.
+    x = torch.randn(2, 6, 64)
+    with torch.no_grad():
+        first = model(x)
+        models.load_original_state_dict(model, original_shaped_state(1))
+        assert not torch.allclose(model(x), first)
+
+
+def test_a_state_dict_of_other_shapes_is_refused_by_name():
+    state = original_shaped_state(0)
+    state["conv2.weight"] = torch.zeros(8, 8, 5)
+    with pytest.raises(ValueError, match="conv2.weight has shape"):
+        models.load_original_state_dict(models.build_model("test", 6), state)
+    with pytest.raises(ValueError, match="tensors"):
+        models.load_original_state_dict(models.build_model("test_pool4", 6), original_shaped_state(0))
 
 
 def test_medium_model_is_larger_than_test_model():
-    def count(model):
-        return sum(p.numel() for p in model.parameters())
-    assert count(models.build_model("medium", 3)) > 10 * count(models.build_model("test", 3))
+    assert parameter_count(models.build_model("medium", 3)) > 10 * parameter_count(models.build_model("test", 3))
 
 
 def test_unknown_model_name_lists_the_choices():

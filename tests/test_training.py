@@ -30,22 +30,16 @@ WINDOW = 64
 SIZES = (16, 8, 8)  # train, val, test windows per participant
 POSITIVE_CLASS = {f"best_{model}_model_target_test_{score}" for model in ("base", "target")
                   for score in ("f1_pos", "precision", "recall")}
-METRIC_KEYS = {
-    "mode", "fold", "target_participant",
-    "best_base_epoch", "best_base_val_loss", "best_base_val_f1",
-    "best_target_epoch", "best_target_val_loss", "best_target_val_f1",
-    "transition_epoch",
-    "best_base_model_target_test_loss", "best_base_model_target_test_f1",
-    "best_target_model_target_test_loss", "best_target_model_target_test_f1",
-    "base_epochs_run", "target_epochs_run", "base_model_reused", "base_key",
-    "train_windows_per_s", "total_time_s"} | POSITIVE_CLASS
-BASE_METRICS = {"best_base_epoch", "best_base_val_loss", "best_base_val_f1", "transition_epoch",
-                "best_base_model_target_test_loss", "best_base_model_target_test_f1", "base_epochs_run",
-                "best_base_model_target_test_f1_pos", "best_base_model_target_test_precision",
-                "best_base_model_target_test_recall"}
-TARGET_METRICS = {"best_target_epoch", "best_target_val_loss", "best_target_val_f1",
-                  "best_target_model_target_test_loss", "best_target_model_target_test_f1",
-                  "target_epochs_run"}
+PHASE_BEST = ("epoch", "val_loss", "val_loss_epoch", "val_f1", "val_f1_epoch")
+BASE_METRICS = {f"best_base_{name}" for name in PHASE_BEST} | {
+    "base_val_f1_at_best_loss", "transition_epoch", "best_base_model_target_val_loss",
+    "best_base_model_target_val_f1", "best_base_model_target_test_loss", "best_base_model_target_test_f1",
+    "base_epochs_run"} | {name for name in POSITIVE_CLASS if name.startswith("best_base")}
+TARGET_METRICS = {f"best_target_{name}" for name in PHASE_BEST} | {
+    "target_val_f1_at_best_loss", "best_target_model_target_test_loss", "best_target_model_target_test_f1",
+    "target_epochs_run"}
+METRIC_KEYS = BASE_METRICS | TARGET_METRICS | POSITIVE_CLASS | {
+    "mode", "fold", "target_participant", "base_model_reused", "base_key", "train_windows_per_s", "total_time_s"}
 TEST_SCORES = {"best_base_model_target_test_loss", "best_base_model_target_test_f1",
                "best_target_model_target_test_loss", "best_target_model_target_test_f1"} | POSITIVE_CLASS
 TIMING = {"total_time_s", "train_windows_per_s"}
@@ -140,15 +134,19 @@ def check_curves(metrics, losses):
             assert all(0 <= v <= 1 for v in inside), name
         else:
             assert all(v >= 0 for v in inside), name
-    # The best epoch of each phase is the first minimum of its validation loss.
+    # The kept checkpoint is the first minimum of the validation loss; best_*_val_f1
+    # is the best F1 over the phase's epochs (first epoch reaching it), as in the original.
     for phase, start, n in (("base", 0, n_base), ("target", n_base, n_target)):
         if n == 0:
             continue
         val = losses[f"{phase}_val_loss"][start:start + n]
+        f1 = losses[f"{phase}_val_f1"][start:start + n]
         best = metrics[f"best_{phase}_epoch"]
-        assert best == start + val.index(min(val)) + 1
+        assert best == metrics[f"best_{phase}_val_loss_epoch"] == start + val.index(min(val)) + 1
         assert metrics[f"best_{phase}_val_loss"] == min(val)
-        assert metrics[f"best_{phase}_val_f1"] == losses[f"{phase}_val_f1"][best - 1]
+        assert metrics[f"{phase}_val_f1_at_best_loss"] == losses[f"{phase}_val_f1"][best - 1]
+        assert metrics[f"best_{phase}_val_f1"] == max(f1)
+        assert metrics[f"best_{phase}_val_f1_epoch"] == start + f1.index(max(f1)) + 1
 
 
 def check_outputs(folder, data_path, mode, enhanced=False, target="a", fold=0):
