@@ -1,7 +1,8 @@
 """The base-model cache: one key function and a locked, atomically published store.
 
 `{cache_dir}/{key}/` holds model.pt, metrics.json, losses.json, config.json,
-fingerprint.json (hashes of the base participants' data files) and
+fingerprint.json (hashes of the base participants' data files), provenance.json
+(provenance.record of the training) and
 checksums.json (hashes of the other files). Writers hold `{key}.lock` (an
 flock, so a killed writer's lock dies with it) and publish by renaming a
 finished temporary folder; readers verify checksums and the data fingerprint.
@@ -22,7 +23,7 @@ from pathlib import Path
 from filelock import FileLock
 
 log = logging.getLogger("experiment")
-ENTRY_FILES = ("model.pt", "metrics.json", "losses.json", "config.json", "fingerprint.json")
+ENTRY_FILES = ("model.pt", "metrics.json", "losses.json", "config.json", "fingerprint.json", "provenance.json")
 
 
 class CacheError(Exception):
@@ -142,7 +143,8 @@ def _write_entry(folder, result, settings, fingerprint):
     metrics = {k: result[k] for k in ("best_epoch", "best_val_loss", "val_f1_at_best_loss", "best_val_f1",
                                        "best_val_f1_epoch", "epochs_run", "windows_per_s")}
     contents = {"metrics.json": metrics, "losses.json": result["curves"],
-                "config.json": settings, "fingerprint.json": fingerprint}
+                "config.json": settings, "fingerprint.json": fingerprint,
+                "provenance.json": result.get("provenance")}
     for name, content in contents.items():
         (folder / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
     checksums = {name: _sha256(folder / name) for name in ENTRY_FILES}

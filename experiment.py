@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 import base_cache
+import provenance
 from composed_loader import (COUNT_RULES, EPOCH_RULES, ComposedBatchDataLoader,
                              TensorBatchLoader, share_count)
 from data import (DataError, check_participants, load_participants,
@@ -511,14 +512,17 @@ def fold_metrics(args, fold, target_name, base, target, scores, base_entry):
     return metrics
 
 
-def obtain_base(args, base_names, base_data, n_channels, device):
-    """The fold's base model: from the cache when the CLI has one, else trained here."""
+def obtain_base(args, base_names, base_data, n_channels, device, fingerprint):
+    """The fold's base model: from the cache when the CLI has one, else trained here.
+    fingerprint: the base participants' data files (base_cache.data_fingerprint)."""
     def train():
-        return train_base_model(args, base_data, n_channels, device)
+        started = provenance.now()
+        result = train_base_model(args, base_data, n_channels, device)
+        return dict(result, provenance=provenance.record(device, fingerprint, started))
     if not getattr(args, "base_cache_dir", None) or args.no_base_cache:
         return train(), None
     key = base_cache.base_key(args, base_names)
-    entry = base_cache.get_or_train(args.base_cache_dir, key, base_cache.data_fingerprint(args.data_path, base_names),
+    entry = base_cache.get_or_train(args.base_cache_dir, key, fingerprint,
                                     base_cache.key_settings(args, base_names), train)
     return entry.result, entry
 
@@ -543,7 +547,7 @@ def result_dir(args, fold, target_name):
 
 def run_fold(args):
     """Run one fold end to end; returns the published result folder (None for base_only)."""
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), provenance.now()
     check_args(args)
     device = resolve_device(args.device)
     participants = check_participants(args.data_path, args.participants)
@@ -554,6 +558,7 @@ def run_fold(args):
     if args.mode != "base_only" and final.exists() and not args.overwrite:
         raise ConfigError(f"{final}: result folder exists; pass --overwrite to replace it")
     data = load_participants(args.data_path, [target_name] + base_names, args.window_size)
+    fingerprint = base_cache.data_fingerprint(args.data_path, [target_name] + base_names)
     n_channels, window_size = data[target_name]["train"][0].shape[1:]
     base_data = {p: data[p] for p in base_names}
     target_train = subsample(*data[target_name]["train"], args.target_data_pct, args.seed, args.target_count)
@@ -563,7 +568,9 @@ def run_fold(args):
 
     base, base_entry = None, None
     if base_names:
-        base, base_entry = obtain_base(args, base_names, base_data, n_channels, device)
+        base_files = {name: digest for name, digest in fingerprint.items()
+                      if name.rsplit("_", 1)[0] in base_names}
+        base, base_entry = obtain_base(args, base_names, base_data, n_channels, device, base_files)
     if args.mode == "base_only":
         print(f"BASE_KEY {base_entry.key}")
         print(f"BASE_MODEL {base_entry.path}")
@@ -610,7 +617,8 @@ def run_fold(args):
                  device=str(device), script=Path(sys.argv[0]).name)
     log.info(f"base model on {target_name}'s test: "
              + (f"f1 {base_test[1]:.3f}" if base_test else "none") + f"; personalized: f1 {personal_test[1]:.3f}")
-    files = {"hyperparameters.json": hyper, "metrics.json": metrics, "losses.json": curve_axis(base, target)}
+    files = {"hyperparameters.json": hyper, "metrics.json": metrics, "losses.json": curve_axis(base, target),
+             "provenance.json": provenance.record(device, fingerprint, started_at)}
     publish(final, files, target["state"], args.overwrite)
     return final
 

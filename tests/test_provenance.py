@@ -57,3 +57,27 @@ def test_cli_answers_code_hash_and_the_base_cache_fingerprint(tmp_path):
     assert len(data[str(tmp_path / "d")]) == 6  # 2 participants x 3 splits
     assert "data folder not found" in data[str(tmp_path / "missing")]["error"]
     assert "x_train.pt" in data[str(tmp_path / "d") + "/"]["error"]
+
+
+def test_a_fold_and_its_base_entry_say_what_produced_them(tmp_path, capsys):
+    import experiment
+    names = write_tiny_dataset(tmp_path / "d", participants=("a", "b", "c"), window=64, sizes=(16, 8, 8))
+    argv = ["--data_path", str(tmp_path / "d"), "--experiments_dir", str(tmp_path / "exp"), "--device", "cpu",
+            "--batch_size", "8", "--max_epochs", "1", "--fold", "1", "--mode", "full_fine_tuning",
+            "--base_cache_dir", str(tmp_path / "cache"), "--prefix", "p"]
+    assert experiment.main(argv, enhanced=True) == 0
+    record = json.loads((tmp_path / "exp" / "p" / "fold1_b" / "provenance.json").read_text())
+    commit, dirty = provenance.git_version(PROJECT)
+    assert (record["code_hash"], record["git_commit"], record["git_dirty"]) == (provenance.code_hash(), commit, dirty)
+    assert record["data_fingerprint"] == base_cache.data_fingerprint(tmp_path / "d", names[:3])
+    import torch
+    assert (record["torch"], record["device"], record["hostname"]) == (torch.__version__, "cpu",
+                                                                      provenance.socket.gethostname())
+    assert record["started"] <= record["ended"] and record["command"][1:] == provenance.sys.argv  # the process's
+
+    entry = next((tmp_path / "cache").iterdir())
+    assert base_cache.entry_intact(entry)
+    stored = json.loads((entry / "provenance.json").read_text())
+    assert stored["data_fingerprint"] == json.loads((entry / "fingerprint.json").read_text())
+    assert set(stored["data_fingerprint"]) == {f"{p}_{s}.pt" for p in ("a", "c") for s in ("train", "val", "test")}
+    assert stored["code_hash"] == record["code_hash"]
