@@ -190,6 +190,7 @@ def load_run(fold_dir, metric="f1"):
         warn(f"{fold_dir}: skipped, metrics.json has no {' or '.join(missing)} (mode {mode})")
         return None
     number, name = FOLD_DIR.fullmatch(fold_dir.name).groups()
+    origin, _ = read_json(fold_dir / "provenance.json")  # absent in runs made before it existed
     settings = {k: hashable(v) for k, v in hyper.items() if k not in NOT_SETTINGS}
     settings["mode"] = mode
     if "n_base_participants" in settings and isinstance(hyper.get("base_participants"), list):
@@ -197,6 +198,7 @@ def load_run(fold_dir, metric="f1"):
     return {"dir": fold_dir, "prefix": fold_dir.parent.name, "fold": int(number),
             "participant": metrics.get("target_participant") or hyper.get("target_participant") or name,
             "mode": mode, "settings": settings, "metrics": metrics,
+            "code_version": (origin or {}).get("code_hash"), "data_fingerprint": (origin or {}).get("data_fingerprint"),
             "base_f1": as_number(metrics.get(base_key)), "personalized_f1": as_number(metrics.get(personalized_key))}
 
 
@@ -317,6 +319,7 @@ def fold_row(config, run, varying, target_only_f1s):
         "best_base_epoch": metrics.get("best_base_epoch"),
         "best_target_epoch": phase_epoch(metrics),
         "under_trained": under_trained(metrics),
+        "code_version": run["code_version"],
     })
     return row
 
@@ -346,6 +349,29 @@ def config_row(config, settings, rows, varying):
     return row
 
 
+def provenance_conflicts(config, runs):
+    """Lines naming the folds of one configuration that ran other code, or read other bytes
+    of the same data file, than the rest (from each fold's provenance.json)."""
+    def folds(group):
+        return ", ".join(str(run["dir"]) for run in group)
+    lines = []
+    versions = {}
+    for run in runs:
+        versions.setdefault(run["code_version"] or "unknown", []).append(run)
+    if len(versions) > 1:
+        lines.append(f"configuration {config}: its folds come from {len(versions)} code versions: "
+                     + "; ".join(f"{code}: {folds(group)}" for code, group in sorted(versions.items())))
+    files = {}
+    for run in runs:
+        for name, digest in (run["data_fingerprint"] or {}).items():
+            files.setdefault(name, {}).setdefault(digest, []).append(run)
+    for name, digests in sorted(files.items()):
+        if len(digests) > 1:
+            lines.append(f"configuration {config}: data file {name} differs between its folds: "
+                         + "; ".join(f"{digest[:12]}: {folds(group)}" for digest, group in sorted(digests.items())))
+    return lines
+
+
 def summarize(runs):
     """(per-fold rows, per-configuration rows, varying settings) of loaded runs."""
     varying = varying_settings(runs)
@@ -357,6 +383,8 @@ def summarize(runs):
             target_only_f1s.setdefault(key, run["personalized_f1"])
     fold_rows, config_rows = [], []
     for number, (settings, config_runs) in enumerate(configs, 1):
+        for line in provenance_conflicts(number, config_runs):
+            warn(line)
         rows = [fold_row(number, run, varying, target_only_f1s) for run in config_runs]
         fold_rows += rows
         config_rows.append(config_row(number, settings, rows, varying))
@@ -423,7 +451,7 @@ def cell(value, digits=None):
 
 
 def fold_columns(varying):
-    return FOLD_KEYS + varying + [figure for figure, _ in FIGURES] + ["under_trained"]
+    return FOLD_KEYS + varying + [figure for figure, _ in FIGURES] + ["under_trained", "code_version"]
 
 
 def config_columns(varying):

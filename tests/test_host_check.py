@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+import experiment
 import hostsync
 import provenance
 import run_distributed_training as rdt
+import summarize_results
 from conftest import write_json, write_known_hosts
 from test_remote import ledger, write_cluster
 from tiny_data import write_tiny_dataset
@@ -28,12 +30,12 @@ def hosts(start_sshd, tmp_path):
     return pair, write_known_hosts(tmp_path / "known_hosts", *pair)
 
 
-def setup_run(tmp_path, user_key, hosts, monkeypatch, folds=(0, 1)):
+def setup_run(tmp_path, user_key, hosts, monkeypatch, folds=(0, 1), **fixed):
     """Data in ./d, a jobs file, and a cluster config of both hosts running workdir/oct1_train.py."""
     servers, known = hosts
     monkeypatch.chdir(tmp_path)
     write_tiny_dataset(tmp_path / "d", participants=("a", "b", "c"))
-    jobs = write_json(tmp_path / "jobs.json", [dict(FIXED, fold=k, job_id=f"f{k}") for k in folds])
+    jobs = write_json(tmp_path / "jobs.json", [dict(FIXED, **fixed, fold=k, job_id=f"f{k}") for k in folds])
     cluster = write_cluster(tmp_path, user_key, known, "oct1_train.py",
                             [(s, {"gpus": 0, "env": {"OMP_NUM_THREADS": 1}}) for s in servers])
     return ["--cluster-config", cluster, "--jobs-config", jobs, "--quiet"]
@@ -80,9 +82,10 @@ def test_a_changed_file_on_one_host_refuses_the_run_naming_it(hosts, user_key, t
     assert (stale.workdir / "models.py").read_bytes() == (ROOT / "models.py").read_bytes()
 
 
-def test_a_changed_data_file_is_caught_and_allow_mismatch_runs_anyway(hosts, user_key, tmp_path, monkeypatch,
-                                                                      capsys):
-    argv = setup_run(tmp_path, user_key, hosts, monkeypatch, folds=(0,))
+def test_a_changed_data_file_is_caught_and_allow_mismatch_runs_and_the_report_warns(hosts, user_key, tmp_path,
+                                                                                   monkeypatch, capsys):
+    # Fine-tuning: fold 0 (target a) and fold 1 (base a, c) both read a's files.
+    argv = setup_run(tmp_path, user_key, hosts, monkeypatch, folds=(0,), mode="full_fine_tuning")
     good, stale = hosts[0]
     for sshd in (good, stale):
         place_copy(sshd.workdir)
@@ -91,10 +94,21 @@ def test_a_changed_data_file_is_caught_and_allow_mismatch_runs_anyway(hosts, use
     err = capsys.readouterr().err
     assert f"error: {stale.address}: data d/a_val.pt differs" in err and good.address + ":" not in err
 
+    # Fold 0 runs on the stale host alone; fold 1 here, on this checkout's data.
+    only_stale = write_cluster(tmp_path, user_key, hosts[1], "oct1_train.py",
+                               [(stale, {"gpus": 0, "env": {"OMP_NUM_THREADS": 1}})])
+    argv[argv.index("--cluster-config") + 1] = only_stale
     assert rdt.main(argv + ["--allow-mismatch"]) == 0
     err = capsys.readouterr().err
     assert f"warning: {stale.address}: data d/a_val.pt differs" in err and "(--allow-mismatch)" in err
-    assert [r["status"] for r in ledger("runs/jobs")] == ["ok"]
+    assert [r["status"] for r in ledger("runs/jobs") if r["status"] != "started"] == ["ok"]
+    flags = [f"--{k}={v}" for k, v in dict(FIXED, mode="full_fine_tuning").items()]
+    assert experiment.main(flags + ["--fold", "1"], enhanced=True) == 0
+    capsys.readouterr()
+    assert summarize_results.main(["experiments/chk", "-o", "report"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "differs between its folds" in line]
+    assert len(warnings) == 1 and "data file a_val.pt" in warnings[0]
+    assert "experiments/chk/fold0_a" in warnings[0] and "experiments/chk/fold1_b" in warnings[0]
 
 
 def test_a_foreign_script_is_not_checked_and_sync_flags_say_why(fake_script, tmp_path, monkeypatch, capsys):

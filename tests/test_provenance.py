@@ -75,9 +75,23 @@ def test_a_fold_and_its_base_entry_say_what_produced_them(tmp_path, capsys):
                                                                       provenance.socket.gethostname())
     assert record["started"] <= record["ended"] and record["command"][1:] == provenance.sys.argv  # the process's
 
-    entry = next((tmp_path / "cache").iterdir())
+    entry = next(p for p in (tmp_path / "cache").iterdir() if p.is_dir())
     assert base_cache.entry_intact(entry)
     stored = json.loads((entry / "provenance.json").read_text())
     assert stored["data_fingerprint"] == json.loads((entry / "fingerprint.json").read_text())
     assert set(stored["data_fingerprint"]) == {f"{p}_{s}.pt" for p in ("a", "c") for s in ("train", "val", "test")}
     assert stored["code_hash"] == record["code_hash"]
+
+
+def test_the_report_names_folds_of_other_code_or_other_data():
+    import summarize_results
+    runs = [{"dir": "e/fold0_a", "code_version": "c1", "data_fingerprint": {"a_val.pt": "11" * 32}},
+            {"dir": "e/fold1_b", "code_version": "c2", "data_fingerprint": {"a_val.pt": "11" * 32}},
+            {"dir": "e/fold2_c", "code_version": "c1", "data_fingerprint": {"a_val.pt": "22" * 32}},
+            {"dir": "e/fold3_d", "code_version": None, "data_fingerprint": None}]
+    assert summarize_results.provenance_conflicts(3, runs) == [
+        "configuration 3: its folds come from 3 code versions: c1: e/fold0_a, e/fold2_c; c2: e/fold1_b; "
+        "unknown: e/fold3_d",
+        "configuration 3: data file a_val.pt differs between its folds: 111111111111: e/fold0_a, e/fold1_b; "
+        "222222222222: e/fold2_c"]
+    assert summarize_results.provenance_conflicts(1, runs[:1] + runs[:1]) == []
