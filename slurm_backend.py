@@ -36,8 +36,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 import base_cache
-import run_distributed_training as rdt
-ConfigError = rdt.ConfigError
+import run_config
+from commands import in_workdir, intact_command, job_command_args, shell_path
+from run_config import (DEFAULT_SCRIPT, PROG, SECRET_NAME, ConfigError, cache_entry, load_jobs, needed_base,
+                        plan_bases, read_json)
+from run_ledger import Ledger
+from run_report import print_report_headline
+from scheduler import raise_interrupt
 
 POLL_S = 0.5
 SLURM_WORD = re.compile(r"^[A-Za-z0-9_.:,+=@-]+$")  # partition, account, qos, gpu type
@@ -61,17 +66,17 @@ SLURM_FIELDS = {  # field: (check, what it must be, default)
     "qos": (_word, "a QOS name", None),
     "time": (lambda v: isinstance(v, str) and re.match(r"^[0-9][0-9:-]*$", v) is not None,
              "a Slurm time limit like \"04:00:00\" or \"1-00:00:00\"", None),
-    "cpus_per_task": (rdt._int(1), "a whole number >= 1", 1),
+    "cpus_per_task": (run_config._int(1), "a whole number >= 1", 1),
     "mem": (lambda v: isinstance(v, str) and re.match(r"^[0-9]+[KMGT]?$", v) is not None,
             "memory like \"16G\"", None),
-    "gpus_per_task": (rdt._int(0), "a whole number >= 0 (0: CPU only)", 1),
+    "gpus_per_task": (run_config._int(0), "a whole number >= 0 (0: CPU only)", 1),
     "gpu_option": (lambda v: v in ("gres", "gpus"), "\"gres\" (--gres=gpu:N) or \"gpus\" (--gpus=N)", "gres"),
     "gpu_type": (_word, "a GPU type like \"a100\"", None),
-    "max_running": (rdt._int(1), "a whole number >= 1 (the array throttle %N)", None),
+    "max_running": (run_config._int(1), "a whole number >= 1 (the array throttle %N)", None),
     "sbatch_args": (_args, "a list of sbatch options, each starting with '-'", []),
     "setup": (lambda v: isinstance(v, str) and "\n" not in v, "a one-line shell command", ""),
-    "python": (rdt._text, "a Python executable", "python3"),
-    "workdir": (rdt._text, "a folder on the shared filesystem", "."),
+    "python": (run_config._text, "a Python executable", "python3"),
+    "workdir": (run_config._text, "a folder on the shared filesystem", "."),
 }
 TOP_FIELDS = ("slurm", "script_path")
 
@@ -79,7 +84,7 @@ TOP_FIELDS = ("slurm", "script_path")
 def is_slurm_config(path):
     """True when the cluster config has a "slurm" section (bad files are left to the caller)."""
     try:
-        data = rdt.read_json(path, "cluster config")
+        data = read_json(path, "cluster config")
     except ConfigError:
         return False
     return isinstance(data, dict) and "slurm" in data
@@ -87,7 +92,7 @@ def is_slurm_config(path):
 
 def load_slurm_config(path):
     """(validated settings with defaults, script path)."""
-    data = rdt.read_json(path, "cluster config")
+    data = read_json(path, "cluster config")
     for key in data:
         if key not in TOP_FIELDS and not key.startswith("_"):
             raise ConfigError(f"{path}: unknown field \"{key}\" next to \"slurm\" (known: "
@@ -105,11 +110,11 @@ def load_slurm_config(path):
             raise ConfigError(f"{path}: slurm.{key}: expected {expected}, got {json.dumps(value)}")
         settings[key] = value
     for key in ("setup", "sbatch_args"):
-        if rdt.SECRET_NAME.search(json.dumps(settings[key])):
+        if SECRET_NAME.search(json.dumps(settings[key])):
             raise ConfigError(f"{path}: slurm.{key}: no secrets in config files (they would be "
                               f"written into every job script); set them in the cluster's environment")
-    script = data.get("script_path", rdt.DEFAULT_SCRIPT)
-    if not rdt._text(script):
+    script = data.get("script_path", DEFAULT_SCRIPT)
+    if not run_config._text(script):
         raise ConfigError(f"{path}: \"script_path\" must be a non-empty string")
     settings["workdir"] = os.path.abspath(os.path.expanduser(settings["workdir"]))
     return settings, script
@@ -153,11 +158,11 @@ def task_line(item, settings, script, log):
     """The shell branch of one array task: output to the job's log, then the job."""
     job = dict(item.job, overwrite=True) if item.attempts and not item.builds else item.job
     env = "PYTHONUNBUFFERED=1" + ("" if settings["gpus_per_task"] else " CUDA_VISIBLE_DEVICES=")
-    line = rdt.in_workdir(settings, " ".join([env, rdt.shell_path(settings["python"]), rdt.shell_path(script),
-                                              *rdt.job_command_args(job)]))
+    line = in_workdir(settings, " ".join([env, shell_path(settings["python"]), shell_path(script),
+                                          *job_command_args(job)]))
     if item.builds:  # a base job succeeds only when its entry is complete under the key planned
-        entry = rdt.cache_entry(item.job, item.builds)
-        line += " && " + rdt.intact_command(settings, script, entry)
+        entry = cache_entry(item.job, item.builds)
+        line += " && " + intact_command(settings, script, entry)
     header = (f"=== {item.job_id} attempt {item.attempts + 1}: slurm job "
               f"${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}} on $(hostname), "
               f"CUDA_VISIBLE_DEVICES=${{CUDA_VISIBLE_DEVICES-}} ===")
@@ -420,7 +425,7 @@ def make_items(jobs, bases, cached, history):
         if r.get("status") == "submitted":
             submitted.setdefault(r["job_id"], []).append(r["slurm_job"])
     items = [Item(job, builds=key) for key, job in bases.items() if key not in cached]
-    items += [Item(job, needs=None if rdt.needed_base(job) in cached else rdt.needed_base(job)) for job in jobs]
+    items += [Item(job, needs=None if needed_base(job) in cached else needed_base(job)) for job in jobs]
     for item in items:
         item.attempts = len(submitted.get(item.job_id, []))
     return items
@@ -514,20 +519,20 @@ def write_log_file(path, run, args, skipped):
 def main(args):
     """run_distributed_training.py with a Slurm cluster config; returns the exit status."""
     run_dir = Path(args.run_dir or Path("runs", Path(args.jobs_config).stem)).absolute()
-    history = rdt.Ledger.read(run_dir / "ledger.jsonl")
+    history = Ledger.read(run_dir / "ledger.jsonl")
     finished = {r.get("job_id") for r in history if r.get("status") == "ok"} if args.resume else set()
     try:
         settings, script = load_slurm_config(args.cluster_config)
-        jobs = rdt.load_jobs(args.jobs_config)
+        jobs = load_jobs(args.jobs_config)
         todo = [job for job in jobs if job["job_id"] not in finished]
-        bases = rdt.plan_bases(todo)
+        bases = plan_bases(todo)
     except ConfigError as e:
-        print(f"{rdt.PROG}: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     script = args.script_path or script
     workdir = Path(settings["workdir"])
     cached = {key: job for key, job in bases.items()
-              if base_cache.entry_intact(workdir / rdt.cache_entry(job, key))}
+              if base_cache.entry_intact(workdir / cache_entry(job, key))}
     items = make_items(todo, bases, cached, history)
     skipped = len(jobs) - len(todo)
     if skipped:
@@ -539,12 +544,12 @@ def main(args):
     if not items:
         print("nothing to do", file=sys.stderr)
         return finish_run(jobs, workdir, 0)
-    ledger = rdt.Ledger(run_dir / "ledger.jsonl")
+    ledger = Ledger(run_dir / "ledger.jsonl")
     run = SlurmRun(items, settings, script, run_dir, ledger, retries=args.retries, timeout=args.timeout,
                    quiet=args.quiet)
     for key, job in cached.items():
         ledger.write({"job_id": job["job_id"], "status": "cached", "base_key": key, "end": time.time()})
-    previous = signal.signal(signal.SIGTERM, rdt._raise_interrupt)  # `kill <runner>` stops like Ctrl-C
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)  # `kill <runner>` stops like Ctrl-C
     try:
         if args.resume:
             adopted = adopt(run, history)
@@ -557,12 +562,12 @@ def main(args):
             return 0
         run.watch()
     except SlurmUnreachable as e:
-        print(f"{rdt.PROG}: error: {e} for {UNREACHABLE_S:.0f} s; submitted jobs stay in Slurm: rerun the "
+        print(f"{PROG}: error: {e} for {UNREACHABLE_S:.0f} s; submitted jobs stay in Slurm: rerun the "
               f"same command to watch them", file=sys.stderr)
         return 3
     except SubmitError as e:  # at the start or for a retry: nothing half-submitted stays queued
         run.cancel_all()
-        print(f"{rdt.PROG}: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: cancelling the submitted jobs (scancel) ...", file=sys.stderr)
@@ -580,5 +585,5 @@ def main(args):
 
 def finish_run(jobs, workdir, status):
     with contextlib.chdir(workdir):  # the jobs' result folders are relative to it
-        rdt.print_report_headline(jobs)
+        print_report_headline(jobs)
     return status

@@ -8,7 +8,7 @@ import pytest
 import hostsync
 import provenance
 import remote
-import run_distributed_training as rdt
+import run_config
 from conftest import write_known_hosts
 from tiny_data import write_tiny_dataset
 
@@ -23,7 +23,7 @@ def host_and_server(sshd_pair, user_key, tmp_path):
     host = remote.RemoteHost(sshd.address, "root", sshd.port, str(user_key[0]), ssh_config=None,
                              known_hosts=write_known_hosts(tmp_path / "known_hosts", sshd))
     host.connect()
-    server = rdt.check_server(sshd.server(workdir=str(workdir)), "test")
+    server = run_config.check_server(sshd.server(workdir=str(workdir)), "test")
     yield host, server, workdir
     host.close()
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
+import commands
 import remote
 import run_distributed_training as rdt
 from conftest import processes_with, write_json, write_known_hosts
@@ -354,8 +355,6 @@ def test_runner_refuses_an_unknown_host_key(sshd_pair, user_key, fake_script, tm
     assert f"[{sshd_pair[1].address}]:{sshd_pair[1].port}" in known.read_text()
 
 
-@pytest.mark.skipif(not (ROOT / "oct1_train.py").exists() or not (ROOT / "make_dataset.py").exists(),
-                    reason="needs oct1_train.py and make_dataset.py")
 def test_small_real_grid_matches_a_local_run(sshd_pair, user_key, known_hosts, tmp_path, monkeypatch):
     import experiment
     import make_dataset
@@ -380,7 +379,7 @@ def test_small_real_grid_matches_a_local_run(sshd_pair, user_key, known_hosts, t
     torch.set_num_threads(1)  # as the jobs did (OMP_NUM_THREADS=1): 4 jobs share 2 cores
     try:
         for job in jobs:
-            assert experiment.main(shlex.split(" ".join(rdt.job_command_args(job))), enhanced=True) == 0
+            assert experiment.main(shlex.split(" ".join(commands.job_command_args(job))), enhanced=True) == 0
     finally:
         signal.signal(signal.SIGTERM, sigterm)
         torch.set_num_threads(threads)

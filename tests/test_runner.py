@@ -13,9 +13,14 @@ from pathlib import Path
 
 import pytest
 
+import commands
+import hosts
 import remote
+import run_config
 import run_distributed_training as rdt
+import run_report
 from conftest import free_port, processes_with, write_json
+from scheduler import JobQueue, Scheduler, Task
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,28 +42,29 @@ def test_job_command_args_rendering():
     job = {"job_id": "x", "base_key": "k", "fold": 0, "mode": "full_fine_tuning", "lr": 0.001,
            "use_augmentation": True, "overwrite": False, "n_base_participants": None,
            "participants": ["a", "b c"], "magnitude_range": [0.9, 1.1]}
-    assert rdt.job_command_args(job) == [
+    assert commands.job_command_args(job) == [
         "--fold", "0", "--mode", "full_fine_tuning", "--lr", "0.001", "--use_augmentation",
         "--participants", "a", "'b c'", "--magnitude_range", "0.9", "1.1"]
 
 
 def test_job_command_line_sets_one_device_and_quotes_every_value():
-    server = rdt.check_server({"host": "gpu1", "workdir": "~/my proj", "setup": "source env/bin/activate",
-                               "env": {"OMP_NUM_THREADS": 2}}, "test")
+    server = run_config.check_server({"host": "gpu1", "workdir": "~/my proj",
+                                      "setup": "source env/bin/activate", "env": {"OMP_NUM_THREADS": 2}},
+                                     "test")
     job = {"fold": 1, "prefix": "a b"}
-    line = rdt.job_command(server, 3, "oct1_train.py", job)
+    line = commands.job_command(server, 3, "oct1_train.py", job)
     assert line == ('cd "$HOME"/\'my proj\' && source env/bin/activate && PYTHONUNBUFFERED=1 '
                     "OMP_NUM_THREADS=2 CUDA_VISIBLE_DEVICES=3 python3 oct1_train.py --fold 1 --prefix 'a b'")
-    assert "CUDA_VISIBLE_DEVICES='' " in rdt.job_command(server, "cpu", "t.py", job)  # no GPU seen
+    assert "CUDA_VISIBLE_DEVICES='' " in commands.job_command(server, "cpu", "t.py", job)  # no GPU seen
 
 
 def test_a_hostile_value_reaches_the_script_as_one_argument(tmp_path):
     mark = tmp_path / "pwned"
     values = [f"a; touch {mark}", f"$(touch {mark})", f"`touch {mark}`", "it's", "\\n \"x\""]
-    server = rdt.check_server({"host": "here", "local": True, "workdir": str(tmp_path)}, "test")
+    server = run_config.check_server({"host": "here", "local": True, "workdir": str(tmp_path)}, "test")
     script = tmp_path / "argv.py"
     script.write_text("import json, sys; print(json.dumps(sys.argv[1:]))")
-    result = remote.LocalHost().run(rdt.job_command(server, 0, str(script), {"participants": values}))
+    result = remote.LocalHost().run(commands.job_command(server, 0, str(script), {"participants": values}))
     assert result.ok and json.loads(result.stdout) == ["--participants", *values]
     assert not mark.exists()
 
@@ -93,7 +99,7 @@ def test_a_malformed_cluster_config_is_one_clear_line(text, message, tmp_path, c
     write_json(tmp_path / "jobs.json", [{"fold": 0}])
     assert rdt.main(["--cluster-config", "cluster.json", "--jobs-config", "jobs.json"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.startswith(f"{rdt.PROG}: error: cluster.json") and message in err
+    assert "\n" not in err and err.startswith(f"{run_config.PROG}: error: cluster.json") and message in err
     assert "hunter2" not in err
 
 
@@ -118,7 +124,7 @@ def test_a_malformed_jobs_file_is_one_clear_line(text, message, tmp_path, capsys
     assert rdt.main(["--cluster-config", str(ROOT / "cluster_config.json"), "--jobs-config",
                      "jobs.json"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.startswith(f"{rdt.PROG}: error: jobs.json") and message in err
+    assert "\n" not in err and err.startswith(f"{run_config.PROG}: error: jobs.json") and message in err
 
 
 def test_missing_files_are_named(tmp_path, capsys, monkeypatch):
@@ -130,7 +136,7 @@ def test_missing_files_are_named(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize("path", ["cluster_config.json", *sorted(p.relative_to(ROOT).as_posix()
                                   for p in (ROOT / "examples").glob("cluster_*.json"))])
 def test_shipped_cluster_configs_are_valid(path):
-    cluster = rdt.load_cluster_config(ROOT / path)
+    cluster = run_config.load_cluster_config(ROOT / path)
     assert cluster["servers"]
     if path == "cluster_config.json":  # works on a fresh machine: no SSH
         assert all(s["local"] for s in cluster["servers"])
@@ -138,8 +144,9 @@ def test_shipped_cluster_configs_are_valid(path):
 
 def test_jobs_without_an_id_get_a_stable_one(tmp_path):
     write_json(tmp_path / "jobs.json", [{"fold": 0, "mode": "x"}, {"mode": "x", "fold": 0, "lr": 1}])
-    first = [j["job_id"] for j in rdt.load_jobs(tmp_path / "jobs.json")]
-    assert first == [j["job_id"] for j in rdt.load_jobs(tmp_path / "jobs.json")] and len(set(first)) == 2
+    first = [j["job_id"] for j in run_config.load_jobs(tmp_path / "jobs.json")]
+    again = [j["job_id"] for j in run_config.load_jobs(tmp_path / "jobs.json")]
+    assert first == again and len(set(first)) == 2
 
 
 def test_dry_run_prints_the_plan_and_runs_nothing(fake_script, tmp_path, capsys, monkeypatch):
@@ -227,8 +234,8 @@ def test_all_hosts_down_is_a_clear_nonzero_exit(fake_script, tmp_path, capsys, m
 
 
 def test_queue_hands_out_only_ready_tasks():
-    tasks = [rdt.Task({"job_id": name}) for name in ("base", "dependent", "other")]
-    queue = rdt.JobQueue(tasks, ready=lambda t: t.job_id != "dependent")
+    tasks = [Task({"job_id": name}) for name in ("base", "dependent", "other")]
+    queue = JobQueue(tasks, ready=lambda t: t.job_id != "dependent")
     assert queue.take(0.01).job_id == "base" and queue.take(0.01).job_id == "other"
     assert queue.take(0.01) is None and not queue.finished
     queue.ready = lambda t: True
@@ -268,7 +275,7 @@ def test_the_run_ends_with_the_report_headline(tmp_path, capsys):
              "best_target_model_target_test_f1": personal_f1, "best_base_epoch": 3, "best_target_epoch": 5}))
     jobs = [{"job_id": f"j{fold}", "fold": fold, "mode": "full_fine_tuning", "experiments_dir": str(exp),
              "prefix": "grid/mode-full_fine_tuning"} for fold in (0, 1)]
-    rdt.print_report_headline(jobs)
+    run_report.print_report_headline(jobs)
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "report: python summarize_results.py " + shlex.quote(str(exp / "grid" / "*"))
     assert "F1 0.550 -> 0.725 (gain +0.175), responders 2/2" in out[1]
@@ -311,11 +318,11 @@ class RecordingHost:
 
 
 def test_a_base_model_is_sent_to_a_relative_workdir(tmp_path):
-    server = rdt.check_server({"host": "gpu9", "workdir": "proj", "gpus": [0]}, "test")
+    server = run_config.check_server({"host": "gpu9", "workdir": "proj", "gpus": [0]}, "test")
     host = RecordingHost()
-    scheduler = rdt.Scheduler([], [], {}, None, tmp_path / "logs", "oct1_train.py", quiet=True)
-    slot = rdt.Slot(host, server, 0, "gpu9:0")
-    scheduler._send_base(slot, {"mode": "full_fine_tuning"}, "k1")
+    scheduler = Scheduler([], [], {}, None, tmp_path / "logs", "oct1_train.py", quiet=True)
+    slot = hosts.Slot(host, server, 0, "gpu9:0")
+    scheduler.transfer.send_base(slot, {"mode": "full_fine_tuning"}, "k1")
     check, place = host.commands
     # Shell commands run after `cd proj`, so their paths are relative to it; SFTP's start at home.
     assert check.startswith("cd proj && ") and check.endswith(" experiments/base_models/k1")

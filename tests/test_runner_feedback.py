@@ -1,11 +1,14 @@
 """What the runner tells a researcher: a status line instead of a redrawn bar
 when stderr is a file, and jobs checked by the training script's parser first."""
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
 
+import run_config
 import run_distributed_training as rdt
+import scheduler
 from conftest import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,7 +22,7 @@ def local_cluster(folder, script):
 def test_without_a_terminal_the_runner_prints_status_lines_not_a_redrawn_bar(fake_script, tmp_path, capsys,
                                                                             monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(rdt, "STATUS_EVERY", 1.0, raising=False)  # 30 s in use; 1 s keeps the test short
+    monkeypatch.setattr(scheduler, "STATUS_EVERY", 1.0)  # 30 s in use; 1 s keeps the test short
     jobs = write_json(tmp_path / "jobs.json", [{"prefix": "s", "fold": k, "sleep": 0.5, "job_id": f"s{k}"}
                                                for k in range(8)])
     # Under pytest stderr is captured, not a terminal: as `runner 2> run.txt`.
@@ -28,8 +31,8 @@ def test_without_a_terminal_the_runner_prints_status_lines_not_a_redrawn_bar(fak
     assert "\r" not in err  # no bar redrawn into the file
     status = [line for line in err.splitlines() if " jobs finished: " in line]
     assert status, err
-    assert all(rdt.re.fullmatch(r"\[\d\d:\d\d:\d\d\] \d/8 jobs finished: \d done, 0 failed, 0 blocked, "
-                                r"\d running; ETA (\d+ s|unknown)", line) for line in status), status
+    assert all(re.fullmatch(r"\[\d\d:\d\d:\d\d\] \d/8 jobs finished: \d done, 0 failed, 0 blocked, "
+                            r"\d running; ETA (\d+ s|unknown)", line) for line in status), status
     assert len(err.splitlines()) < 50
 
 
@@ -42,7 +45,7 @@ def test_a_bad_flag_fails_the_dry_run_naming_job_and_flag(tmp_path, capsys, monk
     assert rdt.main(["--cluster-config", cluster, "--jobs-config", jobs, "--dry-run"]) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    assert err.count("\n") == 1 and err.startswith(f"{rdt.PROG}: error: {jobs}: job 1 (typo): ")
+    assert err.count("\n") == 1 and err.startswith(f"{run_config.PROG}: error: {jobs}: job 1 (typo): ")
     assert "--max_epocs" in err
     assert not (tmp_path / "runs").exists()
 

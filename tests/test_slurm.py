@@ -20,6 +20,7 @@ import pytest
 import run_distributed_training as rdt
 import slurm_backend
 from conftest import write_json
+from run_config import PROG
 from slurm_cluster import SlurmCluster, slurm_installed
 from test_remote import ledger, wait_for
 from test_two_phase import SCRIPT, assert_carries_the_stored_base, generate, trainings
@@ -308,7 +309,7 @@ def test_bad_settings_fail_at_submit_with_one_line(cluster, tmp_path, fake_scrip
     assert rdt.main(["--cluster-config", slurm_config(tmp_path, fake_script, **setting),
                      "--jobs-config", jobs, "--quiet"]) == 2
     [error] = capsys.readouterr().err.strip().splitlines()
-    assert error.startswith(f"{rdt.PROG}: error: sbatch refused array jobs (2 tasks)") and reason in error
+    assert error.startswith(f"{PROG}: error: sbatch refused array jobs (2 tasks)") and reason in error
     assert cluster.queue() == before
 
 

@@ -22,6 +22,7 @@ import base_cache
 import generate_jobs
 import run_distributed_training as rdt
 from conftest import write_json, write_known_hosts
+from run_config import BASE_CACHE_DIR
 from test_remote import ledger, wait_for, write_cluster
 from tiny_data import write_tiny_dataset
 
@@ -61,7 +62,7 @@ def trainings(run_dir):
 
 
 def stores_that_trained(servers, key):
-    return [s.address for s in servers if (s.workdir / rdt.BASE_CACHE_DIR / f"{key}.lock").exists()]
+    return [s.address for s in servers if (s.workdir / BASE_CACHE_DIR / f"{key}.lock").exists()]
 
 
 def report(folder):
@@ -73,7 +74,7 @@ def assert_carries_the_stored_base(folder, job):
     result = next((folder / "experiments" / job["prefix"]).glob(f"fold{job['fold']}_*"))
     metrics = json.loads((result / "metrics.json").read_text())
     losses = json.loads((result / "losses.json").read_text())
-    entry = folder / rdt.BASE_CACHE_DIR / job["base_key"]
+    entry = folder / BASE_CACHE_DIR / job["base_key"]
     stored = json.loads((entry / "losses.json").read_text())
     stored_metrics = json.loads((entry / "metrics.json").read_text())
     assert metrics["base_model_reused"] is True and metrics["base_key"] == job["base_key"]
@@ -102,7 +103,7 @@ def test_dry_run_prints_the_phases(data, tmp_path, capsys, monkeypatch):
     assert out.index("base-") < out.index("--mode target_only")  # phase 1 comes first
 
     # A base model already complete in the local cache is not planned again.
-    entry = tmp_path / rdt.BASE_CACHE_DIR / keys[0]
+    entry = tmp_path / BASE_CACHE_DIR / keys[0]
     entry.mkdir(parents=True)
     for name in base_cache.ENTRY_FILES:
         (entry / name).write_text("{}")
@@ -135,7 +136,7 @@ def test_three_folds_four_variants_over_two_hosts_train_three_base_models(hosts,
     assert trainings(tmp_path / "runs" / "jobs") == {key: 1 for key in keys}
     for key in keys:
         assert len(stores_that_trained(servers, key)) == 1
-        assert base_cache.entry_intact(tmp_path / rdt.BASE_CACHE_DIR / key)  # the local cache keeps a copy
+        assert base_cache.entry_intact(tmp_path / BASE_CACHE_DIR / key)  # the local cache keeps a copy
     figures = report(tmp_path)["base_models"]
     assert (figures["trained"], figures["distinct_keys"], figures["without_sharing"]) == (3, 3, 12)
     assert figures["fetched"] == 3  # neither host shares our files: every base model came home
@@ -241,7 +242,7 @@ def test_shared_fs_hosts_receive_no_copies(hosts, user_key, data, tmp_path, monk
     assert figures["fetched"] == 1  # only the other host's base model was copied home
     assert shared.address not in figures["sent"]  # and none was sent to the shared host
     assert trainings(tmp_path / "runs" / "jobs") == {key: 1 for key in keys}
-    assert not list((tmp_path / rdt.BASE_CACHE_DIR).glob(".*"))  # no temporary copy left behind
+    assert not list((tmp_path / BASE_CACHE_DIR).glob(".*"))  # no temporary copy left behind
     for job in jobs:
         assert_carries_the_stored_base(tmp_path, job)
 
