@@ -441,6 +441,7 @@ def test_damaged_entry_is_detected_by_checksum_and_retrained(setup, engine, name
 
 # ---------------------------------------------------------------- processes
 
+@pytest.mark.slow
 def test_four_concurrent_processes_train_once(setup, engine):
     flags = setup.flags("--mode", "base_only", "--max_epochs", "10", "--early_stopping_patience", "10")
     key = key_of(flags)
@@ -501,6 +502,7 @@ def wait_for_line(lines, pattern, timeout):
             return match
 
 
+@pytest.mark.slow
 def test_killed_writer_publishes_nothing_and_does_not_block_the_next(tmp_path):
     # The killed writer trains on a big version of the data (the data's content is not part
     # of the key), so it is surely still training when it is stopped; the next run, with the

@@ -3,9 +3,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_training_bench_prints_both_rates_and_their_ratio():
     result = subprocess.run([sys.executable, str(REPO / "bench" / "bench_training.py"), "--quick"],
                             capture_output=True, text=True, timeout=300)

@@ -232,6 +232,7 @@ def test_tensor_loader_rejects_bad_arguments():
         TensorBatchLoader(torch.zeros(3, 1, 1), torch.zeros(3), 0)
 
 
+@pytest.mark.slow
 def test_bench_quick_prints_ratio_and_share_lines():
     result = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bench_composed_loader.py"),
                              "--quick", "--device", "cpu"],

@@ -44,6 +44,7 @@ def wait_for(read, proc, deadline_s=120):
     raise AssertionError("nothing came within the deadline")
 
 
+@pytest.mark.slow
 def test_without_a_terminal_the_first_epoch_shows_and_the_log_is_readable_while_running(data, tmp_path):
     out_path = tmp_path / "run.txt"
     with open(out_path, "w") as out, open(tmp_path / "err.txt", "w") as err:

@@ -49,6 +49,7 @@ def place_copy(workdir):
     shutil.copytree("d", workdir / "d")
 
 
+@pytest.mark.ssh
 def test_sync_code_and_data_onto_empty_workdirs_then_the_grid_runs(hosts, user_key, tmp_path, monkeypatch,
                                                                   capsys):
     argv = setup_run(tmp_path, user_key, hosts, monkeypatch)
@@ -66,6 +67,7 @@ def test_sync_code_and_data_onto_empty_workdirs_then_the_grid_runs(hosts, user_k
     assert sorted(p.name for p in Path("experiments/chk").iterdir()) == ["fold0_a", "fold1_b"]
 
 
+@pytest.mark.ssh
 def test_a_changed_file_on_one_host_refuses_the_run_naming_it(hosts, user_key, tmp_path, monkeypatch, capsys):
     argv = setup_run(tmp_path, user_key, hosts, monkeypatch)
     good, stale = hosts[0]
@@ -82,6 +84,7 @@ def test_a_changed_file_on_one_host_refuses_the_run_naming_it(hosts, user_key, t
     assert (stale.workdir / "models.py").read_bytes() == (ROOT / "models.py").read_bytes()
 
 
+@pytest.mark.ssh
 def test_a_changed_data_file_is_caught_and_allow_mismatch_runs_and_the_report_warns(hosts, user_key, tmp_path,
                                                                                    monkeypatch, capsys):
     # Fine-tuning: fold 0 (target a) and fold 1 (base a, c) both read a's files.

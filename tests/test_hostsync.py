@@ -28,6 +28,7 @@ def host_and_server(sshd_pair, user_key, tmp_path):
     host.close()
 
 
+@pytest.mark.ssh
 def test_an_empty_workdir_is_reported_then_synced_then_passes(host_and_server, tmp_path, monkeypatch):
     host, server, workdir = host_and_server
     write_tiny_dataset(tmp_path / "d", participants=("a", "b"))
@@ -55,6 +56,7 @@ def test_an_empty_workdir_is_reported_then_synced_then_passes(host_and_server, t
     assert hostsync.sync(host, server, names, local_root=ROOT) == 0  # nothing changed: nothing sent
 
 
+@pytest.mark.ssh
 def test_one_changed_file_is_named_and_only_it_is_sent_again(host_and_server, tmp_path, monkeypatch):
     host, server, workdir = host_and_server
     monkeypatch.chdir(tmp_path)

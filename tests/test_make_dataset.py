@@ -108,6 +108,7 @@ def test_synthetic_sensor_rotation_turns_both_sensors_alike():
     assert not np.allclose(R, other, atol=0.1)
 
 
+@pytest.mark.slow
 def test_synthetic_cli_writes_and_refuses_to_overwrite(tmp_path):
     out = tmp_path / "demo"
     args = ["synthetic", "--output_dir", out, "--n_participants", 4, "--window_size", 100,
@@ -227,6 +228,7 @@ def test_csv_positive_label_maps_classes_to_one_and_zero(tmp_path, capsys):
     assert len(load(tmp_path / "out", "p1", "train")[1]) == 30
 
 
+@pytest.mark.slow
 def test_csv_cli_writes_and_documents_rules(tmp_path):
     raw = tmp_path / "raw"
     for p in ("a", "b"):

@@ -17,6 +17,8 @@ import remote
 import run_distributed_training as rdt
 from conftest import processes_with, write_json, write_known_hosts
 
+pytestmark = pytest.mark.ssh
+
 ROOT = Path(__file__).resolve().parent.parent
 TIMING_FIELDS = ("total_time_s", "train_windows_per_s")
 

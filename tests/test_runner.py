@@ -243,6 +243,7 @@ def test_queue_hands_out_only_ready_tasks():
     assert queue.take(0.01).job_id == "dependent"
 
 
+@pytest.mark.slow
 def test_sigint_locally_stops_the_job(fake_script, tmp_path):
     cluster = local_cluster(tmp_path, fake_script)
     block = tmp_path / "block"

@@ -47,6 +47,7 @@ def ran_with_overwrite(result_dir):
 
 # 1. A NUL byte (or newline) in a job value ran commands on the host.
 
+@pytest.mark.ssh
 def test_1_a_nul_byte_in_a_job_value_is_refused_and_runs_nothing(sshd_pair, user_key, known_hosts,
                                                                  fake_script, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
@@ -60,6 +61,7 @@ def test_1_a_nul_byte_in_a_job_value_is_refused_and_runs_nothing(sshd_pair, user
     assert not (sshd_pair[1].workdir / "pwned_marker").exists() and not (tmp_path / "pwned_marker").exists()
 
 
+@pytest.mark.ssh
 def test_1_no_command_text_breaks_the_session_framing(sshd_pair, user_key, known_hosts):
     host = connect(sshd_pair[0], user_key, known_hosts)
     try:
@@ -92,6 +94,7 @@ def test_1_the_timeout_runs_from_dispatch_not_from_the_first_line(tmp_path):
 
 # 2. A host without the SFTP subsystem made an endless requeue loop that killed its other jobs.
 
+@pytest.mark.ssh
 def test_2_a_host_without_sftp_is_taken_out_and_its_jobs_go_elsewhere(sshd_pair, start_sshd, user_key,
                                                                     fake_script, tmp_path, monkeypatch):
     good, no_sftp = sshd_pair[0], start_sshd("127.0.0.3", sftp=False)
@@ -123,6 +126,7 @@ def test_2_a_host_without_sftp_is_taken_out_and_its_jobs_go_elsewhere(sshd_pair,
 
 # 3. A connection lost after the job published its folder: every retry failed ("folder exists").
 
+@pytest.mark.ssh
 def test_3_a_connection_lost_after_result_dir_ends_ok_with_overwrite(sshd_pair, user_key, known_hosts,
                                                                    fake_script, tmp_path):
     host = sshd_pair[1]
@@ -145,6 +149,7 @@ def test_3_a_connection_lost_after_result_dir_ends_ok_with_overwrite(sshd_pair, 
 
 # 4. The runner SIGKILLed after a job published: the rerun failed the same way.
 
+@pytest.mark.slow
 def test_4_a_rerun_after_a_sigkill_finishes_a_published_job(fake_script, tmp_path, monkeypatch):
     linger = tmp_path / "linger"
     linger.touch()
@@ -168,6 +173,7 @@ def test_4_a_rerun_after_a_sigkill_finishes_a_published_job(fake_script, tmp_pat
 
 # 5. Secrets leaked into logs, the dry run, and the host's `ps` for the job's lifetime.
 
+@pytest.mark.ssh
 def test_5_env_values_and_setup_stay_out_of_runs_and_of_every_argv(sshd_pair, user_key, known_hosts,
                                                                    fake_script, tmp_path, monkeypatch,
                                                                    capsys):
@@ -209,6 +215,7 @@ def test_5_env_values_and_setup_stay_out_of_runs_and_of_every_argv(sshd_pair, us
 
 # 6. A bad key file waited ten minutes (--down-timeout) instead of failing at once.
 
+@pytest.mark.ssh
 @pytest.mark.parametrize("which", ["public key", "folder"])
 def test_6_a_key_file_that_is_no_private_key_exits_2_at_once(which, sshd_pair, user_key, known_hosts,
                                                              fake_script, tmp_path, monkeypatch, capsys):
@@ -227,6 +234,7 @@ def test_6_a_key_file_that_is_no_private_key_exits_2_at_once(which, sshd_pair, u
 
 # 7. gpus "auto" with a failing nvidia-smi fell back to CPU slots without a word.
 
+@pytest.mark.ssh
 def test_7_a_failing_nvidia_smi_is_a_one_line_error(sshd_pair, user_key, known_hosts, fake_script,
                                                    tmp_path, monkeypatch, capsys):
     bin_dir = tmp_path / "bin"
@@ -248,6 +256,7 @@ def test_7_a_failing_nvidia_smi_is_a_one_line_error(sshd_pair, user_key, known_h
 
 # 8. No lock on the run folder: the same run started twice trained every job twice.
 
+@pytest.mark.slow
 def test_8_a_second_runner_on_the_same_run_exits_2_naming_the_first(fake_script, tmp_path):
     started = tmp_path / "started"
     started.mkdir()

@@ -135,6 +135,7 @@ def test_the_shipped_example_config_is_valid():
         "--constraint=a100|v100"]
 
 
+@pytest.mark.slurm
 def test_six_fine_tuning_jobs_share_two_base_models(cluster, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_tiny_dataset(tmp_path / "data")
@@ -169,6 +170,7 @@ def test_six_fine_tuning_jobs_share_two_base_models(cluster, tmp_path, capsys, m
         assert_carries_the_stored_base(tmp_path, job)
 
 
+@pytest.mark.slurm
 def test_a_failing_base_blocks_only_its_dependents(cluster, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     good, broken = tmp_path / "data", tmp_path / "broken"
@@ -206,6 +208,7 @@ def test_a_failing_base_blocks_only_its_dependents(cluster, tmp_path, capsys, mo
         assert_carries_the_stored_base(tmp_path, job)
 
 
+@pytest.mark.slurm
 def test_a_cancelled_job_is_reported_and_a_failed_one_retried(cluster, runner, tmp_path, fake_script):
     block = tmp_path / "block"
     block.touch()
@@ -236,6 +239,7 @@ def test_a_cancelled_job_is_reported_and_a_failed_one_retried(cluster, runner, t
     assert not (tmp_path / "experiments" / "fake" / "fold0_p0").exists()
 
 
+@pytest.mark.slurm
 def test_ctrl_c_cancels_what_the_runner_submitted(cluster, runner, tmp_path, fake_script):
     block = tmp_path / "block"
     block.touch()
@@ -257,6 +261,7 @@ def test_ctrl_c_cancels_what_the_runner_submitted(cluster, runner, tmp_path, fak
     assert "rerun the same command" in err
 
 
+@pytest.mark.slurm
 def test_detach_leaves_jobs_queued_and_a_rerun_watches_them(cluster, runner, tmp_path, fake_script):
     jobs = fake_jobs(tmp_path, {"fold": 0, "sleep": 1}, {"fold": 1, "sleep": 1})
     argv = ["--cluster-config", slurm_config(tmp_path, fake_script), "--jobs-config", jobs, "--quiet"]
@@ -276,6 +281,7 @@ def test_detach_leaves_jobs_queued_and_a_rerun_watches_them(cluster, runner, tmp
         zip(["job0", "job1"], submitted))
 
 
+@pytest.mark.slurm
 def test_the_watch_rides_out_a_controller_restart(cluster, runner, tmp_path, fake_script):
     block = tmp_path / "block"
     block.touch()
@@ -297,6 +303,7 @@ def test_the_watch_rides_out_a_controller_restart(cluster, runner, tmp_path, fak
     assert [r["status"] for r in ledger(tmp_path / "runs" / "jobs")] == ["submitted", "ok"]
 
 
+@pytest.mark.slurm
 @pytest.mark.parametrize("setting, reason", [
     ({"partition": "nope"}, "Invalid partition name specified"),
     ({"gpus_per_task": 3}, "Requested node configuration is not available"),
@@ -320,6 +327,7 @@ def test_sacct_lines_are_read_like_scontrol_ones():
         "41_0": ("COMPLETED", 0), "41_1": ("FAILED", 1), "41_2": ("CANCELLED", 0)}
 
 
+@pytest.mark.slurm
 def test_with_accounting_ended_jobs_are_read_from_sacct(tmp_path, fake_script, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     jobs = fake_jobs(tmp_path, {"fold": 0}, {"fold": 1, "fail_once_dir": str(tmp_path / "failed")})

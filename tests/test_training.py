@@ -565,6 +565,7 @@ def wait_for_output(proc, text, timeout=120):
     return seen.decode()
 
 
+@pytest.mark.slow
 def test_scripts_exit_statuses_and_result_dir_line(clean, tmp_path):
     exp = tmp_path / "exp"
     broken = tmp_path / "broken"
@@ -591,6 +592,7 @@ def test_scripts_exit_statuses_and_result_dir_line(clean, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) in (["broken", "exp"],)
 
 
+@pytest.mark.slow
 def test_interrupted_runs_publish_nothing(noisy, tmp_path):
     argv = ["--lr", "0.01", "--early_stopping_patience", "1", "--early_stopping_patience_target", "100000",
             "--prefix", "i"]

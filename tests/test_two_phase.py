@@ -117,6 +117,7 @@ def test_dry_run_prints_the_phases(data, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.ssh
 def test_three_folds_four_variants_over_two_hosts_train_three_base_models(hosts, user_key, data, tmp_path,
                                                                         monkeypatch):
     servers, known = hosts
@@ -146,6 +147,7 @@ def test_three_folds_four_variants_over_two_hosts_train_three_base_models(hosts,
         assert_carries_the_stored_base(tmp_path, job)
 
 
+@pytest.mark.slow
 def test_a_failing_base_blocks_only_its_dependents(data, tmp_path, capsys, monkeypatch):
     good, broken = tmp_path / "data", tmp_path / "broken"
     shutil.copytree(good, broken)
@@ -184,6 +186,7 @@ def test_a_failing_base_blocks_only_its_dependents(data, tmp_path, capsys, monke
         assert_carries_the_stored_base(tmp_path, job)
 
 
+@pytest.mark.ssh
 def test_a_rerun_after_a_kill_trains_no_base_model_twice(hosts, user_key, data, tmp_path, monkeypatch):
     servers, known = hosts
     # overwrite: the kill may land after a job published its folder on its host but before
@@ -222,6 +225,7 @@ def test_a_rerun_after_a_kill_trains_no_base_model_twice(hosts, user_key, data, 
         assert_carries_the_stored_base(tmp_path, job)
 
 
+@pytest.mark.ssh
 def test_shared_fs_hosts_receive_no_copies(hosts, user_key, data, tmp_path, monkeypatch):
     (shared, other), known = hosts
     jobs_path, jobs = generate(tmp_path, {"target_data_pct": [1.0]}, [0, 1, 2],
@@ -247,6 +251,7 @@ def test_shared_fs_hosts_receive_no_copies(hosts, user_key, data, tmp_path, monk
         assert_carries_the_stored_base(tmp_path, job)
 
 
+@pytest.mark.slow
 def test_a_key_computed_differently_at_run_time_is_caught(data, tmp_path, capsys, monkeypatch):
     jobs_path, jobs = generate(tmp_path, {"target_data_pct": [1.0]}, [0], mode="target_only_fine_tuning",
                                data_path=str(tmp_path / "data"))
