@@ -68,8 +68,6 @@ from run_ledger import Ledger, run_dir_lock
 from run_report import print_plan, print_report_headline, summary_lines, task_counts, write_log_file
 from scheduler import Scheduler, Task, raise_interrupt
 
-# ------------------------------------------------------------- CLI
-
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
