@@ -13,6 +13,9 @@ run() sends each command to a pooled session (a long-lived bash on its own
 channel, see SESSION), which runs it in its own process group and kills that group
 when our end goes away. A host that freezes without closing the connection is
 caught by the keepalive watchdog: no answer within `dead_after` seconds closes it.
+
+Near 600 lines on purpose: the session protocol, its local twin and the SSH host are one
+contract (the same run/kill/copy semantics), and splitting them would spread it over files.
 """
 import getpass
 import logging
