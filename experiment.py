@@ -153,6 +153,12 @@ def build_parser(enhanced=False):
     add("--overwrite", action="store_true", help="replace an existing result folder")
     add("--progress_every", type=float, default=30.0, metavar="SECONDS",
         help="without a terminal, print an epoch line at most this often (always the first epoch)")
+    # Speed only: neither flag changes what is computed (beyond float rounding on CUDA).
+    add("--cuda_graphs", choices=("auto", "on", "off"), default="auto",
+        help="replay each training and evaluation step from a captured CUDA graph (auto: on for CUDA, "
+             "off for the CPU; a failed capture falls back to eager with a log line, unless 'on')")
+    add("--threads", type=_positive_int, default=None,
+        help="torch's intra-op CPU threads (default: torch's choice, which follows OMP_NUM_THREADS)")
     if enhanced:
         add("--target_batch_pct", type=_fraction, default=None,
             help="exact share of target windows in every fine-tuning batch (full_fine_tuning only)")
@@ -181,6 +187,18 @@ def check_args(args):
                               f"windows per batch (--target_count {args.target_count}); both sides need at least one")
     if args.mode == "base_only" and args.no_base_cache:
         raise ConfigError("--mode base_only stores the base model in the cache; it cannot run with --no_base_cache")
+
+
+def apply_threads(args):
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+
+def graphs_wanted(setting, device):
+    """--cuda_graphs auto|on|off on this device: True or False."""
+    if setting == "on" and device.type != "cuda":
+        raise ConfigError(f"--cuda_graphs on needs a CUDA device, not {device}")
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
 def resolve_device(spec):
@@ -224,17 +242,21 @@ def loss_and_f1(counts, n):
 
 
 @torch.no_grad()
-def evaluate(model, X, y, device):
-    return loss_and_f1(evaluation_counts(model, X, y, device), len(y))
+def evaluate(model, X, y, device, graphed=None):
+    return loss_and_f1(evaluation_counts(model, X, y, device, graphed), len(y))
 
 
 @torch.no_grad()
-def evaluation_counts(model, X, y, device):
+def evaluation_counts(model, X, y, device, graphed=None):
+    """graphed: a cuda_step.GraphedEvaluation of this model, or None for eager."""
+    batches = ((xb.to(device, non_blocking=True), yb.to(device, non_blocking=True))
+               for xb, yb in TensorBatchLoader(X, y, EVAL_BATCH_SIZE, shuffle=False))
+    if graphed is not None:
+        return graphed.counts(batches)
     model.eval()
     loss_fn = nn.BCEWithLogitsLoss()
     counts = torch.zeros(5, device=device)
-    for xb, yb in TensorBatchLoader(X, y, EVAL_BATCH_SIZE, shuffle=False):
-        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+    for xb, yb in batches:
         logits = model(xb)
         counts += batch_counts(logits, yb, loss_fn(logits, yb))
     return counts
@@ -346,6 +368,34 @@ def train_epoch(model, loader, optimizer, augment, device):
     return train_loss, train_f1, n
 
 
+def make_optimizer(model, lr, device, graphs):
+    """AdamW: fused on CUDA, capturable when its step is replayed from a graph.
+    On the CPU exactly the engine's historic optimizer, so CPU runs repeat to the bit."""
+    if device.type != "cuda":
+        return torch.optim.AdamW(model.parameters(), lr=lr)
+    return torch.optim.AdamW(model.parameters(), lr=lr, fused=True, capturable=graphs)
+
+
+def capture_steps(model, optimizer, loader, val, device, setting):
+    """(training, evaluation) steps replayed from CUDA graphs, or (None, None) to run eagerly:
+    when no batch is full, or when capture fails (an error with --cuda_graphs on)."""
+    import cuda_step  # CUDA only
+    if len(loader.X) < loader.batch_size:
+        log.info("CUDA graphs: no full batch to replay; running eagerly")
+        return None, None
+    try:
+        training = cuda_step.GraphedTraining(model, optimizer, (loader.X, loader.y), loader.batch_size,
+                                             device)
+        evaluation = cuda_step.GraphedEvaluation(model)
+        evaluation_counts(model, *val, device, evaluation)  # captures the validation batch sizes
+        return training, evaluation
+    except cuda_step.CaptureError as error:
+        if setting == "on":
+            raise ConfigError(f"--cuda_graphs on: capture failed: {error}") from None
+        log.warning(f"CUDA graph capture failed ({error}); this phase runs eagerly")
+        return None, None
+
+
 def train_phase(phase, model, loader, val, args, patience, device, augment, first_epoch):
     """Train until the validation loss has not improved for `patience` epochs.
 
@@ -353,7 +403,11 @@ def train_phase(phase, model, loader, val, args, patience, device, augment, firs
     best validation F1 over the epochs and its epoch (the first that reached
     it), the per-epoch curves, and the windows seen per second.
     """
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    graphs = graphs_wanted(getattr(args, "cuda_graphs", "auto"), device)
+    optimizer = make_optimizer(model, args.lr, device, graphs)
+    training, evaluation = None, None
+    if graphs:
+        training, evaluation = capture_steps(model, optimizer, loader, val, device, args.cuda_graphs)
     curves = {name: [] for name in CURVES}
     best = {"epoch": None, "val_loss": math.inf, "val_f1": None, "state": None}
     best_f1, best_f1_epoch = None, None
@@ -364,8 +418,12 @@ def train_phase(phase, model, loader, val, args, patience, device, augment, firs
     bar = tqdm(total=args.max_epochs, desc=phase, unit="epoch", leave=False, disable=not show_bar)
     for epoch in range(args.max_epochs):
         start = time.perf_counter()
-        train_loss, train_f1, n = train_epoch(model, loader, optimizer, augment, device)
-        val_loss, val_f1 = evaluate(model, *val, device)
+        if training is not None:
+            counts, n = training.epoch(loader, augment)
+            train_loss, train_f1 = loss_and_f1(counts, n)
+        else:
+            train_loss, train_f1, n = train_epoch(model, loader, optimizer, augment, device)
+        val_loss, val_f1 = evaluate(model, *val, device, evaluation)
         elapsed = time.perf_counter() - start
         windows, seconds = windows + n, seconds + elapsed
         for name, value in zip(CURVES, (train_loss, val_loss, train_f1, val_f1)):
@@ -400,7 +458,7 @@ def train_phase(phase, model, loader, val, args, patience, device, augment, firs
     return {"best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
             "val_f1_at_best_loss": best["val_f1"], "best_val_f1": best_f1, "best_val_f1_epoch": best_f1_epoch,
             "state": best["state"], "curves": curves, "epochs_run": epochs_run,
-            "windows_per_s": windows / seconds if seconds else None}
+            "windows_per_s": windows / seconds if seconds else None, "cuda_graphs": training is not None}
 
 
 # ---------------------------------------------------------------- the fold
@@ -550,6 +608,7 @@ def run_fold(args):
     started, started_at = time.perf_counter(), provenance.now()
     check_args(args)
     device = resolve_device(args.device)
+    graphs_wanted(getattr(args, "cuda_graphs", "auto"), device)  # --cuda_graphs on without CUDA: refused now
     participants = check_participants(args.data_path, args.participants)
     target_name, base_names = resolve_fold(participants, args.fold, args.n_base_participants)
     if args.mode == "target_only":
@@ -614,7 +673,7 @@ def run_fold(args):
     metrics["total_time_s"] = time.perf_counter() - started
     hyper = dict(vars(args), participants=participants, target_participant=target_name,
                  base_participants=base_names, n_channels=int(n_channels), window_size=int(window_size),
-                 device=str(device), script=Path(sys.argv[0]).name)
+                 device=str(device), script=Path(sys.argv[0]).name, cuda_graphs_used=target["cuda_graphs"])
     log.info(f"base model on {target_name}'s test: "
              + (f"f1 {base_test[1]:.3f}" if base_test else "none") + f"; personalized: f1 {personal_test[1]:.3f}")
     files = {"hyperparameters.json": hyper, "metrics.json": metrics, "losses.json": curve_axis(base, target),
@@ -693,6 +752,7 @@ def main(argv=None, enhanced=False):
     parser = build_parser(enhanced)
     args = parser.parse_args(argv)
     prog = parser.prog
+    apply_threads(args)
     # SIGTERM unwinds like Ctrl-C so temporary folders and locks are cleaned up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     # The log is written aside and copied into the result folder, so a failed run writes nothing.
