@@ -63,11 +63,21 @@ def in_workdir(server, line, masked=False):
     return " && ".join(steps + [line])
 
 
-def job_command(server, device, script, job, masked=False):
+def threads_per_slot(slots):
+    """Shell text for OMP_NUM_THREADS: the value the job's environment already has, else the
+    host's CPU count (read there, when the job starts) divided by its slots, at least 1."""
+    cpus = "$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN)"
+    return f'"${{OMP_NUM_THREADS:-$(( {cpus} / {int(slots)} > 1 ? {cpus} / {int(slots)} : 1 ))}}"'
+
+
+def job_command(server, device, script, job, masked=False, slots=1):
     """The shell line that runs one job on one device of a server. masked: the server's env
-    values and setup shown as *** (for logs and the dry run; they may hold secrets)."""
+    values and setup shown as *** (for logs and the dry run; they may hold secrets).
+    slots: how many jobs the server runs at once, which share its CPUs (threads_per_slot)."""
     env = {name: MASK if masked else shlex.quote(str(value)) for name, value in server["env"].items()}
-    env = {"PYTHONUNBUFFERED": "1", **env,  # unbuffered: the log streams live
+    # Without this every job starts one thread per core and they fight over the cores.
+    threads = {} if "OMP_NUM_THREADS" in env else {"OMP_NUM_THREADS": threads_per_slot(slots)}
+    env = {"PYTHONUNBUFFERED": "1", **threads, **env,  # unbuffered: the log streams live
            "CUDA_VISIBLE_DEVICES": "<asked at run time>" if device == "auto"  # dry run, remote host
            else shlex.quote("" if device == "cpu" else str(device))}
     assignments = " ".join(f"{name}={value}" for name, value in env.items())

@@ -111,7 +111,8 @@ def print_plan(servers, tasks, script, cached):
     print("# slots take the next job as they free up; this is the first round, in order")
     for i, task in enumerate(tasks):
         slot = slots[i % len(slots)]
-        shown = job_command(slot.server, slot.device, script, task.job, masked=True)
+        shown = job_command(slot.server, slot.device, script, task.job, masked=True,
+                            slots=sum(s.server is slot.server for s in slots))
         print(f"[{slot.label}] {task.job_id}\n  {shown}")
     bases = sum(bool(task.builds) for task in tasks)
     dependents = sum(task.needs is not None for task in tasks)

@@ -161,7 +161,8 @@ class Scheduler:
             return
         task.attempt += 1
         job = dict(task.job, overwrite=True) if task.overwrite else task.job
-        command, shown = (job_command(slot.server, slot.device, self.script, job, masked)
+        slots = sum(s.server is slot.server for s in self.slots)  # they share the host's CPUs
+        command, shown = (job_command(slot.server, slot.device, self.script, job, masked, slots)
                           for masked in (False, True))
         log_path = self.log_dir / f"{task.job_id}.log"
         record = {"job_id": task.job_id, "attempt": task.attempt, "host": slot.host.name,
