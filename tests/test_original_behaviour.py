@@ -62,9 +62,9 @@ def run_spied(monkeypatch, data, tmp_path, *extra):
     sizes, loaders = [], []
     evaluate, target_loader = experiment.evaluate, experiment.target_loader
 
-    def spy_evaluate(model, X, y, device):
+    def spy_evaluate(model, X, y, device, *graphed):
         sizes.append(len(X))
-        return evaluate(model, X, y, device)
+        return evaluate(model, X, y, device, *graphed)
 
     def spy_loader(*args):
         loaders.append(target_loader(*args))
