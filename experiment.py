@@ -655,7 +655,16 @@ def run_fold(args):
                          device, make_augmenter(args, augment_gen), first_epoch)
 
     # The target's test split is read here, once, for the final scores only.
-    target_test = data[target_name]["test"]
+    finish_fold(args, model, device, final, participants, target_name, base_names, target_val,
+                data[target_name]["test"], base, base_entry, target, started)
+    return final
+
+
+def finish_fold(args, model, device, final, participants, target_name, base_names, target_val, target_test,
+                base, base_entry, target, started, extra_hyper=None):
+    """Score the kept models on the target's test split and publish the result folder
+    (pack_train.py calls it too, with the pack's size and id in extra_hyper)."""
+    n_channels, window_size = target_test[0].shape[1:]
     base_val, base_test = None, None
     if base is not None:
         model.load_state_dict(base["state"])
@@ -673,13 +682,13 @@ def run_fold(args):
     metrics["total_time_s"] = time.perf_counter() - started
     hyper = dict(vars(args), participants=participants, target_participant=target_name,
                  base_participants=base_names, n_channels=int(n_channels), window_size=int(window_size),
-                 device=str(device), script=Path(sys.argv[0]).name, cuda_graphs_used=target["cuda_graphs"])
+                 device=str(device), script=Path(sys.argv[0]).name, cuda_graphs_used=target["cuda_graphs"],
+                 **(extra_hyper or {}))
     log.info(f"base model on {target_name}'s test: "
              + (f"f1 {base_test[1]:.3f}" if base_test else "none") + f"; personalized: f1 {personal_test[1]:.3f}")
     files = {"hyperparameters.json": hyper, "metrics.json": metrics, "losses.json": curve_axis(base, target),
              "provenance.json": provenance.record(device, fingerprint, started_at)}
     publish(final, files, target["state"], args.overwrite)
-    return final
 
 
 def publish(final, json_files, state, overwrite):
