@@ -7,6 +7,7 @@ test, which kills a pack subprocess.
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -182,3 +183,22 @@ def test_incompatible_members_are_refused(data, tmp_path, capsys, flag, value):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"--{flag} {value}" in err, err
     assert not (tmp_path / "exp").exists()
+
+
+def test_gpu_grid_bench_quick_runs_and_prints_its_ratios():
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_gpu_grid.py"), "--quick"],
+                            capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr
+    rows = re.findall(r"^\((\w)\) .*?([\d.]+) s\s+(\d+) windows/s\s+x([\d.]+)$", result.stdout, re.MULTILINE)
+    assert [row[0] for row in rows] == ["a", "b", "c"], result.stdout
+    walls = [float(row[1]) for row in rows]
+    for wall, (_, _, _, ratio) in zip(walls, rows):
+        assert float(ratio) == pytest.approx(walls[0] / wall, rel=0.02, abs=0.01)
+
+
+def test_gpu_grid_bench_refuses_without_cuda():
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_gpu_grid.py")], capture_output=True,
+                            text=True, timeout=120, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "CUDA" in result.stderr
+    assert result.stdout == ""
