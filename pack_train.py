@@ -17,6 +17,7 @@ whose folder exists is skipped, so rerunning a pack after a crash trains only
 the unfinished ones.
 """
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -367,8 +368,10 @@ def obtain_bases(folds, model, store, n_channels):
                 entry = base_cache.get_or_train(args.base_cache_dir, key,
                                                 base_cache.data_fingerprint(args.data_path, names),
                                                 base_cache.key_settings(args, names), lambda: trained[key])
-            for fold in group:
-                found[id(fold)] = (entry.result if entry else trained[key], entry)
+            for n, fold in enumerate(group):
+                # As in solo runs one after another: the first trained it, the others reuse it.
+                shared = entry and dataclasses.replace(entry, reused=entry.reused or n > 0)
+                found[id(fold)] = (entry.result if entry else trained[key], shared)
     return found
 
 

@@ -31,7 +31,7 @@ import make_dataset  # noqa: E402
 
 FULL = {"data": {"n_participants": 6, "window_size": 3000, "n_train": 600, "n_val": 200, "n_test": 200},
         "target_data_pct": [0.25, 0.5, 0.75, 1.0], "max_epochs": 5}
-QUICK = {"data": {"n_participants": 3, "window_size": 128, "n_train": 24, "n_val": 8, "n_test": 8},
+QUICK = {"data": {"n_participants": 2, "window_size": 128, "n_train": 24, "n_val": 8, "n_test": 8},
          "target_data_pct": [1.0], "max_epochs": 2}
 
 

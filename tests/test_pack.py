@@ -19,6 +19,7 @@ import torch
 
 import experiment
 import pack_train
+from commands import job_argv
 from tiny_data import write_tiny_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,15 +61,8 @@ MEMBERS = [
 ]
 
 
-def job_flags(job):
-    flags = []
-    for key, value in job.items():
-        flags += [f"--{key}", str(value)]
-    return flags
-
-
 def solo(job, prefix):
-    assert experiment.main(job_flags(dict(job, prefix=prefix)), enhanced=True) == 0
+    assert experiment.main(job_argv(dict(job, prefix=prefix)), enhanced=True) == 0
 
 
 def pack(jobs, path, prefix="pack"):
@@ -127,6 +121,34 @@ def test_pack_of_three_equals_the_solo_runs(data, tmp_path):
     # The base models the pack trained are in its cache, as the solo runs' are in theirs.
     assert sorted(p.name for p in (tmp_path / "pack_cache").iterdir() if p.is_dir()) == \
         sorted(p.name for p in (tmp_path / "solo_cache").iterdir() if p.is_dir())
+
+
+def test_pack_with_the_original_preset_and_augmentation_shares_one_base_model(data, tmp_path):
+    # --preset original: batch augmentation, validation subsets, floor counts, the "shortest" epoch rule.
+    exp = tmp_path / "exp"
+    common = dict(shared(data, exp, tmp_path / "pack_cache"), preset="original", use_augmentation=True, seed=7)
+    jobs = [dict(common, fold=1, mode="full_fine_tuning", target_batch_pct=0.5),
+            dict(common, fold=1, mode="target_only_fine_tuning")]
+    for job in jobs:
+        solo(dict(job, base_cache_dir=str(tmp_path / "solo_cache")), "solo_" + job["mode"])
+    for job in jobs:
+        job["prefix"] = "pack_" + job["mode"]
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    assert pack_train.main([str(tmp_path / "jobs.json")]) == 0
+    for job in jobs:
+        compare(exp / ("solo_" + job["mode"]) / "fold1_b", exp / ("pack_" + job["mode"]) / "fold1_b")
+    assert len([p for p in (tmp_path / "pack_cache").iterdir() if p.is_dir()]) == 1  # one base model for both
+
+
+def test_pack_refuses_a_model_with_dropout_and_a_bad_jobs_file(data, tmp_path, capsys):
+    job = dict(shared(data, tmp_path / "exp", tmp_path / "cache"), model="medium")
+    assert pack([job], tmp_path / "jobs.json") == 2
+    assert "dropout" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{not json")
+    assert pack_train.main([str(tmp_path / "bad.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad.json" in err
+    assert not (tmp_path / "exp").exists()
 
 
 def test_member_that_stops_first_leaves_the_others_unchanged(noisy, tmp_path):
