@@ -760,28 +760,36 @@ def ensure_demo_data(data_path):
 def main(argv=None, enhanced=False):
     parser = build_parser(enhanced)
     args = parser.parse_args(argv)
-    prog = parser.prog
     apply_threads(args)
+
+    def work(log_path):
+        if enhanced and args.print_base_key:
+            print(base_cache.key_for_args(args))
+            return 0
+        ensure_demo_data(args.data_path)
+        setup_logging(log_path)
+        print(f"log: {log_path} (every epoch; copied into the result folder at the end)", flush=True)
+        final = run_fold(args)
+        if final is not None:
+            print(f"RESULT_DIR {final}")
+        return 0
+    return run_cli(parser.prog, work, "nothing was published")
+
+
+def run_cli(prog, work, interrupted):
+    """work(log_path) -> exit status, with the CLIs' error handling: one-line errors
+    exit 2, Ctrl-C and SIGTERM 130/143 (saying `interrupted`), the log removed at the end."""
     # SIGTERM unwinds like Ctrl-C so temporary folders and locks are cleaned up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     # The log is written aside and copied into the result folder, so a failed run writes nothing.
     scratch = Path(tempfile.mkdtemp(prefix="train-log-"))
     try:
-        if enhanced and args.print_base_key:
-            print(base_cache.key_for_args(args))
-            return 0
-        ensure_demo_data(args.data_path)
-        setup_logging(scratch / "train.log")
-        print(f"log: {scratch / 'train.log'} (every epoch; copied into the result folder at the end)", flush=True)
-        final = run_fold(args)
-        if final is not None:
-            print(f"RESULT_DIR {final}")
-        return 0
+        return work(scratch / "train.log")
     except (DataError, ConfigError, base_cache.CacheError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; nothing was published", file=sys.stderr)
+        print(f"{prog}: interrupted; {interrupted}", file=sys.stderr)
         return 130
     finally:
         handler = _file_handler()

@@ -21,10 +21,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-import shutil
-import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,7 +34,7 @@ import base_cache
 import experiment
 from commands import job_argv
 from composed_loader import TensorBatchLoader
-from data import DataError, check_participants, load_participants, resolve_fold
+from data import check_participants, load_participants, resolve_fold
 
 log = logging.getLogger("experiment")
 # Flags in which the members of one pack may differ; every other flag must be equal.
@@ -392,28 +389,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Train the jobs of a jobs JSON together, as one pack.")
     parser.add_argument("jobs", help="jobs JSON: a list of jobs, each an object of oct1_train.py flags")
     path = parser.parse_args(argv).jobs
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    scratch = Path(tempfile.mkdtemp(prefix="pack-log-"))
-    try:
+
+    def work(log_path):
         members = read_jobs(path)
         check_compatible(members)
         experiment.ensure_demo_data(members[0].data_path)
-        experiment.setup_logging(scratch / "train.log")
+        experiment.setup_logging(log_path)
         run_pack(members, len(members), pack_id(members))
         return 0
-    except (DataError, experiment.ConfigError, base_cache.CacheError) as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted; finished members stay published, the others are not", file=sys.stderr)
-        return 130
-    finally:
-        handler = experiment._file_handler()
-        if handler is not None:
-            log.removeHandler(handler)
-            handler.close()
-        shutil.rmtree(scratch, ignore_errors=True)
-
+    return experiment.run_cli(parser.prog, work, "finished members stay published, the others are not")
 
 if __name__ == "__main__":
     sys.exit(main())

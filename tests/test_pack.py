@@ -5,13 +5,11 @@ Tiny data on the CPU, one torch thread (conftest). Solo runs call experiment.mai
 test, which kills a pack subprocess.
 """
 import json
-import math
 import os
 import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
