@@ -656,14 +656,15 @@ def run_fold(args):
 
     # The target's test split is read here, once, for the final scores only.
     finish_fold(args, model, device, final, participants, target_name, base_names, target_val,
-                data[target_name]["test"], base, base_entry, target, started)
+                data[target_name]["test"], base, base_entry, target, started, fingerprint, started_at)
     return final
 
 
 def finish_fold(args, model, device, final, participants, target_name, base_names, target_val, target_test,
-                base, base_entry, target, started, extra_hyper=None):
+                base, base_entry, target, started, fingerprint, started_at, extra_hyper=None):
     """Score the kept models on the target's test split and publish the result folder
-    (pack_train.py calls it too, with the pack's size and id in extra_hyper)."""
+    (pack_train.py calls it too, with the pack's size and id in extra_hyper).
+    started: perf_counter at the start; fingerprint, started_at: for provenance.json."""
     n_channels, window_size = target_test[0].shape[1:]
     base_val, base_test = None, None
     if base is not None:

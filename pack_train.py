@@ -32,6 +32,7 @@ from torch.func import functional_call, vmap
 
 import base_cache
 import experiment
+import provenance
 from commands import job_argv
 from composed_loader import TensorBatchLoader
 from data import check_participants, load_participants, resolve_fold
@@ -285,7 +286,7 @@ def run_pack(members, size, identity):
     store = Store(data, device)
     n_channels = store.X.shape[1]
     model = experiment.build_model(first.model, n_channels).to(device)
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), provenance.now()
 
     folds = []
     for args, target_name, base_names, final in todo:
@@ -296,6 +297,7 @@ def run_pack(members, size, identity):
         base_train = store.indices(base_names, ["train", "val"]) if base_names else None
         experiment.check_composition(args, len(target_train[0]), len(base_train[0]) if base_train else 0)
         folds.append({"args": args, "target": target_name, "base_names": base_names, "final": final,
+                      "fingerprint": base_cache.data_fingerprint(args.data_path, [target_name] + base_names),
                       "target_train": target_train, "target_val": store.gather(target_val[0]),
                       "base_train": base_train})
 
@@ -323,7 +325,8 @@ def run_pack(members, size, identity):
         fold = fold_of_job[i]
         experiment.finish_fold(fold["args"], model, device, fold["final"], participants, fold["target"],
                                fold["base_names"], fold["target_val"], data[fold["target"]]["test"], fold["base"],
-                               fold["entry"], target, started, {"pack_size": size, "pack_id": identity})
+                               fold["entry"], target, started, fold["fingerprint"], started_at,
+                               {"pack_size": size, "pack_id": identity})
         print(f"RESULT_DIR {fold['final']}", flush=True)
         published.append(fold["final"])
 
@@ -352,7 +355,7 @@ def obtain_bases(folds, model, store, n_channels):
                 continue
         missing.setdefault(key, []).append(fold)
     if missing:
-        trained = {}
+        trained, started = {}, provenance.now()
         keys = list(missing)
         jobs = [base_job(missing[key][0], store, n_channels) for key in keys]
         log.info(f"base phase: a pack of {len(jobs)} base model(s)")
@@ -360,10 +363,11 @@ def obtain_bases(folds, model, store, n_channels):
                    lambda i, result: trained.__setitem__(keys[i], result))
         for key, group in missing.items():
             args, names = group[0]["args"], group[0]["base_names"]
+            fingerprint = base_cache.data_fingerprint(args.data_path, names)
+            trained[key]["provenance"] = provenance.record(store.device, fingerprint, started)
             entry = None
             if args.base_cache_dir and not args.no_base_cache:
-                entry = base_cache.get_or_train(args.base_cache_dir, key,
-                                                base_cache.data_fingerprint(args.data_path, names),
+                entry = base_cache.get_or_train(args.base_cache_dir, key, fingerprint,
                                                 base_cache.key_settings(args, names), lambda: trained[key])
             for n, fold in enumerate(group):
                 # As in solo runs one after another: the first trained it, the others reuse it.
