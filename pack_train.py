@@ -270,12 +270,15 @@ def run_pack(members, size, identity):
     model = experiment.build_model(first.model, 1)
     if any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
         raise experiment.ConfigError(f"--model {first.model} uses dropout, whose random masks a pack cannot "
-                                     "draw as the solo runs do; run it without --pack")
-    todo = []
+                                     "draw as the solo runs do; run its jobs with oct1_train.py")
+    todo, finals = [], set()
     for args in members:
         target_name, base_names = resolve_fold(participants, args.fold, args.n_base_participants)
         base_names = [] if args.mode == "target_only" else base_names
         final = experiment.result_dir(args, args.fold, target_name)
+        if args.mode != "base_only" and final in finals:
+            raise experiment.ConfigError(f"{final}: two members of the pack would write this result folder")
+        finals.add(final)
         if args.mode != "base_only" and final.exists():
             print(f"{final}: exists; member skipped (delete it to train it again)")
             continue

@@ -138,10 +138,13 @@ def test_pack_with_the_original_preset_and_augmentation_shares_one_base_model(da
     assert len([p for p in (tmp_path / "pack_cache").iterdir() if p.is_dir()]) == 1  # one base model for both
 
 
-def test_pack_refuses_a_model_with_dropout_and_a_bad_jobs_file(data, tmp_path, capsys):
+def test_pack_refuses_dropout_one_folder_twice_and_a_bad_jobs_file(data, tmp_path, capsys):
     job = dict(shared(data, tmp_path / "exp", tmp_path / "cache"), model="medium")
     assert pack([job], tmp_path / "jobs.json") == 2
     assert "dropout" in capsys.readouterr().err
+    twice = dict(shared(data, tmp_path / "exp", tmp_path / "cache"), fold=0)
+    assert pack([twice, dict(twice, seed=9)], tmp_path / "jobs.json") == 2
+    assert "two members" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text("{not json")
     assert pack_train.main([str(tmp_path / "bad.json")]) == 2
     err = capsys.readouterr().err.strip()
