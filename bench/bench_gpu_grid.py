@@ -114,7 +114,7 @@ def main():
           f"in all, on {device}")
     baseline = walls["(a) one job at a time"]
     for name, wall in walls.items():
-        print(f"{name:24s} {wall:8.1f} s  {windows / wall:10.0f} windows/s  x{baseline / wall:.2f}")
+        print(f"{name:24s} {wall:8.2f} s  {windows / wall:10.0f} windows/s  x{baseline / wall:.2f}")
     return 0
 
 
