@@ -250,7 +250,8 @@ def phase_result(track):
     return {"best_epoch": best["epoch"], "best_val_loss": best["val_loss"], "val_f1_at_best_loss": best["val_f1"],
             "best_val_f1": track["best_f1"], "best_val_f1_epoch": track["best_f1_epoch"], "state": best["state"],
             "curves": track["curves"], "epochs_run": len(track["curves"]["train_loss"]),
-            "windows_per_s": track["windows"] / track["seconds"] if track["seconds"] else None}
+            "windows_per_s": track["windows"] / track["seconds"] if track["seconds"] else None,
+            "cuda_graphs": False}  # the packed step is not captured as a CUDA graph (yet)
 
 
 # ---------------------------------------------------------------- the pack
@@ -400,6 +401,7 @@ def main(argv=None):
     def work(log_path):
         members = read_jobs(path)
         check_compatible(members)
+        experiment.apply_threads(members[0])
         experiment.ensure_demo_data(members[0].data_path)
         experiment.setup_logging(log_path)
         run_pack(members, len(members), pack_id(members))
