@@ -655,7 +655,17 @@ def run_fold(args):
                          device, make_augmenter(args, augment_gen), first_epoch)
 
     # The target's test split is read here, once, for the final scores only.
-    target_test = data[target_name]["test"]
+    finish_fold(args, model, device, final, participants, target_name, base_names, target_val,
+                data[target_name]["test"], base, base_entry, target, started, fingerprint, started_at)
+    return final
+
+
+def finish_fold(args, model, device, final, participants, target_name, base_names, target_val, target_test,
+                base, base_entry, target, started, fingerprint, started_at, extra_hyper=None):
+    """Score the kept models on the target's test split and publish the result folder
+    (pack_train.py calls it too, with the pack's size and id in extra_hyper).
+    started: perf_counter at the start; fingerprint, started_at: for provenance.json."""
+    n_channels, window_size = target_test[0].shape[1:]
     base_val, base_test = None, None
     if base is not None:
         model.load_state_dict(base["state"])
@@ -673,13 +683,13 @@ def run_fold(args):
     metrics["total_time_s"] = time.perf_counter() - started
     hyper = dict(vars(args), participants=participants, target_participant=target_name,
                  base_participants=base_names, n_channels=int(n_channels), window_size=int(window_size),
-                 device=str(device), script=Path(sys.argv[0]).name, cuda_graphs_used=target["cuda_graphs"])
+                 device=str(device), script=Path(sys.argv[0]).name, cuda_graphs_used=target["cuda_graphs"],
+                 **(extra_hyper or {}))
     log.info(f"base model on {target_name}'s test: "
              + (f"f1 {base_test[1]:.3f}" if base_test else "none") + f"; personalized: f1 {personal_test[1]:.3f}")
     files = {"hyperparameters.json": hyper, "metrics.json": metrics, "losses.json": curve_axis(base, target),
              "provenance.json": provenance.record(device, fingerprint, started_at)}
     publish(final, files, target["state"], args.overwrite)
-    return final
 
 
 def publish(final, json_files, state, overwrite):
@@ -751,28 +761,36 @@ def ensure_demo_data(data_path):
 def main(argv=None, enhanced=False):
     parser = build_parser(enhanced)
     args = parser.parse_args(argv)
-    prog = parser.prog
     apply_threads(args)
+
+    def work(log_path):
+        if enhanced and args.print_base_key:
+            print(base_cache.key_for_args(args))
+            return 0
+        ensure_demo_data(args.data_path)
+        setup_logging(log_path)
+        print(f"log: {log_path} (every epoch; copied into the result folder at the end)", flush=True)
+        final = run_fold(args)
+        if final is not None:
+            print(f"RESULT_DIR {final}")
+        return 0
+    return run_cli(parser.prog, work, "nothing was published")
+
+
+def run_cli(prog, work, interrupted):
+    """work(log_path) -> exit status, with the CLIs' error handling: one-line errors
+    exit 2, Ctrl-C and SIGTERM 130/143 (saying `interrupted`), the log removed at the end."""
     # SIGTERM unwinds like Ctrl-C so temporary folders and locks are cleaned up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     # The log is written aside and copied into the result folder, so a failed run writes nothing.
     scratch = Path(tempfile.mkdtemp(prefix="train-log-"))
     try:
-        if enhanced and args.print_base_key:
-            print(base_cache.key_for_args(args))
-            return 0
-        ensure_demo_data(args.data_path)
-        setup_logging(scratch / "train.log")
-        print(f"log: {scratch / 'train.log'} (every epoch; copied into the result folder at the end)", flush=True)
-        final = run_fold(args)
-        if final is not None:
-            print(f"RESULT_DIR {final}")
-        return 0
+        return work(scratch / "train.log")
     except (DataError, ConfigError, base_cache.CacheError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; nothing was published", file=sys.stderr)
+        print(f"{prog}: interrupted; {interrupted}", file=sys.stderr)
         return 130
     finally:
         handler = _file_handler()

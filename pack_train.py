@@ -1,0 +1,412 @@
+"""Train several folds in one process at once ("a pack"), each exactly as it would run alone.
+
+    python pack_train.py jobs.json      # a jobs JSON (or a slice of one) from generate_jobs.py
+
+Every job is parsed by oct1_train.py's parser. Members share the model, the data
+folder (so the channels and window length), the batch size and every other flag,
+except those in MAY_DIFFER. Their parameters are stacked and trained together
+with torch.func (functional_call + vmap); each member draws its own batches (its
+solo run's loaders, over indices into one copy of the data on the device), has
+its own AdamW state and learning rate, early stopping, best checkpoint and curves.
+A member that stops no longer changes; the pack ends when all have stopped.
+
+Base models missing from the cache are trained as a pack first, then the target
+phases. Each member's result folder is published (atomically) as soon as it
+finishes, with pack_size and pack_id added to hyperparameters.json; a member
+whose folder exists is skipped, so rerunning a pack after a crash trains only
+the unfinished ones.
+"""
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
+
+import base_cache
+import experiment
+import provenance
+from commands import job_argv
+from composed_loader import TensorBatchLoader
+from data import check_participants, load_participants, resolve_fold
+
+log = logging.getLogger("experiment")
+# Flags in which the members of one pack may differ; every other flag must be equal.
+MAY_DIFFER = {"fold", "seed", "lr", "mode", "target_data_pct", "target_batch_pct", "n_base_participants",
+              "early_stopping_patience", "early_stopping_patience_target", "prefix"}
+# torch.optim.AdamW's defaults, which the solo runs use.
+BETAS, EPS, WEIGHT_DECAY = (0.9, 0.999), 1e-8, 1e-2
+
+
+# ---------------------------------------------------------------- members
+
+def read_jobs(path):
+    """The members' parsed flags, one argparse.Namespace per job of the JSON list."""
+    try:
+        jobs = json.loads(Path(path).read_text())
+    except OSError as err:
+        raise experiment.ConfigError(f"{path}: cannot read ({err.strerror})") from None
+    except json.JSONDecodeError as err:
+        raise experiment.ConfigError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(jobs, list) or not jobs or not all(isinstance(job, dict) for job in jobs):
+        raise experiment.ConfigError(f"{path}: expected a non-empty JSON list of jobs (objects of flags)")
+    parser = experiment.build_parser(enhanced=True)
+    members = []
+    for i, job in enumerate(jobs):
+        try:
+            args, rest = parser.parse_known_args(job_argv(job))
+        except SystemExit:
+            raise experiment.ConfigError(f"{path}: job {i} has invalid flags ({' '.join(job_argv(job))})") from None
+        if rest:
+            raise experiment.ConfigError(f"{path}: job {i} has unknown flags {' '.join(rest)}")
+        experiment.check_args(args)
+        members.append(args)
+    return members
+
+
+def check_compatible(members):
+    """One line naming the first setting a member does not share with member 0."""
+    first = vars(members[0])
+    for i, args in enumerate(members[1:], start=1):
+        for flag, value in vars(args).items():
+            if flag not in MAY_DIFFER and value != first[flag]:
+                raise experiment.ConfigError(
+                    f"pack member {i} has --{flag} {value}, member 0 has {first[flag]}; "
+                    f"a pack shares every setting but {', '.join(sorted(MAY_DIFFER))}")
+    if any(m.print_base_key for m in members):
+        raise experiment.ConfigError("--print_base_key is not a training run; it cannot be packed")
+
+
+def pack_id(members):
+    text = json.dumps([vars(m) for m in members], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+class Store:
+    """All participants' splits concatenated once (on the device when it fits);
+    a member's windows are index tensors into it."""
+
+    def __init__(self, data, device):
+        parts, self.ranges, start = [], {}, 0
+        for name, splits in data.items():
+            for split, (X, y) in splits.items():
+                self.ranges[name, split] = torch.arange(start, start + len(X))
+                parts.append((X, y))
+                start += len(X)
+        self.X, self.y = experiment.place(list(experiment.concat(parts)), device)
+        self.ranges = {key: index.to(self.X.device) for key, index in self.ranges.items()}
+        self.device = device
+
+    def indices(self, names, splits):
+        """(index, index): the pair a loader takes in place of (X, y), so it yields indices."""
+        index = torch.cat([self.ranges[p, s] for p in names for s in splits])
+        return index, index
+
+    def gather(self, index):
+        return (self.X[index].to(self.device, non_blocking=True),
+                self.y[index].to(self.device, non_blocking=True))
+
+
+class PhaseJob:
+    """What one member trains in one phase: its start, batches, validation set and patience."""
+
+    def __init__(self, label, state, loader, val, patience, augment, first_epoch, lr):
+        self.label, self.state, self.loader, self.val = label, state, loader, val
+        self.patience, self.augment, self.first_epoch, self.lr = patience, augment, first_epoch, lr
+
+
+# ---------------------------------------------------------------- the packed step
+
+class StackedAdamW:
+    """torch.optim.AdamW over stacked parameters, one learning rate and one step count per
+    member; a member outside `active` keeps its parameters and optimizer state."""
+
+    def __init__(self, params, lrs):
+        self.params = params
+        self.lr = torch.tensor(lrs, dtype=torch.float64)
+        self.steps = torch.zeros(len(lrs), dtype=torch.float64)
+        self.exp_avg = {name: torch.zeros_like(p) for name, p in params.items()}
+        self.exp_avg_sq = {name: torch.zeros_like(p) for name, p in params.items()}
+
+    @torch.no_grad()
+    def step(self, active):
+        beta1, beta2 = BETAS
+        self.steps += active.double()
+        steps = self.steps.clamp(min=1)
+        # Bias corrections in double precision, as the solo optimizer computes them in Python floats.
+        decay = 1 - self.lr * WEIGHT_DECAY
+        step_size = self.lr / (1 - beta1 ** steps)
+        correction2_sqrt = (1 - beta2 ** steps).sqrt()
+        for name, p in self.params.items():
+            shape = (-1,) + (1,) * (p.dim() - 1)
+
+            def per_member(values):
+                return values.to(p.device, p.dtype).view(shape)
+
+            keep = active.to(p.device).view(shape)
+            m = self.exp_avg[name].lerp(p.grad, 1 - beta1)
+            v = self.exp_avg_sq[name] * beta2 + (1 - beta2) * p.grad * p.grad
+            denom = v.sqrt() / per_member(correction2_sqrt) + EPS
+            new = p * per_member(decay) - per_member(step_size) * m / denom
+            p.copy_(torch.where(keep, new, p))
+            self.exp_avg[name] = torch.where(keep, m, self.exp_avg[name])
+            self.exp_avg_sq[name] = torch.where(keep, v, self.exp_avg_sq[name])
+            p.grad = None
+
+
+def member_state(stacked, i):
+    return {name: tensor[i].detach().clone() for name, tensor in stacked.items()}
+
+
+def train_pack(phase, jobs, model, store, batch_size, max_epochs, on_done):
+    """Train every job's model together until each has stopped; on_done(i, result) is
+    called as job i stops, with what experiment.train_phase returns for a solo run."""
+    k, device = len(jobs), store.device
+    names = [name for name, _ in model.named_parameters()]
+    stacked = {name: torch.stack([job.state[name] for job in jobs]).to(device) for name in model.state_dict()}
+    params = {name: stacked[name].requires_grad_() for name in names}
+    optimizer = StackedAdamW(params, [job.lr for job in jobs])
+    model.eval()  # the same as train mode for models without dropout (checked before)
+
+    def forward(member_tensors, x):
+        return functional_call(model, member_tensors, (x,))
+
+    window_shape = store.X.shape[1:]
+    tracks = [{"curves": {name: [] for name in experiment.CURVES}, "best": None, "best_f1": None,
+               "best_f1_epoch": None, "stale": 0, "windows": 0, "seconds": 0.0} for _ in jobs]
+    running = list(range(k))
+    for epoch in range(max_epochs):
+        start = time.perf_counter()
+        batches = {i: iter(jobs[i].loader) for i in running}
+        n_steps = max(len(jobs[i].loader) for i in running)
+        counts = {i: torch.zeros(5, device=device) for i in running}
+        seen = {i: 0 for i in running}
+        for step in range(n_steps):
+            xb = torch.zeros((k, batch_size, *window_shape), device=device)
+            yb = torch.zeros((k, batch_size), device=device)
+            sizes = torch.zeros(k, dtype=torch.long)
+            stepping = [i for i in running if step < len(jobs[i].loader)]
+            for i in stepping:
+                index, _ = next(batches[i])
+                x, y = store.gather(index)
+                if jobs[i].augment is not None:
+                    x = jobs[i].augment(x)
+                xb[i, :len(y)], yb[i, :len(y)] = x, y
+                sizes[i] = len(y)
+            logits = vmap(forward)(stacked, xb)
+            weight = (torch.arange(batch_size) < sizes.view(-1, 1)).to(device, logits.dtype)
+            per_window = F.binary_cross_entropy_with_logits(logits, yb, reduction="none") * weight
+            losses = per_window.sum(dim=1) / sizes.clamp(min=1).to(device, logits.dtype)
+            losses.sum().backward()
+            active = torch.zeros(k, dtype=torch.bool)
+            active[stepping] = True
+            optimizer.step(active)
+            for i in stepping:
+                n = int(sizes[i])
+                counts[i] += experiment.batch_counts(logits[i, :n].detach(), yb[i, :n], losses[i].detach())
+                seen[i] += n
+        elapsed = time.perf_counter() - start
+        for i in list(running):
+            if end_epoch(phase, jobs[i], tracks[i], model, stacked, i, epoch, counts[i], seen[i], elapsed,
+                         max_epochs):
+                running.remove(i)
+                on_done(i, phase_result(tracks[i]))
+        if not running:
+            break
+
+
+def end_epoch(phase, job, track, model, stacked, i, epoch, counts, n, elapsed, max_epochs):
+    """Record member i's epoch as train_phase does; True when it stops here."""
+    train_loss, train_f1 = experiment.loss_and_f1(counts, n)
+    state = member_state(stacked, i)
+    model.load_state_dict(state)
+    val_loss, val_f1 = experiment.evaluate(model, *job.val, job.val[0].device)
+    track["windows"] += n
+    track["seconds"] += elapsed
+    for name, value in zip(experiment.CURVES, (train_loss, val_loss, train_f1, val_f1)):
+        track["curves"][name].append(value)
+    number = job.first_epoch + epoch
+    if track["best"] is None or val_loss < track["best"]["val_loss"]:
+        track["best"] = {"epoch": number, "val_loss": val_loss, "val_f1": val_f1, "state": state}
+        track["stale"] = 0
+    else:
+        track["stale"] += 1
+    if track["best_f1"] is None or val_f1 > track["best_f1"]:
+        track["best_f1"], track["best_f1_epoch"] = val_f1, number
+    log.debug(f"{job.label} {phase} epoch {number}: train loss {train_loss:.4f} f1 {train_f1:.3f} | "
+              f"val loss {val_loss:.4f} f1 {val_f1:.3f}")
+    return track["stale"] >= job.patience or epoch + 1 == max_epochs
+
+
+def phase_result(track):
+    best = track["best"]
+    return {"best_epoch": best["epoch"], "best_val_loss": best["val_loss"], "val_f1_at_best_loss": best["val_f1"],
+            "best_val_f1": track["best_f1"], "best_val_f1_epoch": track["best_f1_epoch"], "state": best["state"],
+            "curves": track["curves"], "epochs_run": len(track["curves"]["train_loss"]),
+            "windows_per_s": track["windows"] / track["seconds"] if track["seconds"] else None,
+            "cuda_graphs": False}  # the packed step is not captured as a CUDA graph (yet)
+
+
+# ---------------------------------------------------------------- the pack
+
+def seeded_start(args, seed, n_channels, device):
+    """A phase's generators and initial weights, drawn in the solo run's order."""
+    loader_gen, augment_gen = experiment.phase_generators(seed, device)
+    model = experiment.build_model(args.model, n_channels)
+    return loader_gen, experiment.make_augmenter(args, augment_gen), model.state_dict()
+
+
+def run_pack(members, size, identity):
+    """Train the members whose result folders are missing; returns the folders published."""
+    first = members[0]
+    device = experiment.resolve_device(first.device)
+    participants = check_participants(first.data_path, first.participants)
+    model = experiment.build_model(first.model, 1)
+    if any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
+        raise experiment.ConfigError(f"--model {first.model} uses dropout, whose random masks a pack cannot "
+                                     "draw as the solo runs do; run its jobs with oct1_train.py")
+    todo, finals = [], set()
+    for args in members:
+        target_name, base_names = resolve_fold(participants, args.fold, args.n_base_participants)
+        base_names = [] if args.mode == "target_only" else base_names
+        final = experiment.result_dir(args, args.fold, target_name)
+        if args.mode != "base_only" and final in finals:
+            raise experiment.ConfigError(f"{final}: two members of the pack would write this result folder")
+        finals.add(final)
+        if args.mode != "base_only" and final.exists():
+            print(f"{final}: exists; member skipped (delete it to train it again)")
+            continue
+        todo.append((args, target_name, base_names, final))
+    if not todo:
+        return []
+    data = load_participants(first.data_path, participants, first.window_size)
+    store = Store(data, device)
+    n_channels = store.X.shape[1]
+    model = experiment.build_model(first.model, n_channels).to(device)
+    started, started_at = time.perf_counter(), provenance.now()
+
+    folds = []
+    for args, target_name, base_names, final in todo:
+        target_train = experiment.subsample(*store.indices([target_name], ["train"]), args.target_data_pct,
+                                            args.seed, args.target_count)
+        target_val = experiment.subsample(*store.indices([target_name], ["val"]), args.target_val_pct,
+                                          args.seed + 3)
+        base_train = store.indices(base_names, ["train", "val"]) if base_names else None
+        experiment.check_composition(args, len(target_train[0]), len(base_train[0]) if base_train else 0)
+        folds.append({"args": args, "target": target_name, "base_names": base_names, "final": final,
+                      "fingerprint": base_cache.data_fingerprint(args.data_path, [target_name] + base_names),
+                      "target_train": target_train, "target_val": store.gather(target_val[0]),
+                      "base_train": base_train})
+
+    bases = obtain_bases(folds, model, store, n_channels)
+    published = []
+    jobs, fold_of_job = [], []
+    for fold in folds:
+        args = fold["args"]
+        base, entry = bases.get(id(fold), (None, None))
+        fold["base"], fold["entry"] = base, entry
+        if args.mode == "base_only":
+            print(f"BASE_KEY {entry.key}")
+            print(f"BASE_MODEL {entry.path}")
+            continue
+        loader_gen, augment, state = seeded_start(args, args.seed + 1000, n_channels, device)
+        if base is not None:
+            state = base["state"]
+        loader = experiment.target_loader(args, fold["base_train"], fold["target_train"], loader_gen)
+        jobs.append(PhaseJob(f"fold{args.fold}_{fold['target']}", state, loader, fold["target_val"],
+                             args.early_stopping_patience_target, augment,
+                             (base["epochs_run"] if base else 0) + 1, args.lr))
+        fold_of_job.append(fold)
+
+    def finish(i, target):
+        fold = fold_of_job[i]
+        experiment.finish_fold(fold["args"], model, device, fold["final"], participants, fold["target"],
+                               fold["base_names"], fold["target_val"], data[fold["target"]]["test"], fold["base"],
+                               fold["entry"], target, started, fold["fingerprint"], started_at,
+                               {"pack_size": size, "pack_id": identity})
+        print(f"RESULT_DIR {fold['final']}", flush=True)
+        published.append(fold["final"])
+
+    if jobs:
+        log.info(f"target phase: a pack of {len(jobs)}")
+        train_pack("target", jobs, model, store, first.batch_size, first.max_epochs, finish)
+    return published
+
+
+def obtain_bases(folds, model, store, n_channels):
+    """{id(fold): (base result, cache entry or None)}: reused from the cache, or trained as one pack."""
+    found, missing = {}, {}
+    for fold in folds:
+        args, names = fold["args"], fold["base_names"]
+        if not names:
+            continue
+        cached = args.base_cache_dir and not args.no_base_cache
+        key = base_cache.base_key(args, names)
+        fold["key"] = key
+        if cached:
+            fingerprint = base_cache.data_fingerprint(args.data_path, names)
+            result, why = base_cache.read_entry(Path(args.base_cache_dir) / key, fingerprint)
+            if result is not None:
+                log.info(f"base model {key}: reused from {Path(args.base_cache_dir) / key}")
+                found[id(fold)] = (result, base_cache.Entry(key, Path(args.base_cache_dir) / key, result, True))
+                continue
+        missing.setdefault(key, []).append(fold)
+    if missing:
+        trained, started = {}, provenance.now()
+        keys = list(missing)
+        jobs = [base_job(missing[key][0], store, n_channels) for key in keys]
+        log.info(f"base phase: a pack of {len(jobs)} base model(s)")
+        train_pack("base", jobs, model, store, folds[0]["args"].batch_size, folds[0]["args"].max_epochs,
+                   lambda i, result: trained.__setitem__(keys[i], result))
+        for key, group in missing.items():
+            args, names = group[0]["args"], group[0]["base_names"]
+            fingerprint = base_cache.data_fingerprint(args.data_path, names)
+            trained[key]["provenance"] = provenance.record(store.device, fingerprint, started)
+            entry = None
+            if args.base_cache_dir and not args.no_base_cache:
+                entry = base_cache.get_or_train(args.base_cache_dir, key, fingerprint,
+                                                base_cache.key_settings(args, names), lambda: trained[key])
+            for n, fold in enumerate(group):
+                # As in solo runs one after another: the first trained it, the others reuse it.
+                shared = entry and dataclasses.replace(entry, reused=entry.reused or n > 0)
+                found[id(fold)] = (entry.result if entry else trained[key], shared)
+    return found
+
+
+def base_job(fold, store, n_channels):
+    """The base phase of experiment.train_base_model, over indices."""
+    args, names = fold["args"], fold["base_names"]
+    stop = experiment.subsample(*store.indices(names, ["test"]), args.base_val_pct, args.seed + 2)
+    loader_gen, augment, state = seeded_start(args, args.seed, n_channels, store.device)
+    loader = TensorBatchLoader(*store.indices(names, ["train", "val"]), args.batch_size, shuffle=True,
+                               generator=loader_gen)
+    return PhaseJob(f"base {fold['key']}", state, loader, store.gather(stop[0]), args.early_stopping_patience,
+                    augment, 1, args.lr)
+
+
+# ---------------------------------------------------------------- CLI
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Train the jobs of a jobs JSON together, as one pack.")
+    parser.add_argument("jobs", help="jobs JSON: a list of jobs, each an object of oct1_train.py flags")
+    path = parser.parse_args(argv).jobs
+
+    def work(log_path):
+        members = read_jobs(path)
+        check_compatible(members)
+        experiment.apply_threads(members[0])
+        experiment.ensure_demo_data(members[0].data_path)
+        experiment.setup_logging(log_path)
+        run_pack(members, len(members), pack_id(members))
+        return 0
+    return experiment.run_cli(parser.prog, work, "finished members stay published, the others are not")
+
+if __name__ == "__main__":
+    sys.exit(main())
