@@ -22,6 +22,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+import flags
+
 log = logging.getLogger("experiment")
 ENTRY_FILES = ("model.pt", "metrics.json", "losses.json", "config.json", "fingerprint.json", "provenance.json")
 
@@ -31,26 +33,9 @@ class CacheError(Exception):
 
 
 def key_settings(args, base_participants):
-    """Every setting that determines the base model, and nothing else."""
-    augment = args.use_augmentation
-    return {
-        "base_participants": sorted(base_participants),
-        "model": args.model,
-        "data_path": args.data_path,
-        "window_size": args.window_size,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "early_stopping_patience": args.early_stopping_patience,
-        "max_epochs": args.max_epochs,
-        "base_val_pct": args.base_val_pct,
-        "use_augmentation": augment,
-        # Augmentation parameters matter only when augmentation is on.
-        "augmentation": args.augmentation if augment else None,
-        "jitter_std": args.jitter_std if augment else None,
-        "magnitude_range": list(args.magnitude_range) if augment else None,
-        "aug_prob": args.aug_prob if augment else None,
-        "seed": args.seed,
-    }
+    """Every setting that determines the base model, and nothing else: the registry's
+    keyed base-phase flags (flags.py) and the sorted base participants."""
+    return dict(flags.base_key_values(vars(args)), base_participants=sorted(base_participants))
 
 
 def base_key(args, base_participants):

@@ -6,12 +6,12 @@
 
 A grid file is {"grid": {flag: [values]}, "fixed": {flag: value},
 "folds": "all" or [indices], "prefix": "..."}. Every job is checked by the
-training CLI's own parser. Settings that do not matter for a job collapse
-(target_only ignores n_base_participants, target_batch_pct, the base
-patience and base_val_pct; target_batch_pct exists only for full_fine_tuning;
-epoch_rule needs target_batch_pct, target_count a target share below 1, and
-augmentation use_augmentation; an n_base_participants of at least the number
-of other participants is "all"),
+training CLI's own parser. Settings that do not matter for a job collapse:
+a flag outside its modes or without its condition, both from the flag registry
+(flags.py: target_only ignores n_base_participants, target_batch_pct, the base
+patience and base_val_pct; epoch_rule needs target_batch_pct, target_count a
+target share, the augmentation parameters use_augmentation), and an
+n_base_participants of at least the number of other participants is "all";
 and jobs with the same id are dropped. Each configuration gets its own prefix,
 `{prefix}/{flag}-{value}_...` over the grid's varying flags, so its folds land
 in their own folder.
@@ -32,6 +32,7 @@ import base_cache
 import experiment
 from data import DataError, check_participants
 from commands import job_argv, job_counts
+from flags import BASE_MODES, BY_NAME, matters, settings_with_defaults
 
 GRID_KEYS = {"grid", "fixed", "folds", "prefix"}
 # Flags a grid may not set: fold comes from "folds", the rest are not training runs.
@@ -172,20 +173,14 @@ def fold_list(spec, participants):
 
 
 def collapse(flags, mode, n_others):
-    """Drop settings that cannot change this job's work."""
-    if mode == "target_only":
-        for flag in ("n_base_participants", "target_batch_pct", "early_stopping_patience", "base_val_pct"):
-            flags.pop(flag, None)
-    if mode != "full_fine_tuning":
-        flags.pop("target_batch_pct", None)
-    # The epoch rule shapes composed batches only; the count rule turns target
-    # shares (target_batch_pct, target_data_pct < 1) into counts.
-    if flags.get("target_batch_pct") is None:
-        flags.pop("epoch_rule", None)
-        if flags.get("target_data_pct", 1) >= 1:
-            flags.pop("target_count", None)
-    if not flags.get("use_augmentation"):
-        flags.pop("augmentation", None)
+    """Drop settings that cannot change this job's work (flags.matters: the registry's
+    modes and conditions of each flag)."""
+    for name in [n for n in flags if n in BY_NAME and mode not in BY_NAME[n].modes]:
+        flags.pop(name)
+    # Conditions read the job's settings after the mode's drops (target_batch_pct may be gone).
+    settings = settings_with_defaults(flags)
+    for name in [n for n in flags if n in BY_NAME and not matters(n, mode, settings)]:
+        flags.pop(name)
     n_base = flags.get("n_base_participants")
     if isinstance(n_base, int) and not isinstance(n_base, bool) and n_base >= n_others:
         flags["n_base_participants"] = "all"
@@ -227,7 +222,7 @@ def expand(spec, parser):
                 continue
             seen.add(job_id)
             job = dict(flags, job_id=job_id)
-            if uses_cache and mode in experiment.BASE_MODES:
+            if uses_cache and mode in BASE_MODES:
                 if not args.participants:
                     args.participants = participants
                 try:

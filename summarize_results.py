@@ -87,14 +87,14 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+import flags
 import plotting
 
 MODE_ORDER = ["target_only", "target_only_fine_tuning", "full_fine_tuning", "base_only"]
 MODE_COLORS = dict(zip(MODE_ORDER, ["tab:blue", "tab:orange", "tab:green", "tab:purple"]))
-NOT_SETTINGS = {"fold", "target_participant", "base_participants", "prefix", "experiments_dir", "overwrite",
-                "device", "script", "base_cache_dir", "no_base_cache", "print_base_key", "job_id", "base_key",
-                "progress_every"}
-BASE_PHASE_SETTINGS = {"n_base_participants", "early_stopping_patience", "target_batch_pct"}
+# Not settings: the registry's output and runtime flags and fold, and the fields the engine adds per run.
+NOT_SETTINGS = flags.not_settings() | {"target_participant", "base_participants", "script", "job_id", "base_key"}
+BASE_PHASE_SETTINGS = flags.base_phase_only()
 PLOT_SETTINGS = ["target_data_pct", "target_batch_pct", "n_base_participants"]
 # --metric: (base model's key, personalized model's key, the name the report gives it).
 METRICS = {
