@@ -23,6 +23,7 @@ from pathlib import Path
 from filelock import FileLock
 
 import flags
+from fileio import publish_folder, staged_folder
 
 log = logging.getLogger("experiment")
 ENTRY_FILES = ("model.pt", "metrics.json", "losses.json", "config.json", "fingerprint.json", "provenance.json")
@@ -123,7 +124,6 @@ def read_entry(folder, fingerprint):
 
 def _write_entry(folder, result, settings, fingerprint):
     import torch
-    folder.mkdir(parents=True)
     torch.save({k: v.cpu() for k, v in result["state"].items()}, folder / "model.pt")
     metrics = {k: result[k] for k in ("best_epoch", "best_val_loss", "val_f1_at_best_loss", "best_val_f1",
                                        "best_val_f1_epoch", "epochs_run", "windows_per_s")}
@@ -160,12 +160,8 @@ def get_or_train(cache_dir, key, fingerprint, settings, train):
             folder.rename(stale)
             shutil.rmtree(stale)
         result = train()
-        tmp = cache_dir / f".{key}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
+        with staged_folder(folder) as tmp:
             _write_entry(tmp, result, settings, fingerprint)
-            tmp.rename(folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            publish_folder(tmp, folder, replace=False)
         log.info(f"base model {key}: stored in {folder}")
         return Entry(key, folder, result, reused=False)

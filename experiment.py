@@ -7,10 +7,10 @@ final scores. Outputs go to a hidden sibling folder that is renamed into place
 at the end, so a result folder is whole or absent.
 """
 import argparse
+import contextlib
 import json
 import logging
 import math
-import os
 import shutil
 import signal
 import sys
@@ -28,9 +28,8 @@ import flags
 import provenance
 from composed_loader import ComposedBatchDataLoader, TensorBatchLoader
 from data import DataError, check_participants, load_participants, resolve_fold
-from fileio import ConfigError
-from flags import (BASE_MODES, DEMO_DATA_PATH, MODES, PRESETS, PROJECT_DEFAULTS,  # noqa: F401 (re-exported)
-                   resolve_preset, share_count, target_windows_per_batch)
+from fileio import ConfigError, publish_folder, staged_folder
+from flags import DEMO_DATA_PATH, resolve_preset, share_count, target_windows_per_batch
 from models import MODELS, build_model
 CURVES = ("train_loss", "val_loss", "train_f1", "val_f1")
 EVAL_BATCH_SIZE = 512
@@ -475,6 +474,9 @@ def run_fold(args):
         base_files = {name: digest for name, digest in fingerprint.items()
                       if name.rsplit("_", 1)[0] in base_names}
         base, base_entry = obtain_base(args, base_names, base_data, n_channels, device, base_files)
+    if base_entry is not None and not base_entry.reused:
+        # The runner counts base trainings by this line (CONTRACTS.md).
+        print(f"BASE_TRAINED {base_entry.key}", flush=True)
     if args.mode == "base_only":
         print(f"BASE_KEY {base_entry.key}")
         print(f"BASE_MODEL {base_entry.path}")
@@ -530,11 +532,7 @@ def run_fold(args):
 def publish(final, json_files, state, overwrite):
     """Write everything into a hidden sibling, then rename it into place."""
     import plotting  # matplotlib is only needed at the very end
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with staged_folder(final) as tmp:
         for name, content in json_files.items():
             (tmp / name).write_text(json.dumps(content, indent=2) + "\n")
         torch.save({k: v.cpu() for k, v in state.items()}, tmp / "best_target_model.pt")
@@ -543,17 +541,9 @@ def publish(final, json_files, state, overwrite):
         if log_handler is not None:
             log_handler.flush()
             shutil.copyfile(log_handler.baseFilename, tmp / "train.log")
-        old = None
-        if final.exists():
-            if not overwrite:
-                raise ConfigError(f"{final}: result folder appeared during the run; kept the existing one")
-            old = final.parent / f".{final.name}.old{os.getpid()}"
-            final.rename(old)
-        tmp.rename(final)
-        if old is not None:
-            shutil.rmtree(old)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if final.exists() and not overwrite:
+            raise ConfigError(f"{final}: result folder appeared during the run; kept the existing one")
+        publish_folder(tmp, final, replace=True)
 
 
 # ---------------------------------------------------------------- CLI
@@ -566,9 +556,8 @@ def setup_logging(log_path):
     """Console gets INFO; the run's log file gets every epoch."""
     log.setLevel(logging.DEBUG)
     log.propagate = False
-    for handler in list(log.handlers):
+    for handler in list(log.handlers):  # process_state puts them back and closes ours
         log.removeHandler(handler)
-        handler.close()
     console = logging.StreamHandler(sys.stdout)
     console.setLevel(logging.INFO)
     console.setFormatter(logging.Formatter("%(message)s"))
@@ -593,25 +582,46 @@ def ensure_demo_data(data_path):
             make_dataset.write_synthetic_dataset(DEMO_DATA_PATH)
 
 
+@contextlib.contextmanager
+def process_state():
+    """Inside: SIGTERM unwinds like Ctrl-C, so temporary folders and locks are cleaned up, and the
+    "experiment" logger is ours to configure. Afterwards both are as they were, so a caller that
+    runs main in its own process (tests, a packed runner) keeps its own handler and logging."""
+    sigterm = signal.getsignal(signal.SIGTERM)
+    handlers, level, propagate = list(log.handlers), log.level, log.propagate
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+        for handler in list(log.handlers):
+            log.removeHandler(handler)
+            if handler not in handlers:
+                handler.close()
+        for handler in handlers:
+            log.addHandler(handler)
+        log.setLevel(level)
+        log.propagate = propagate
+
+
 def main(argv=None, enhanced=False):
     parser = build_parser(enhanced)
     args = parser.parse_args(argv)
     prog = parser.prog
-    # SIGTERM unwinds like Ctrl-C so temporary folders and locks are cleaned up.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     # The log is written aside and copied into the result folder, so a failed run writes nothing.
     scratch = Path(tempfile.mkdtemp(prefix="train-log-"))
     try:
-        if enhanced and args.print_base_key:
-            print(base_cache.key_for_args(args))
+        with process_state():
+            if enhanced and args.print_base_key:
+                print(base_cache.key_for_args(args))
+                return 0
+            ensure_demo_data(args.data_path)
+            setup_logging(scratch / "train.log")
+            print(f"log: {scratch / 'train.log'} (every epoch; copied into the result folder at the end)", flush=True)
+            final = run_fold(args)
+            if final is not None:
+                print(f"RESULT_DIR {final}")
             return 0
-        ensure_demo_data(args.data_path)
-        setup_logging(scratch / "train.log")
-        print(f"log: {scratch / 'train.log'} (every epoch; copied into the result folder at the end)", flush=True)
-        final = run_fold(args)
-        if final is not None:
-            print(f"RESULT_DIR {final}")
-        return 0
     except (DataError, ConfigError, base_cache.CacheError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
@@ -619,8 +629,4 @@ def main(argv=None, enhanced=False):
         print(f"{prog}: interrupted; nothing was published", file=sys.stderr)
         return 130
     finally:
-        handler = _file_handler()
-        if handler is not None:
-            log.removeHandler(handler)
-            handler.close()
         shutil.rmtree(scratch, ignore_errors=True)

@@ -22,7 +22,6 @@ import hashlib
 import importlib.util
 import itertools
 import json
-import os
 import shlex
 import sys
 from collections import Counter
@@ -32,6 +31,7 @@ import base_cache
 import experiment
 from data import DataError, check_participants
 from commands import job_argv, job_counts
+from fileio import ConfigError, read_json, write_atomic
 from flags import BASE_MODES, BY_NAME, matters, settings_with_defaults
 
 GRID_KEYS = {"grid", "fixed", "folds", "prefix"}
@@ -70,18 +70,16 @@ def parse_job(parser, flags, where):
     args = parser.parse_args(job_argv(flags))
     try:
         experiment.check_args(args)
-    except experiment.ConfigError as err:
+    except ConfigError as err:
         fail(str(err))
     return args
 
 
 def load_grid(path):
     try:
-        spec = json.loads(Path(path).read_text())
-    except OSError as err:
-        raise GridError(f"{path}: cannot read ({err.strerror})") from None
-    except json.JSONDecodeError as err:
-        raise GridError(f"{path}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+        spec = read_json(path, "grid file")
+    except ConfigError as err:
+        raise GridError(str(err)) from None
     if not isinstance(spec, dict):
         raise GridError(f"{path}: expected an object with keys {sorted(GRID_KEYS)}")
     unknown = set(spec) - GRID_KEYS
@@ -248,21 +246,23 @@ def summary(jobs, duplicates):
     return "\n".join(lines)
 
 
-def write_atomic(path, text):
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def build_parser():
+    parser = argparse.ArgumentParser(prog="generate_jobs.py", allow_abbrev=False,
+                                     description="Turn a grid of training settings into a jobs JSON.")
+    parser.add_argument("grid_file", nargs="?", help="JSON grid file (default: the demo grid)")
+    parser.add_argument("--set", action="append", default=[], metavar="FLAG=V1,V2",
+                        help="make FLAG a grid dimension with these values (repeatable); also folds=, prefix= "
+                             "(default: the grid file's)")
+    parser.add_argument("-o", "--output", default="jobs_config.json", help="jobs file to write (default %(default)s)")
+    parser.add_argument("--script", default="oct1_train.py",
+                        help="training CLI whose parser validates the jobs (default %(default)s)")
+    parser.add_argument("--print", action="store_true",
+                        help="print the jobs as command lines, write nothing (default off)")
+    return parser
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Turn a grid of training settings into a jobs JSON.")
-    parser.add_argument("grid_file", nargs="?", help="JSON grid file (default: the demo grid)")
-    parser.add_argument("--set", action="append", default=[], metavar="FLAG=V1,V2",
-                        help="make FLAG a grid dimension with these values (repeatable); also folds=, prefix=")
-    parser.add_argument("-o", "--output", default="jobs_config.json")
-    parser.add_argument("--script", default="oct1_train.py", help="training CLI whose parser validates the jobs")
-    parser.add_argument("--print", action="store_true", help="print the jobs as command lines, write nothing")
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         spec = load_grid(args.grid_file) if args.grid_file else DEFAULT_GRID
