@@ -136,10 +136,13 @@ def test_train_py_points_to_oct1_train_py_for_batch_composition():
     generate_jobs.build_parser(), summarize_results.build_parser(), make_dataset.build_parser(),
 ], ids=["generate_jobs", "summarize_results", "make_dataset"])
 def test_other_clis_refuse_abbreviations_and_show_defaults(parser):
-    assert parser.allow_abbrev is False
-    for action in parser._actions:
-        if action.option_strings and action.dest != "help":
-            assert action.help and "default" in action.help, action.dest
+    parsers = [parser] + [sub for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+                          for sub in action.choices.values()]
+    for each in parsers:
+        assert each.allow_abbrev is False, each.prog
+        for action in each._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help and "default" in action.help, f"{each.prog} --{action.dest}"
 
 
 # ---------------------------------------------------------------- process-wide state
