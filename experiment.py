@@ -5,6 +5,9 @@ test split), then target phase (fine-tune, early-stop on the target's val
 split), both on one epoch axis. The target's test split is read once, for the
 final scores. Outputs go to a hidden sibling folder that is renamed into place
 at the end, so a result folder is whole or absent.
+
+Over 500 lines because augmentation, one phase and one fold are read together;
+the flags themselves live in flags.py.
 """
 import argparse
 import contextlib

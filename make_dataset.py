@@ -51,6 +51,9 @@ smaller than --batch_size, and a CSV recording shorter than one window
 The output folder is written in a temporary sibling and renamed at the end, so
 it appears whole or not at all; a non-empty folder is refused unless
 --overwrite.
+
+Over 500 lines: the synthetic generator and the CSV windowing share the checks
+and the writing; the generator is the part to move out first if it grows.
 """
 import argparse
 import csv

@@ -69,6 +69,9 @@ Decisions:
   (0-1, or --ylim) so noise never looks like an effect; participant labels are
   spread so they never overlap. PNGs of these names left in -o by an earlier
   report are removed first.
+
+Over 500 lines: loading, statistics, tables and plots of one report, each short;
+the statistics are the part to move out first if it grows.
 """
 import argparse
 import csv
