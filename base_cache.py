@@ -22,6 +22,9 @@ from pathlib import Path
 
 from filelock import FileLock
 
+import flags
+from fileio import publish_folder, staged_folder
+
 log = logging.getLogger("experiment")
 ENTRY_FILES = ("model.pt", "metrics.json", "losses.json", "config.json", "fingerprint.json", "provenance.json")
 
@@ -31,26 +34,9 @@ class CacheError(Exception):
 
 
 def key_settings(args, base_participants):
-    """Every setting that determines the base model, and nothing else."""
-    augment = args.use_augmentation
-    return {
-        "base_participants": sorted(base_participants),
-        "model": args.model,
-        "data_path": args.data_path,
-        "window_size": args.window_size,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "early_stopping_patience": args.early_stopping_patience,
-        "max_epochs": args.max_epochs,
-        "base_val_pct": args.base_val_pct,
-        "use_augmentation": augment,
-        # Augmentation parameters matter only when augmentation is on.
-        "augmentation": args.augmentation if augment else None,
-        "jitter_std": args.jitter_std if augment else None,
-        "magnitude_range": list(args.magnitude_range) if augment else None,
-        "aug_prob": args.aug_prob if augment else None,
-        "seed": args.seed,
-    }
+    """Every setting that determines the base model, and nothing else: the registry's
+    keyed base-phase flags (flags.py) and the sorted base participants."""
+    return dict(flags.base_key_values(vars(args)), base_participants=sorted(base_participants))
 
 
 def base_key(args, base_participants):
@@ -138,7 +124,6 @@ def read_entry(folder, fingerprint):
 
 def _write_entry(folder, result, settings, fingerprint):
     import torch
-    folder.mkdir(parents=True)
     torch.save({k: v.cpu() for k, v in result["state"].items()}, folder / "model.pt")
     metrics = {k: result[k] for k in ("best_epoch", "best_val_loss", "val_f1_at_best_loss", "best_val_f1",
                                        "best_val_f1_epoch", "epochs_run", "windows_per_s")}
@@ -175,12 +160,8 @@ def get_or_train(cache_dir, key, fingerprint, settings, train):
             folder.rename(stale)
             shutil.rmtree(stale)
         result = train()
-        tmp = cache_dir / f".{key}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
+        with staged_folder(folder) as tmp:
             _write_entry(tmp, result, settings, fingerprint)
-            tmp.rename(folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            publish_folder(tmp, folder, replace=False)
         log.info(f"base model {key}: stored in {folder}")
         return Entry(key, folder, result, reused=False)

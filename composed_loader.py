@@ -7,6 +7,8 @@ import numbers
 
 import torch
 
+from flags import EPOCH_RULES, share_count  # noqa: F401 (share_count re-exported)
+
 
 def _epoch_order(n, shuffle, generator, device):
     # The permutation is drawn on the CPU so a CPU generator seeds CUDA runs too.
@@ -40,18 +42,6 @@ class TensorBatchLoader:
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             yield self.X[idx], self.y[idx]
-
-
-EPOCH_RULES = ("target_pass", "shortest")
-COUNT_RULES = ("round", "floor")
-
-
-def share_count(pct, n, rule):
-    """How many of n windows a share pct is: Python's round (halves to even), or
-    "floor", the original pipeline's int(pct * n)."""
-    if rule not in COUNT_RULES:
-        raise ValueError(f"unknown count rule {rule!r}; choose one of {COUNT_RULES}")
-    return int(pct * n) if rule == "floor" else round(pct * n)
 
 
 def _check_side(name, side):

@@ -116,16 +116,3 @@ def check_participants(data_path, participants):
     if len(set(participants)) != len(participants):
         raise DataError(f"--participants lists a name twice: {' '.join(participants)}")
     return list(participants)
-
-
-def parse_n_base(value):
-    """argparse type for --n_base_participants: 'all' or a positive integer."""
-    if value == "all":
-        return value
-    try:
-        n = int(value)
-    except ValueError:
-        raise ValueError(f"expected 'all' or a positive integer, got {value!r}") from None
-    if n < 1:
-        raise ValueError(f"expected 'all' or a positive integer, got {value!r}")
-    return n

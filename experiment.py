@@ -5,12 +5,15 @@ test split), then target phase (fine-tune, early-stop on the target's val
 split), both on one epoch axis. The target's test split is read once, for the
 final scores. Outputs go to a hidden sibling folder that is renamed into place
 at the end, so a result folder is whole or absent.
+
+Over 500 lines because augmentation, one phase and one fold are read together;
+the flags themselves live in flags.py.
 """
 import argparse
+import contextlib
 import json
 import logging
 import math
-import os
 import shutil
 import signal
 import sys
@@ -24,65 +27,17 @@ from torch import nn
 from tqdm import tqdm
 
 import base_cache
+import flags
 import provenance
-from composed_loader import (COUNT_RULES, EPOCH_RULES, ComposedBatchDataLoader,
-                             TensorBatchLoader, share_count)
-from data import (DataError, check_participants, load_participants,
-                  parse_n_base, resolve_fold)
+from composed_loader import ComposedBatchDataLoader, TensorBatchLoader
+from data import DataError, check_participants, load_participants, resolve_fold
+from fileio import ConfigError, publish_folder, staged_folder
+from flags import DEMO_DATA_PATH, resolve_preset, share_count, target_windows_per_batch
 from models import MODELS, build_model
-
-DEMO_DATA_PATH = "data/demo"
-MODES = ("target_only", "full_fine_tuning", "target_only_fine_tuning")
-BASE_MODES = ("full_fine_tuning", "target_only_fine_tuning", "base_only")
 CURVES = ("train_loss", "val_loss", "train_f1", "val_f1")
 EVAL_BATCH_SIZE = 512
 
 log = logging.getLogger("experiment")
-
-
-class ConfigError(Exception):
-    """A bad combination of flags; the message is one line."""
-
-
-# ---------------------------------------------------------------- parser
-
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
-
-
-def _fraction(text):
-    """A share in (0, 1]."""
-    value = float(text)
-    if not 0 < value <= 1:
-        raise ValueError(text)
-    return value
-
-
-# Flags whose default depends on --preset: without one they keep this project's
-# values; `--preset original` gives every behaviour of the original's oct1_train.py.
-PROJECT_DEFAULTS = {
-    "lr": 1e-3, "early_stopping_patience": 10, "early_stopping_patience_target": 10,
-    "base_val_pct": 1.0, "target_val_pct": 1.0, "target_count": "round", "epoch_rule": "target_pass",
-    "augmentation": "window", "jitter_std": 0.03, "magnitude_range": [0.9, 1.1], "aug_prob": 0.5,
-}
-PRESETS = {"original": {
-    "lr": 3e-4, "early_stopping_patience": 40, "early_stopping_patience_target": 40,
-    "base_val_pct": 0.5, "target_val_pct": 0.1, "target_count": "floor", "epoch_rule": "shortest",
-    "augmentation": "batch", "jitter_std": 0.005, "magnitude_range": [0.98, 1.02], "aug_prob": 0.3,
-}}
-
-
-def resolve_preset(args):
-    """Fill every preset-dependent flag the command line left unset (explicit flags win)."""
-    chosen = PRESETS.get(args.preset, {})
-    for flag, default in PROJECT_DEFAULTS.items():
-        if hasattr(args, flag) and getattr(args, flag) is None:
-            value = chosen.get(flag, default)
-            setattr(args, flag, list(value) if isinstance(value, list) else value)
-    return args
 
 
 class TrainingParser(argparse.ArgumentParser):
@@ -93,82 +48,27 @@ class TrainingParser(argparse.ArgumentParser):
         parsed, rest = super().parse_known_args(args, namespace)
         return resolve_preset(parsed), rest
 
-
-def _defaults(flag):
-    """Help text naming a preset-dependent flag's defaults."""
-    def text(value):
-        return " ".join(map(str, value)) if isinstance(value, list) else str(value)
-    return f"default {text(PROJECT_DEFAULTS[flag])}; {text(PRESETS['original'][flag])} with --preset original"
+    def error(self, message):
+        # train.py lacks oct1_train.py's flags; say where they are.
+        known = {action.dest for action in self._actions}
+        elsewhere = [f"--{f.name}" for f in flags.FLAGS if f.enhanced and f.name not in known
+                     and f"--{f.name}" in message.split()]
+        if elsewhere:
+            message += f" ({', '.join(elsewhere)}: use oct1_train.py)"
+        super().error(message)
 
 
 def build_parser(enhanced=False):
-    """The flags of train.py; `enhanced` adds oct1_train.py's."""
-    parser = TrainingParser(
-        description="Train one leave-one-participant-out fold: base model, then personalization.")
-    add = parser.add_argument
-    add("--preset", choices=sorted(PRESETS), default=None,
-        help="original: every behaviour of the original pipeline at once (lr, patience, validation "
-             "subsets, batch composition, augmentation); explicit flags override it")
-    add("--data_path", default=DEMO_DATA_PATH,
-        help=f"folder of NAME_{{train,val,test}}.pt files (default {DEMO_DATA_PATH}: "
-             "the demo dataset, created on first use)")
-    add("--participants", nargs="+", default=None, help="participants to use, in order (default: all found, sorted)")
-    add("--fold", type=int, default=0, help="index of the target participant")
-    add("--n_base_participants", type=parse_n_base, default="all",
-        help="use the first N other participants as the base ('all' by default)")
-    modes = MODES + (("base_only",) if enhanced else ())
-    add("--mode", choices=modes, default="full_fine_tuning")
-    add("--model", choices=sorted(MODELS), default="test")
-    add("--window_size", type=_positive_int, default=None, help="must equal the data's window length when given")
-    add("--batch_size", type=_positive_int, default=64)
-    add("--lr", type=float, default=None, help=f"AdamW learning rate ({_defaults('lr')})")
-    add("--max_epochs", type=_positive_int, default=500, help="bound on the epochs of each phase")
-    add("--early_stopping_patience", type=_positive_int, default=None,
-        help=f"base phase ({_defaults('early_stopping_patience')})")
-    add("--early_stopping_patience_target", type=_positive_int, default=None,
-        help=f"target phase ({_defaults('early_stopping_patience_target')})")
-    add("--base_val_pct", type=_fraction, default=None,
-        help=f"share of the base participants' test split the base phase early-stops on, seeded "
-             f"({_defaults('base_val_pct')})")
-    add("--target_val_pct", type=_fraction, default=None,
-        help=f"share of the target's val split the target phase early-stops on, seeded "
-             f"({_defaults('target_val_pct')})")
-    add("--target_data_pct", type=_fraction, default=1.0, help="share of the target's train split used (seeded)")
-    add("--target_count", choices=COUNT_RULES, default=None,
-        help="how a share of target windows becomes a count, for --target_data_pct and "
-             f"--target_batch_pct: round to nearest, or floor like the original's int() ({_defaults('target_count')})")
-    add("--use_augmentation", action="store_true", help="jitter, magnitude scaling and time warp")
-    add("--augmentation", choices=("window", "batch"), default=None,
-        help="window: each transform touches each window with probability --aug_prob; batch (the "
-             "original's): with probability --aug_prob one transform, picked at random, touches the "
-             f"whole batch ({_defaults('augmentation')})")
-    add("--jitter_std", type=float, default=None, help=_defaults("jitter_std"))
-    add("--magnitude_range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
-        help=_defaults("magnitude_range"))
-    add("--aug_prob", type=float, default=None, help=f"chance of augmentation ({_defaults('aug_prob')})")
-    add("--seed", type=int, default=42)
-    add("--device", default="auto", help="auto, cpu, cuda, cuda:N or N")
-    add("--prefix", default="experiment", help="results go to EXPERIMENTS_DIR/PREFIX/fold{k}_{target}/")
-    add("--experiments_dir", default="experiments")
-    add("--overwrite", action="store_true", help="replace an existing result folder")
-    add("--progress_every", type=float, default=30.0, metavar="SECONDS",
-        help="without a terminal, print an epoch line at most this often (always the first epoch)")
-    # Speed only: neither flag changes what is computed (beyond float rounding on CUDA).
-    add("--cuda_graphs", choices=("auto", "on", "off"), default="auto",
-        help="replay each training and evaluation step from a captured CUDA graph (auto: on for CUDA, "
-             "off for the CPU; a failed capture falls back to eager with a log line, unless 'on')")
-    add("--threads", type=_positive_int, default=None,
-        help="torch's intra-op CPU threads (default: torch's choice, which follows OMP_NUM_THREADS)")
+    """The flags of train.py (every flag is defined in flags.py); `enhanced` adds oct1_train.py's."""
+    description = "Train one leave-one-participant-out fold: base model, then personalization."
     if enhanced:
-        add("--target_batch_pct", type=_fraction, default=None,
-            help="exact share of target windows in every fine-tuning batch (full_fine_tuning only)")
-        add("--epoch_rule", choices=EPOCH_RULES, default=None,
-            help="with --target_batch_pct: an epoch is one pass over the target windows, or ends when "
-                 f"the shorter side runs out, like the original ({_defaults('epoch_rule')})")
-        add("--base_cache_dir", default="experiments/base_models")
-        add("--no_base_cache", action="store_true", help="always train the base model, store nothing")
-        add("--print_base_key", action="store_true",
-            help="print the base-model key of these settings and exit (needs no data when --participants is given)")
+        description += (" Adds to train.py: --target_batch_pct (exact share of target windows per batch) "
+                        "with --epoch_rule, --mode base_only, and the shared base-model cache "
+                        "(--base_cache_dir, --no_base_cache, --print_base_key).")
+    else:
+        description += " For an exact share of target windows per batch (--target_batch_pct), use oct1_train.py."
+    parser = TrainingParser(description=description, allow_abbrev=False)
+    flags.add_arguments(parser, enhanced, choices={"model": sorted(MODELS)})
     return parser
 
 
@@ -181,7 +81,7 @@ def check_args(args):
     if pct is not None and args.mode != "full_fine_tuning":
         raise ConfigError(f"--target_batch_pct works only with --mode full_fine_tuning, not {args.mode}")
     if pct is not None:
-        k = share_count(pct, args.batch_size, args.target_count)
+        k = target_windows_per_batch(args)
         if not 0 < k < args.batch_size:
             raise ConfigError(f"--target_batch_pct {pct} of --batch_size {args.batch_size} gives {k} target "
                               f"windows per batch (--target_count {args.target_count}); both sides need at least one")
@@ -590,7 +490,7 @@ def check_composition(args, n_target, n_base):
     pct = getattr(args, "target_batch_pct", None)
     if pct is None:
         return
-    k = share_count(pct, args.batch_size, args.target_count)
+    k = target_windows_per_batch(args)
     if n_target < k:
         raise ConfigError(f"--target_batch_pct {pct} puts {k} target windows in every batch, but "
                           f"--target_data_pct {args.target_data_pct} leaves {n_target} target train windows")
@@ -630,6 +530,9 @@ def run_fold(args):
         base_files = {name: digest for name, digest in fingerprint.items()
                       if name.rsplit("_", 1)[0] in base_names}
         base, base_entry = obtain_base(args, base_names, base_data, n_channels, device, base_files)
+    if base_entry is not None and not base_entry.reused:
+        # The runner counts base trainings by this line (CONTRACTS.md).
+        print(f"BASE_TRAINED {base_entry.key}", flush=True)
     if args.mode == "base_only":
         print(f"BASE_KEY {base_entry.key}")
         print(f"BASE_MODEL {base_entry.path}")
@@ -695,11 +598,7 @@ def finish_fold(args, model, device, final, participants, target_name, base_name
 def publish(final, json_files, state, overwrite):
     """Write everything into a hidden sibling, then rename it into place."""
     import plotting  # matplotlib is only needed at the very end
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with staged_folder(final) as tmp:
         for name, content in json_files.items():
             (tmp / name).write_text(json.dumps(content, indent=2) + "\n")
         torch.save({k: v.cpu() for k, v in state.items()}, tmp / "best_target_model.pt")
@@ -708,17 +607,9 @@ def publish(final, json_files, state, overwrite):
         if log_handler is not None:
             log_handler.flush()
             shutil.copyfile(log_handler.baseFilename, tmp / "train.log")
-        old = None
-        if final.exists():
-            if not overwrite:
-                raise ConfigError(f"{final}: result folder appeared during the run; kept the existing one")
-            old = final.parent / f".{final.name}.old{os.getpid()}"
-            final.rename(old)
-        tmp.rename(final)
-        if old is not None:
-            shutil.rmtree(old)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if final.exists() and not overwrite:
+            raise ConfigError(f"{final}: result folder appeared during the run; kept the existing one")
+        publish_folder(tmp, final, replace=True)
 
 
 # ---------------------------------------------------------------- CLI
@@ -731,9 +622,8 @@ def setup_logging(log_path):
     """Console gets INFO; the run's log file gets every epoch."""
     log.setLevel(logging.DEBUG)
     log.propagate = False
-    for handler in list(log.handlers):
+    for handler in list(log.handlers):  # process_state puts them back and closes ours
         log.removeHandler(handler)
-        handler.close()
     console = logging.StreamHandler(sys.stdout)
     console.setLevel(logging.INFO)
     console.setFormatter(logging.Formatter("%(message)s"))
@@ -758,6 +648,28 @@ def ensure_demo_data(data_path):
             make_dataset.write_synthetic_dataset(DEMO_DATA_PATH)
 
 
+@contextlib.contextmanager
+def process_state():
+    """Inside: SIGTERM unwinds like Ctrl-C, so temporary folders and locks are cleaned up, and the
+    "experiment" logger is ours to configure. Afterwards both are as they were, so a caller that
+    runs main in its own process (tests, a packed runner) keeps its own handler and logging."""
+    sigterm = signal.getsignal(signal.SIGTERM)
+    handlers, level, propagate = list(log.handlers), log.level, log.propagate
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+        for handler in list(log.handlers):
+            log.removeHandler(handler)
+            if handler not in handlers:
+                handler.close()
+        for handler in handlers:
+            log.addHandler(handler)
+        log.setLevel(level)
+        log.propagate = propagate
+
+
 def main(argv=None, enhanced=False):
     parser = build_parser(enhanced)
     args = parser.parse_args(argv)
@@ -779,13 +691,13 @@ def main(argv=None, enhanced=False):
 
 def run_cli(prog, work, interrupted):
     """work(log_path) -> exit status, with the CLIs' error handling: one-line errors
-    exit 2, Ctrl-C and SIGTERM 130/143 (saying `interrupted`), the log removed at the end."""
-    # SIGTERM unwinds like Ctrl-C so temporary folders and locks are cleaned up.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    exit 2, Ctrl-C and SIGTERM 130/143 (saying `interrupted`), the log removed at the end;
+    the SIGTERM handler and the logger are restored afterwards (process_state)."""
     # The log is written aside and copied into the result folder, so a failed run writes nothing.
     scratch = Path(tempfile.mkdtemp(prefix="train-log-"))
     try:
-        return work(scratch / "train.log")
+        with process_state():
+            return work(scratch / "train.log")
     except (DataError, ConfigError, base_cache.CacheError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
@@ -793,8 +705,4 @@ def run_cli(prog, work, interrupted):
         print(f"{prog}: interrupted; {interrupted}", file=sys.stderr)
         return 130
     finally:
-        handler = _file_handler()
-        if handler is not None:
-            log.removeHandler(handler)
-            handler.close()
         shutil.rmtree(scratch, ignore_errors=True)

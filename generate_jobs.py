@@ -6,12 +6,12 @@
 
 A grid file is {"grid": {flag: [values]}, "fixed": {flag: value},
 "folds": "all" or [indices], "prefix": "..."}. Every job is checked by the
-training CLI's own parser. Settings that do not matter for a job collapse
-(target_only ignores n_base_participants, target_batch_pct, the base
-patience and base_val_pct; target_batch_pct exists only for full_fine_tuning;
-epoch_rule needs target_batch_pct, target_count a target share below 1, and
-augmentation use_augmentation; an n_base_participants of at least the number
-of other participants is "all"),
+training CLI's own parser. Settings that do not matter for a job collapse:
+a flag outside its modes or without its condition, both from the flag registry
+(flags.py: target_only ignores n_base_participants, target_batch_pct, the base
+patience and base_val_pct; epoch_rule needs target_batch_pct, target_count a
+target share, the augmentation parameters use_augmentation), and an
+n_base_participants of at least the number of other participants is "all";
 and jobs with the same id are dropped. Each configuration gets its own prefix,
 `{prefix}/{flag}-{value}_...` over the grid's varying flags, so its folds land
 in their own folder.
@@ -22,7 +22,6 @@ import hashlib
 import importlib.util
 import itertools
 import json
-import os
 import shlex
 import sys
 from collections import Counter
@@ -32,6 +31,8 @@ import base_cache
 import experiment
 from data import DataError, check_participants
 from commands import job_argv, job_counts
+from fileio import ConfigError, read_json, write_atomic
+from flags import BASE_MODES, BY_NAME, matters, settings_with_defaults
 
 GRID_KEYS = {"grid", "fixed", "folds", "prefix"}
 # Flags a grid may not set: fold comes from "folds", the rest are not training runs.
@@ -69,18 +70,16 @@ def parse_job(parser, flags, where):
     args = parser.parse_args(job_argv(flags))
     try:
         experiment.check_args(args)
-    except experiment.ConfigError as err:
+    except ConfigError as err:
         fail(str(err))
     return args
 
 
 def load_grid(path):
     try:
-        spec = json.loads(Path(path).read_text())
-    except OSError as err:
-        raise GridError(f"{path}: cannot read ({err.strerror})") from None
-    except json.JSONDecodeError as err:
-        raise GridError(f"{path}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+        spec = read_json(path, "grid file")
+    except ConfigError as err:
+        raise GridError(str(err)) from None
     if not isinstance(spec, dict):
         raise GridError(f"{path}: expected an object with keys {sorted(GRID_KEYS)}")
     unknown = set(spec) - GRID_KEYS
@@ -172,20 +171,14 @@ def fold_list(spec, participants):
 
 
 def collapse(flags, mode, n_others):
-    """Drop settings that cannot change this job's work."""
-    if mode == "target_only":
-        for flag in ("n_base_participants", "target_batch_pct", "early_stopping_patience", "base_val_pct"):
-            flags.pop(flag, None)
-    if mode != "full_fine_tuning":
-        flags.pop("target_batch_pct", None)
-    # The epoch rule shapes composed batches only; the count rule turns target
-    # shares (target_batch_pct, target_data_pct < 1) into counts.
-    if flags.get("target_batch_pct") is None:
-        flags.pop("epoch_rule", None)
-        if flags.get("target_data_pct", 1) >= 1:
-            flags.pop("target_count", None)
-    if not flags.get("use_augmentation"):
-        flags.pop("augmentation", None)
+    """Drop settings that cannot change this job's work (flags.matters: the registry's
+    modes and conditions of each flag)."""
+    for name in [n for n in flags if n in BY_NAME and mode not in BY_NAME[n].modes]:
+        flags.pop(name)
+    # Conditions read the job's settings after the mode's drops (target_batch_pct may be gone).
+    settings = settings_with_defaults(flags)
+    for name in [n for n in flags if n in BY_NAME and not matters(n, mode, settings)]:
+        flags.pop(name)
     n_base = flags.get("n_base_participants")
     if isinstance(n_base, int) and not isinstance(n_base, bool) and n_base >= n_others:
         flags["n_base_participants"] = "all"
@@ -227,7 +220,7 @@ def expand(spec, parser):
                 continue
             seen.add(job_id)
             job = dict(flags, job_id=job_id)
-            if uses_cache and mode in experiment.BASE_MODES:
+            if uses_cache and mode in BASE_MODES:
                 if not args.participants:
                     args.participants = participants
                 try:
@@ -253,21 +246,23 @@ def summary(jobs, duplicates):
     return "\n".join(lines)
 
 
-def write_atomic(path, text):
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def build_parser():
+    parser = argparse.ArgumentParser(prog="generate_jobs.py", allow_abbrev=False,
+                                     description="Turn a grid of training settings into a jobs JSON.")
+    parser.add_argument("grid_file", nargs="?", help="JSON grid file (default: the demo grid)")
+    parser.add_argument("--set", action="append", default=[], metavar="FLAG=V1,V2",
+                        help="make FLAG a grid dimension with these values (repeatable); also folds=, prefix= "
+                             "(default: the grid file's)")
+    parser.add_argument("-o", "--output", default="jobs_config.json", help="jobs file to write (default %(default)s)")
+    parser.add_argument("--script", default="oct1_train.py",
+                        help="training CLI whose parser validates the jobs (default %(default)s)")
+    parser.add_argument("--print", action="store_true",
+                        help="print the jobs as command lines, write nothing (default off)")
+    return parser
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Turn a grid of training settings into a jobs JSON.")
-    parser.add_argument("grid_file", nargs="?", help="JSON grid file (default: the demo grid)")
-    parser.add_argument("--set", action="append", default=[], metavar="FLAG=V1,V2",
-                        help="make FLAG a grid dimension with these values (repeatable); also folds=, prefix=")
-    parser.add_argument("-o", "--output", default="jobs_config.json")
-    parser.add_argument("--script", default="oct1_train.py", help="training CLI whose parser validates the jobs")
-    parser.add_argument("--print", action="store_true", help="print the jobs as command lines, write nothing")
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         spec = load_grid(args.grid_file) if args.grid_file else DEFAULT_GRID

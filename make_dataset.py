@@ -51,21 +51,24 @@ smaller than --batch_size, and a CSV recording shorter than one window
 The output folder is written in a temporary sibling and renamed at the end, so
 it appears whole or not at all; a non-empty folder is refused unless
 --overwrite.
+
+Over 500 lines: the synthetic generator and the CSV windowing share the checks
+and the writing; the generator is the part to move out first if it grows.
 """
 import argparse
 import csv
 import math
 import os
-import shutil
 import sys
-import tempfile
-import uuid
 from collections import Counter
 
 import numpy as np
 import torch
 
-SPLITS = ("train", "val", "test")
+from data import SPLITS
+from fileio import publish_folder, staged_folder
+from flags import positive_int
+
 FS = 50  # samples per second of the synthetic sensor
 
 # A gesture's style: peak pitch of the forearm (deg), forearm roll at the top
@@ -499,29 +502,15 @@ def check_output(output_dir, overwrite):
 def write_splits(splits, output_dir, overwrite=False):
     """Write {(participant, split): (X, y)} so the folder appears whole or not at all."""
     output_dir = check_output(output_dir, overwrite)
-    parent, name = os.path.split(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    # os.mkdir (not mkdtemp) so the folder gets the user's usual permissions.
-    tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    os.mkdir(tmp)
-    try:
+    with staged_folder(output_dir) as tmp:
         for (participant, split), (X, y) in splits.items():
             torch.save((X, y), os.path.join(tmp, f"{participant}_{split}.pt"))
-        if os.path.exists(output_dir):
-            # Move the old folder aside first, so a reader never sees a mix.
-            old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
-            os.rename(output_dir, os.path.join(old, name))
-            os.rename(tmp, output_dir)
-            shutil.rmtree(old)
-        else:
-            try:
-                os.rename(tmp, output_dir)
-            except OSError as e:
-                # Most likely another process wrote this folder meanwhile; keep theirs.
-                raise DatasetError(f"{output_dir}: not written: {e.strerror}")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        try:
+            # check_output refused an existing folder unless it is empty or --overwrite was given.
+            publish_folder(tmp, output_dir, replace=True)
+        except OSError as e:
+            # Most likely another process wrote this folder meanwhile; keep theirs.
+            raise DatasetError(f"{output_dir}: not written: {e.strerror}") from None
 
 
 def summary_table(splits):
@@ -551,46 +540,39 @@ def _fractions(text):
     return values
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
 def add_check_flags(command):
-    command.add_argument("--batch_size", type=_positive_int, default=64,
+    command.add_argument("--batch_size", type=positive_int, default=64,
                          help="the training batch size: a train split with fewer windows is "
                               "warned about (default 64, as the training CLIs)")
     command.add_argument("--strict", action="store_true",
                          help="refuse (exit 2, write nothing) instead of warning about a split "
                               "with no positive or no negative window, a train split smaller "
-                              "than a batch, or a skipped recording")
+                              "than a batch, or a skipped recording (default off)")
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)
 
     syn = commands.add_parser(
-        "synthetic", help="write the synthetic demo dataset",
+        "synthetic", help="write the synthetic demo dataset", allow_abbrev=False,
         description="Synthetic wrist IMU at 50 Hz: acc_x..z in g (with gravity), "
                     "gyr_x..z in rad/s. Positive windows: repeated puffs.")
-    syn.add_argument("--output_dir", required=True)
-    syn.add_argument("--n_participants", type=_positive_int, default=6)
-    syn.add_argument("--window_size", type=_positive_int, default=3000,
-                     help="samples per window (3000 = 60 s at 50 Hz)")
-    syn.add_argument("--n_train", type=_positive_int, default=120)
-    syn.add_argument("--n_val", type=_positive_int, default=40)
-    syn.add_argument("--n_test", type=_positive_int, default=40)
-    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--output_dir", required=True, help="folder to write (required, no default)")
+    syn.add_argument("--n_participants", type=positive_int, default=6, help="participants (default 6)")
+    syn.add_argument("--window_size", type=positive_int, default=3000,
+                     help="samples per window (default 3000 = 60 s at 50 Hz)")
+    syn.add_argument("--n_train", type=positive_int, default=120, help="train windows per participant (default 120)")
+    syn.add_argument("--n_val", type=positive_int, default=40, help="val windows per participant (default 40)")
+    syn.add_argument("--n_test", type=positive_int, default=40, help="test windows per participant (default 40)")
+    syn.add_argument("--seed", type=int, default=0, help="seeds every draw (default 0)")
     syn.add_argument("--overwrite", action="store_true",
-                     help="replace a non-empty output folder")
+                     help="replace a non-empty output folder (default off)")
     add_check_flags(syn)
 
     raw = commands.add_parser(
-        "csv", help="window raw CSV recordings into splits",
+        "csv", help="window raw CSV recordings into splits", allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="INPUT_DIR/{participant}/*.csv (header row) to "
                     "OUTPUT_DIR/{participant}_{train,val,test}.pt.",
@@ -602,17 +584,17 @@ def build_parser():
                "  block      each recording is cut into contiguous train, val, test\n"
                "             blocks before windowing: no window spans two splits\n"
                "  recording  whole recordings, in file name order (>= 3 per participant)")
-    raw.add_argument("--input_dir", required=True)
-    raw.add_argument("--output_dir", required=True)
+    raw.add_argument("--input_dir", required=True, help="folder of participant folders (required, no default)")
+    raw.add_argument("--output_dir", required=True, help="folder to write (required, no default)")
     raw.add_argument("--channels", required=True,
-                     help="comma-separated sensor columns, e.g. acc_x,acc_y,acc_z")
-    raw.add_argument("--label_column", required=True)
+                     help="comma-separated sensor columns, e.g. acc_x,acc_y,acc_z (required, no default)")
+    raw.add_argument("--label_column", required=True, help="column of the labels (required, no default)")
     raw.add_argument("--positive_label", default=None,
                      help="label value that means 1 (everything else is 0); without it "
-                          "labels must be 0/1")
-    raw.add_argument("--window_size", type=_positive_int, default=3000,
+                          "labels must be 0/1 (default none)")
+    raw.add_argument("--window_size", type=positive_int, default=3000,
                      help="samples per window (default 3000)")
-    raw.add_argument("--stride", type=_positive_int, default=None,
+    raw.add_argument("--stride", type=positive_int, default=None,
                      help="samples between window starts (default: window_size)")
     raw.add_argument("--label_rule", choices=["any", "majority", "center"], default="majority",
                      help="how a window gets its label (default: majority; see below)")
@@ -621,7 +603,7 @@ def build_parser():
     raw.add_argument("--split_by", choices=["block", "recording"], default="block",
                      help="how splits are cut (default: block; see below)")
     raw.add_argument("--overwrite", action="store_true",
-                     help="replace a non-empty output folder")
+                     help="replace a non-empty output folder (default off)")
     add_check_flags(raw)
     return parser
 

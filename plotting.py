@@ -3,14 +3,14 @@
 Uses Figure + FigureCanvasAgg directly instead of pyplot: no global state, so it
 is safe in threads and never changes the backend a caller has chosen.
 """
-import os
 import pathlib
-import uuid
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from fileio import atomic_file
 
 PHASE_COLORS = {"base": "tab:blue", "target": "tab:orange"}
 SPLIT_STYLES = {"train": "--", "val": "-"}
@@ -20,8 +20,8 @@ CURVE_LABELS = {("base", "train"): "base train", ("base", "val"): "base particip
                 ("target", "train"): "target train", ("target", "val"): "target val"}
 
 
-def as_number(value):
-    """A finite float, or None for None, non-numbers, NaN and infinities."""
+def finite_float(value):
+    """float(value) when that is finite (numeric text and booleans convert), else None."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -34,7 +34,7 @@ def to_nan_array(values, length):
     finite number, so matplotlib breaks the line there instead of joining."""
     out = np.full(length, np.nan)
     for i, value in enumerate(list(values or [])[:length]):
-        number = as_number(value)
+        number = finite_float(value)
         if number is not None:
             out[i] = number
     return out
@@ -66,7 +66,7 @@ def curve(losses, phase, split, metric, length):
 def transition_x(losses, x):
     """Where the phase line goes: halfway between the last base epoch and the
     next one. None when there is no transition or no epoch after it."""
-    epoch = as_number(losses.get("transition_epoch"))
+    epoch = finite_float(losses.get("transition_epoch"))
     if epoch is None or len(x) == 0 or not x.min() <= epoch < x.max():
         return None
     return epoch + 0.5
@@ -79,7 +79,7 @@ def best_points(losses, metric):
     x = epoch_axis(losses)
     points = []
     for phase, key in BEST_EPOCH_KEYS.items():
-        epoch = as_number(losses.get(key))
+        epoch = finite_float(losses.get(key))
         matches = np.flatnonzero(x == epoch) if epoch is not None else []
         if len(matches) == 0:
             continue
@@ -121,20 +121,9 @@ def draw(ax, losses, metric):
 
 
 def save_atomic(fig, path, **savefig_options):
-    """Write to a temp file in the same folder, then rename, so a killed process
-    never leaves a half-written PNG under the final name. The temp file is made
-    with os.open (not mkstemp, which makes it 0600), so the PNG gets the user's
-    usual permissions like every other output."""
-    path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", **savefig_options)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Save a PNG whole or not at all (a killed process never leaves half a PNG under its name)."""
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png", **savefig_options)
 
 
 def plot_training_curves(losses, out_dir):

@@ -69,32 +69,35 @@ Decisions:
   (0-1, or --ylim) so noise never looks like an effect; participant labels are
   spread so they never overlap. PNGs of these names left in -o by an earlier
   report are removed first.
+
+Over 500 lines: loading, statistics, tables and plots of one report, each short;
+the statistics are the part to move out first if it grows.
 """
 import argparse
 import csv
 import glob
+import io
 import itertools
 import json
 import math
 import os
 import re
-import shutil
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+import flags
 import plotting
+from fileio import ConfigError, read_json, staged_folder, write_atomic
 
 MODE_ORDER = ["target_only", "target_only_fine_tuning", "full_fine_tuning", "base_only"]
 MODE_COLORS = dict(zip(MODE_ORDER, ["tab:blue", "tab:orange", "tab:green", "tab:purple"]))
-NOT_SETTINGS = {"fold", "target_participant", "base_participants", "prefix", "experiments_dir", "overwrite",
-                "device", "script", "base_cache_dir", "no_base_cache", "print_base_key", "job_id", "base_key",
-                "progress_every"}
-BASE_PHASE_SETTINGS = {"n_base_participants", "early_stopping_patience", "target_batch_pct"}
+# Not settings: the registry's output and runtime flags and fold, and the fields the engine adds per run.
+NOT_SETTINGS = flags.not_settings() | {"target_participant", "base_participants", "script", "job_id", "base_key"}
+BASE_PHASE_SETTINGS = flags.base_phase_only()
 PLOT_SETTINGS = ["target_data_pct", "target_batch_pct", "n_base_participants"]
 # --metric: (base model's key, personalized model's key, the name the report gives it).
 METRICS = {
@@ -156,13 +159,13 @@ def expand_inputs(patterns):
     return folders
 
 
-def read_json(path):
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except FileNotFoundError:
+def read_object(path):
+    """(a JSON object, None), or (None, why not) for a warning."""
+    if not path.exists():
         return None, f"no {path.name}"
-    except (OSError, ValueError) as error:
+    try:
+        data = read_json(path, path.name)
+    except ConfigError as error:
         return None, f"{path.name} is unreadable ({error})"
     if not isinstance(data, dict):
         return None, f"{path.name} is not a JSON object"
@@ -175,8 +178,8 @@ def load_run(fold_dir, metric="f1"):
     base_f1 and personalized_f1 hold the chosen --metric (macro F1 by default).
     """
     base_key, personalized_key, _ = METRICS[metric]
-    hyper, problem = read_json(fold_dir / "hyperparameters.json")
-    metrics, problem = (None, problem) if problem else read_json(fold_dir / "metrics.json")
+    hyper, problem = read_object(fold_dir / "hyperparameters.json")
+    metrics, problem = (None, problem) if problem else read_object(fold_dir / "metrics.json")
     if problem:
         warn(f"{fold_dir}: skipped, {problem}")
         return None
@@ -190,7 +193,7 @@ def load_run(fold_dir, metric="f1"):
         warn(f"{fold_dir}: skipped, metrics.json has no {' or '.join(missing)} (mode {mode})")
         return None
     number, name = FOLD_DIR.fullmatch(fold_dir.name).groups()
-    origin, _ = read_json(fold_dir / "provenance.json")  # absent in runs made before it existed
+    origin, _ = read_object(fold_dir / "provenance.json")  # absent in runs made before it existed
     settings = {k: hashable(v) for k, v in hyper.items() if k not in NOT_SETTINGS}
     settings["mode"] = mode
     if "n_base_participants" in settings and isinstance(hyper.get("base_participants"), list):
@@ -673,15 +676,16 @@ def publish_report(tmp, root, name):
 
 def write_outputs(out_dir, fold_rows, config_rows, varying, ylim, f1_name):
     """per_fold.csv, per_config.csv and the plots; returns the number of plots."""
-    with open(out_dir / "per_fold.csv", "w", newline="") as f:
-        write_csv(f, fold_rows, fold_columns(varying))
-    with open(out_dir / "per_config.csv", "w", newline="") as f:
-        write_csv(f, config_rows, config_columns(varying))
+    for name, rows, columns in (("per_fold.csv", fold_rows, fold_columns(varying)),
+                                ("per_config.csv", config_rows, config_columns(varying))):
+        text = io.StringIO(newline="")
+        write_csv(text, rows, columns)
+        write_atomic(out_dir / name, text.getvalue())
     return len(write_plots(fold_rows, config_rows, varying, out_dir, ylim, f1_name))
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="summarize_results.py",
+def build_parser():
+    parser = argparse.ArgumentParser(prog="summarize_results.py", allow_abbrev=False,
                                      description="Per-participant tables, statistics and plots of finished "
                                                  "experiments (experiments/PREFIX/fold*_*/).")
     parser.add_argument("inputs", nargs="+", help="experiments/PREFIX folders or globs of them; a folder "
@@ -694,6 +698,11 @@ def main(argv=None):
                              "original); f1_pos: the positive class's F1")
     parser.add_argument("--ylim", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"),
                         help="y range of the plots (default 0 1)")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not args.ylim[0] < args.ylim[1]:
         parser.error(f"--ylim {args.ylim[0]:g} {args.ylim[1]:g}: LOW must be below HIGH")
@@ -727,13 +736,9 @@ def main(argv=None):
         # A new folder, written aside and renamed, so no earlier report is touched.
         root = Path("reports")
         root.mkdir(exist_ok=True)
-        tmp = root / f".report-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()  # not mkdtemp: the report gets the user's usual permissions
-        try:
+        with staged_folder(root / "report") as tmp:
             n_plots = write_outputs(tmp, fold_rows, config_rows, varying, args.ylim, f1_name)
             out_dir = publish_report(tmp, root, report_name(args.inputs))
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     if args.format == "json":
         print(json.dumps({"metric": args.metric, "per_fold": fold_rows, "per_config": config_rows}, indent=2))

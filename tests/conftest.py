@@ -7,7 +7,6 @@ Without sshd the SSH tests are skipped, unless REQUIRE_SSH_TESTS=1 (set by .ci/r
 which turns the skip into a failure.
 """
 import json
-import logging
 import os
 import shutil
 import signal
@@ -32,22 +31,6 @@ def one_thread():
     yield
     torch.set_num_threads(before)
 
-
-@pytest.fixture(autouse=True)
-def restore_process_state():
-    # experiment.main() adds handlers to the "experiment" logger and installs a
-    # SIGTERM handler; leave both as they were for the tests that follow.
-    logger = logging.getLogger("experiment")
-    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
-    sigterm = signal.getsignal(signal.SIGTERM)
-    yield
-    for handler in list(logger.handlers):
-        if handler not in handlers:
-            logger.removeHandler(handler)
-            handler.close()
-    logger.setLevel(level)
-    logger.propagate = propagate
-    signal.signal(signal.SIGTERM, sigterm)
 
 SSHD_CONFIG = """\
 ListenAddress {address}:{port}

@@ -181,7 +181,7 @@ def test_cli_errors_are_one_line(tmp_path):
     bad.write_text('{"grid": {"lr": [0.1,]}}')
     result = run_cli(str(bad), "-o", str(tmp_path / "out.json"))
     assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "malformed JSON at line 1" in result.stderr
+    assert result.stderr.count("\n") == 1 and "not valid JSON (line 1" in result.stderr
     assert not (tmp_path / "out.json").exists()
 
 
