@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path, PurePosixPath
 
 import base_cache
+import fileio
 import remote
 from commands import intact_command, shell_path
 from run_config import cache_entry
@@ -45,13 +46,7 @@ def fetch_dir(host, source, dest, check=None):
         if isinstance(e, OSError):
             raise CopyError(f"copy of {host.name}:{source} failed: {e}") from None
         raise
-    if dest.exists():  # an earlier copy: the new one replaces it whole
-        old = dest.with_name(f".{dest.name}.old{os.getpid()}")
-        os.rename(dest, old)
-        os.rename(partial, dest)
-        shutil.rmtree(old)
-    else:
-        os.rename(partial, dest)
+    fileio.publish_folder(partial, dest, replace=True)  # an earlier copy is replaced whole
 
 
 class HostTransfer:

@@ -16,12 +16,12 @@ import subprocess
 import sys
 import tempfile
 
+import flags
 import provenance
 import remote
 from commands import in_workdir, shell_path
 from provenance import PROJECT_DIR
 
-DEMO_DATA_PATH = "data/demo"  # the training CLIs' default --data_path, made on first use
 
 
 def project_files(root=PROJECT_DIR):
@@ -42,7 +42,7 @@ def data_needs(jobs):
     """{data_path: sorted participants, or None for every participant in the folder}."""
     needs = {}
     for job in jobs:
-        path = str(job.get("data_path") or DEMO_DATA_PATH)
+        path = str(job.get("data_path") or flags.DEMO_DATA_PATH)
         names = job.get("participants")
         if not names or needs.get(path, ()) is None:
             needs[path] = None

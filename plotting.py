@@ -1,12 +1,11 @@
 """Loss and F1 curves of one experiment, drawn from its losses.json dict.
 
-Uses Figure + FigureCanvasAgg directly instead of pyplot: no global state, so it
-is safe in threads and never changes the backend a caller has chosen.
+Uses matplotlib's Figure directly (its savefig draws with Agg) instead of pyplot:
+no global state, so it is safe in threads and never changes the backend a caller has chosen.
 """
 import pathlib
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 

@@ -13,7 +13,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import flags
 from commands import NOT_FLAGS
+from fileio import ConfigError, read_json  # noqa: F401 (the one ConfigError; re-exported)
 
 PROG = "run_distributed_training.py"  # opens the runner's error lines, whichever backend runs
 DEFAULT_SCRIPT = "oct1_train.py"
@@ -27,26 +29,7 @@ CONTROL_CHAR = re.compile(r"[\x00-\x1f\x7f]")  # NUL, newline, escape ...
 GPU_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:_-]*$")  # an index, or a GPU/MIG UUID
 TOP_FIELDS = ("servers", "script_path", "known_hosts", "ssh_config")
 SSH_ONLY = ("user", "port", "ssh_key", "shared_fs", "remove_results", "max_sessions")
-BASE_CACHE_DIR = "experiments/base_models"  # the training CLI's default --base_cache_dir
-# Flags a base job leaves out: the target phase's, and where results go (base_only publishes none).
-NOT_BASE_FLAGS = ("target_data_pct", "early_stopping_patience_target", "target_batch_pct", "overwrite",
-                  "no_base_cache", "prefix", "experiments_dir")
-
-
-class ConfigError(Exception):
-    """Bad input; the message is one line that names the file and the field."""
-
-
-def read_json(path, what):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: {what} not found") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg})") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read {what} ({e.strerror})") from None
+BASE_CACHE_DIR = flags.BY_NAME["base_cache_dir"].default  # the training CLI's default --base_cache_dir
 
 
 def _text(v):
@@ -217,6 +200,20 @@ def cache_entry(job, key, workdir=""):
     return posixpath.join(workdir, job.get("base_cache_dir") or BASE_CACHE_DIR, key)
 
 
+def plan_jobs(jobs_config, ledger_path, history, resume):
+    """(every job, those still to do, their base jobs): a job whose last word in the ledger
+    (its history, read from ledger_path) is "ok" is done, unless resume is off. Says on
+    stderr how many it skips."""
+    finished = {r.get("job_id") for r in history if r.get("status") == "ok"} if resume else set()
+    jobs = load_jobs(jobs_config)
+    todo = [job for job in jobs if job["job_id"] not in finished]
+    bases = plan_bases(todo)
+    if len(todo) < len(jobs):
+        print(f"resume: {len(jobs) - len(todo)} of {len(jobs)} jobs already finished (per {ledger_path}); "
+              f"{len(todo)} to run", file=sys.stderr)
+    return jobs, todo, bases
+
+
 def plan_bases(jobs):
     """{key: base_only job} for the distinct base keys the jobs need, built from the first
     job that needs each key (the key fixes everything the base model depends on)."""
@@ -226,8 +223,8 @@ def plan_bases(jobs):
         if key is None:
             continue
         if key not in bases:
-            flags = {k: v for k, v in job.items() if k not in NOT_BASE_FLAGS}
-            bases[key] = dict(flags, mode="base_only", job_id=f"base-{key}")
+            kept = {k: v for k, v in job.items() if k not in flags.not_in_base_job()}
+            bases[key] = dict(kept, mode="base_only", job_id=f"base-{key}")
         elif cache_entry(job, key) != cache_entry(bases[key], key):
             raise ConfigError(f"job {job['job_id']}: other jobs with base key {key} use another "
                               f"base_cache_dir; give them one")

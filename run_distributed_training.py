@@ -62,8 +62,8 @@ import remote
 import slurm_backend
 from commands import plural
 from hosts import make_host, out_of_the_run, plan_slots, reach_hosts
-from run_config import (PROG, ConfigError, cache_entry, load_cluster_config, load_jobs, needed_base,
-                        plan_bases, validate_jobs)
+from run_config import (PROG, ConfigError, cache_entry, load_cluster_config, needed_base, plan_jobs,
+                        validate_jobs)
 from run_ledger import Ledger, run_dir_lock
 from run_report import print_plan, print_report_headline, summary_lines, task_counts, write_log_file
 from scheduler import Scheduler, Task, raise_interrupt
@@ -203,12 +203,9 @@ def main(argv=None):
 def plan_and_run(args, run_dir):
     """main() after the arguments: the plan from the files and the ledger, then the run."""
     history = Ledger.read(run_dir / "ledger.jsonl")
-    finished = {r.get("job_id") for r in history if r.get("status") == "ok"} if args.resume else set()
     try:
         cluster = load_cluster_config(args.cluster_config)
-        jobs = load_jobs(args.jobs_config)
-        todo = [job for job in jobs if job["job_id"] not in finished]
-        bases = plan_bases(todo)
+        jobs, todo, bases = plan_jobs(args.jobs_config, run_dir / "ledger.jsonl", history, args.resume)
     except ConfigError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
@@ -231,9 +228,6 @@ def plan_and_run(args, run_dir):
     tasks += [Task(job, attempt=earlier[job["job_id"]], needs=needed_base(job),
                    overwrite=earlier[job["job_id"]] > 0) for job in todo]
     skipped = len(jobs) - len(todo)
-    if skipped:
-        print(f"resume: {skipped} of {len(jobs)} jobs already finished (per {run_dir / 'ledger.jsonl'}); "
-              f"{len(todo)} to run", file=sys.stderr)
     if args.dry_run:
         print_plan(cluster["servers"], tasks, script, cached)
         return 0

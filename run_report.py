@@ -1,12 +1,12 @@
 """What the SSH runner shows: the dry-run plan, the end-of-run summary lines, the --log-file
 JSON report, and the personalization report's headline (shared with the Slurm backend)."""
 import json
-import os
 import shlex
 from collections import Counter
 from pathlib import Path
 
 import remote
+import fileio
 from commands import job_command, job_counts, plural
 from hosts import devices_of, slots_of
 
@@ -79,9 +79,7 @@ def write_log_file(path, scheduler, args, skipped):
         "jobs": jobs,
     }
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, path)
+    fileio.write_atomic(path, json.dumps(report, indent=1))
 
 
 def task_counts(tasks):

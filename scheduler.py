@@ -236,9 +236,9 @@ class Scheduler:
                 self.queue.task_done()
 
     def _count_training(self, task, result):
-        """A base model this job trained (not reused): the engine logs where it stored it."""
+        """A base model this job trained (not reused): the engine prints BASE_TRAINED <key>."""
         key = task.builds or task.needs
-        if key and f"base model {key}: stored in" in result.stdout:
+        if key and f"BASE_TRAINED {key}" in result.stdout.splitlines():
             with self.lock:
                 self.trained[key] += 1
 

@@ -36,10 +36,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 import base_cache
+import fileio
 import run_config
 from commands import in_workdir, intact_command, job_command_args, shell_path
-from run_config import (DEFAULT_SCRIPT, PROG, SECRET_NAME, ConfigError, cache_entry, load_jobs, needed_base,
-                        plan_bases, read_json)
+from run_config import (DEFAULT_SCRIPT, PROG, SECRET_NAME, ConfigError, cache_entry, needed_base, plan_jobs,
+                        read_json, validate_jobs)
 from run_ledger import Ledger
 from run_report import print_report_headline
 from scheduler import raise_interrupt
@@ -511,33 +512,32 @@ def write_log_file(path, run, args, skipped):
               "started": run.started, "wall_s": time.time() - run.started, "arrays": run.submitted,
               "totals": dict(totals, jobs=len(run.items) + skipped, skipped=skipped), "jobs": jobs}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, path)
+    fileio.write_atomic(path, json.dumps(report, indent=1))
 
 
 def main(args):
     """run_distributed_training.py with a Slurm cluster config; returns the exit status."""
     run_dir = Path(args.run_dir or Path("runs", Path(args.jobs_config).stem)).absolute()
     history = Ledger.read(run_dir / "ledger.jsonl")
-    finished = {r.get("job_id") for r in history if r.get("status") == "ok"} if args.resume else set()
     try:
         settings, script = load_slurm_config(args.cluster_config)
-        jobs = load_jobs(args.jobs_config)
-        todo = [job for job in jobs if job["job_id"] not in finished]
-        bases = plan_bases(todo)
+        jobs, todo, bases = plan_jobs(args.jobs_config, run_dir / "ledger.jsonl", history, args.resume)
     except ConfigError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     script = args.script_path or script
     workdir = Path(settings["workdir"])
+    try:  # the jobs through the script's own parser, as the SSH runner does
+        note = validate_jobs(jobs, args.jobs_config, str(workdir / script))
+    except ConfigError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    if note and not args.quiet:
+        print(note, file=sys.stderr)
     cached = {key: job for key, job in bases.items()
               if base_cache.entry_intact(workdir / cache_entry(job, key))}
     items = make_items(todo, bases, cached, history)
     skipped = len(jobs) - len(todo)
-    if skipped:
-        print(f"resume: {skipped} of {len(jobs)} jobs already finished (per {run_dir / 'ledger.jsonl'}); "
-              f"{len(todo)} to run", file=sys.stderr)
     if args.dry_run:
         print_plan(items, settings, script, run_dir, args.timeout, cached)
         return 0

@@ -5,7 +5,6 @@ Each of these failed on the runner before that issue (see its closing note) and 
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import time

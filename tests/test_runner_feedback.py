@@ -3,7 +3,6 @@ when stderr is a file, and jobs checked by the training script's parser first.""
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import run_config
