@@ -19,6 +19,10 @@ the filesystem the compute nodes share with this machine.
 The ledger gets a "submitted" line per attempt (Slurm job id) and an end line
 (state, exit code); a rerun skips finished jobs, watches submissions still known to
 Slurm (after --detach or a lost runner) and submits the rest again.
+
+One file of ~600 lines on purpose: the settings, the sbatch scripts, the queue
+polling (squeue, then sacct or scontrol) and the watch loop are one backend that
+shares nothing with the SSH scheduler but the runner's planning parts it imports.
 """
 import contextlib
 import json
