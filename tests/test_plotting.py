@@ -6,6 +6,7 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -107,7 +108,7 @@ def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
         f.write(PNG_SIGNATURE)  # a half-written file, then the process dies
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(plotting.FigureCanvasAgg, "print_png", crash)
+    monkeypatch.setattr(FigureCanvasAgg, "print_png", crash)  # what Figure.savefig draws a PNG with
     with pytest.raises(KeyboardInterrupt):
         plotting.plot_training_curves(FULL, tmp_path)
     assert os.listdir(tmp_path) == []
