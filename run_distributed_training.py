@@ -183,18 +183,27 @@ def main(argv=None):
         print(f"{PROG}: error: --backend: the cluster config chooses the backend; give it a \"slurm\" "
               f"section for Slurm (see examples/slurm_cluster.json)", file=sys.stderr)
         return 2
-    if slurm_backend.is_slurm_config(args.cluster_config):
-        return slurm_backend.main(args)
-    if args.detach:
+    slurm = slurm_backend.is_slurm_config(args.cluster_config)
+    ssh_only = [flag for flag, given in (("--sync-code", args.sync_code), ("--sync-data", args.sync_data),
+                                         ("--allow-mismatch", args.allow_mismatch),
+                                         ("--accept-new-hosts", args.accept_new_hosts)) if given]
+    if slurm and ssh_only:
+        print(f"{PROG}: error: {', '.join(ssh_only)}: for SSH servers only (a Slurm cluster config names "
+              f"one shared workdir)", file=sys.stderr)
+        return 2
+    if args.detach and not slurm:
         print(f"{PROG}: error: --detach needs a Slurm cluster config (SSH jobs end with the runner)",
               file=sys.stderr)
         return 2
     run_dir = Path(args.run_dir or Path("runs", Path(args.jobs_config).stem))
+
+    def run():
+        return slurm_backend.main(args) if slurm else plan_and_run(args, run_dir)
     if args.dry_run:
-        return plan_and_run(args, run_dir)
+        return run()
     try:
-        with run_dir_lock(run_dir):
-            return plan_and_run(args, run_dir)
+        with run_dir_lock(run_dir):  # one runner per run dir, whichever backend
+            return run()
     except ConfigError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import run_distributed_training as rdt
+import run_ledger
 import slurm_backend
 from conftest import write_json
 from run_config import PROG
@@ -95,6 +96,19 @@ def runner(cluster):
 
 def headers(log):
     return HEADER.findall(Path(log).read_text())
+
+
+def test_a_second_runner_and_ssh_only_flags_are_refused_before_slurm_is_asked(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["--cluster-config", slurm_config(tmp_path, SCRIPT), "--jobs-config",
+            fake_jobs(tmp_path, {"fold": 0}), "--quiet"]
+    assert rdt.main(argv + ["--sync-code", "--allow-mismatch"]) == 2
+    assert capsys.readouterr().err == (f"{PROG}: error: --sync-code, --allow-mismatch: for SSH servers only "
+                                       f"(a Slurm cluster config names one shared workdir)\n")
+    with run_ledger.run_dir_lock(tmp_path / "runs" / "jobs"):  # as if another runner were watching this run
+        assert rdt.main(argv) == 2
+    assert f"is in use by another runner (pid {os.getpid()})" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "jobs" / "ledger.jsonl").exists()  # nothing submitted
 
 
 def test_dry_run_prints_the_arrays_and_their_dependencies(tmp_path, capsys, monkeypatch):
