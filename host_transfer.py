@@ -77,7 +77,10 @@ class HostTransfer:
         source = rel if path.is_absolute() else posixpath.join(server["workdir"], rel)
         dest = Path("experiments", *inside.parts)
         fetch_dir(host, source, dest)
-        if server["remove_results"]:
+        if server["remove_results"] and not path.is_relative_to(top):
+            # The job printed a folder outside its experiments_dir: never delete what we cannot place.
+            self.say(f"{job['job_id']}: kept {host.name}:{source} (not under {top}, so not removed)")
+        elif server["remove_results"]:
             removed = host.run(f"rm -rf -- {shell_path(source)}")
             if not removed.ok:
                 self.say(f"{job['job_id']}: could not remove {host.name}:{source}: {removed.stdout.strip()}")
