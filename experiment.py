@@ -530,9 +530,6 @@ def run_fold(args):
         base_files = {name: digest for name, digest in fingerprint.items()
                       if name.rsplit("_", 1)[0] in base_names}
         base, base_entry = obtain_base(args, base_names, base_data, n_channels, device, base_files)
-    if base_entry is not None and not base_entry.reused:
-        # The runner counts base trainings by this line (CONTRACTS.md).
-        print(f"BASE_TRAINED {base_entry.key}", flush=True)
     if args.mode == "base_only":
         print(f"BASE_KEY {base_entry.key}")
         print(f"BASE_MODEL {base_entry.path}")
