@@ -32,6 +32,7 @@ from torch.func import functional_call, vmap
 
 import base_cache
 import experiment
+import fileio
 import provenance
 from commands import job_argv
 from composed_loader import TensorBatchLoader
@@ -49,12 +50,7 @@ BETAS, EPS, WEIGHT_DECAY = (0.9, 0.999), 1e-8, 1e-2
 
 def read_jobs(path):
     """The members' parsed flags, one argparse.Namespace per job of the JSON list."""
-    try:
-        jobs = json.loads(Path(path).read_text())
-    except OSError as err:
-        raise experiment.ConfigError(f"{path}: cannot read ({err.strerror})") from None
-    except json.JSONDecodeError as err:
-        raise experiment.ConfigError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    jobs = fileio.read_json(path, "jobs file")
     if not isinstance(jobs, list) or not jobs or not all(isinstance(job, dict) for job in jobs):
         raise experiment.ConfigError(f"{path}: expected a non-empty JSON list of jobs (objects of flags)")
     parser = experiment.build_parser(enhanced=True)
