@@ -111,11 +111,18 @@ def remote_hashes(host, server, names):
     return found
 
 
-def sync(host, server, names, local_root="."):
+def local_hashes(names, local_root="."):
+    """{name: sha256} of files relative to local_root."""
+    return {n: provenance.file_sha256(os.path.join(local_root, n)) for n in names}
+
+
+def sync(host, server, names, local_root=".", here=None):
     """Copy the files among names (relative to local_root) whose content differs on the host.
+    here: their local_hashes, when already known (one hashing for many hosts).
     Returns how many were copied."""
+    here = here or local_hashes(names, local_root)
     there = remote_hashes(host, server, names)
-    changed = [n for n in names if there.get(n) != provenance.file_sha256(os.path.join(local_root, n))]
+    changed = [n for n in names if there.get(n) != here[n]]
     if not changed:
         return 0
     staging = f".sync-{os.getpid()}-{host.name}".replace("/", "_")
@@ -162,6 +169,9 @@ class Checker:
         self.needs, self.script, self.allow_mismatch = data_needs(jobs), script, allow_mismatch
         self.code_files = project_files() if sync_code else []
         self.data_files = data_files(self.needs) if sync_data else []
+        # Hashed once here, not once per host.
+        self.code_hashes = local_hashes(self.code_files, PROJECT_DIR)
+        self.data_hashes = local_hashes(self.data_files)
         self.local = local_answer(self.needs)
         self.copied = {}  # host name: files copied
 
@@ -169,8 +179,8 @@ class Checker:
         """Copy, then check. Raises HostRefused naming every difference unless allow_mismatch,
         which prints them as warnings instead."""
         try:
-            self.copied[host.name] = (sync(host, server, self.code_files, local_root=PROJECT_DIR)
-                                      + sync(host, server, self.data_files))
+            self.copied[host.name] = (sync(host, server, self.code_files, PROJECT_DIR, self.code_hashes)
+                                      + sync(host, server, self.data_files, here=self.data_hashes))
         except OSError as e:  # what stopped the copy happens on every try
             raise remote.HostRefused(f"{host.name}: copying to {server['workdir']} failed ({e})") from None
         answer, why = ask_host(host, server, self.script, self.needs)
