@@ -37,11 +37,9 @@ import provenance
 from commands import job_argv
 from composed_loader import TensorBatchLoader
 from data import check_participants, load_participants, resolve_fold
+from packing import MAY_DIFFER
 
 log = logging.getLogger("experiment")
-# Flags in which the members of one pack may differ; every other flag must be equal.
-MAY_DIFFER = {"fold", "seed", "lr", "mode", "target_data_pct", "target_batch_pct", "n_base_participants",
-              "early_stopping_patience", "early_stopping_patience_target", "prefix"}
 # torch.optim.AdamW's defaults, which the solo runs use.
 BETAS, EPS, WEIGHT_DECAY = (0.9, 0.999), 1e-8, 1e-2
 

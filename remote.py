@@ -243,12 +243,15 @@ class Host:
         finally:
             proc.close()
 
+    def running_groups(self):
+        """The process groups of the commands run() has running on this host now."""
+        with self._pool_lock:
+            return set(self._groups)
+
     def kill_running(self):
         """Kill every command that run() has running on this host now."""
-        with self._pool_lock:
-            pgids = list(self._groups)
         try:
-            self.kill(pgids)
+            self.kill(list(self.running_groups()))
         except HostDown:
             pass  # each session's watcher kills its job when sshd closes the channel
 

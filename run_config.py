@@ -65,6 +65,9 @@ SERVER_FIELDS = {  # field: (check, what it must be, default)
     "shared_fs": (lambda v: isinstance(v, bool), "true or false", False),
     "remove_results": (lambda v: isinstance(v, bool), "true or false", False),
     "max_sessions": (_int(2), "sshd's MaxSessions, a whole number >= 2", 10),
+    # Jobs per process (pack_train.py): "auto" is 1 on a CPU slot and sized from the GPU's memory on a GPU.
+    "pack": (lambda v: v == "auto" or _int(1)(v), '"auto" or a whole number >= 1', "auto"),
+    "max_busy_memory_mb": (_int(0), "MiB, a whole number >= 0", 1024),
 }
 
 

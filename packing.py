@@ -1,0 +1,59 @@
+"""Which jobs may train together in one process (a pack, pack_train.py), and how many.
+
+No torch and no paramiko: the runner groups its jobs with it, pack_train.py checks its
+members against the same list of flags.
+"""
+import json
+import math
+import posixpath
+
+import flags
+from commands import NOT_FLAGS
+
+# Flags in which the members of one pack may differ; every other flag must be equal.
+MAY_DIFFER = {"fold", "seed", "lr", "mode", "target_data_pct", "target_batch_pct", "n_base_participants",
+              "early_stopping_patience", "early_stopping_patience_target", "prefix", "overwrite"}
+# A pack cannot draw the dropout masks of the solo runs: models with dropout train alone.
+# (tests/test_packing.py checks this list against models.py.)
+PACKABLE_MODELS = ("test", "test_pool4")
+PACK_SCRIPT = "oct1_train.py"  # the CLI whose jobs pack_train.py trains (it parses them with its parser)
+TRAINER = "pack_train.py"  # beside it
+# pack "auto" on a GPU: members per process. 32 is the measured peak of issue 15's table (32 models in
+# one process: 5.3x one eager job on an H200); 512 MiB per member is a documented allowance, not a
+# measurement (the `test` CNN's parameters, AdamW state and a batch of 64 windows of 6 x 3000 need far less).
+MAX_AUTO = 32
+MIB_PER_MEMBER = 512
+
+
+def pack_group(job, phase):
+    """What jobs must share to train in one pack: the phase and every flag outside MAY_DIFFER
+    (job_id and base_key aside). None for a job that trains alone."""
+    if job.get("model", flags.BY_NAME["model"].default) not in PACKABLE_MODELS or job.get("print_base_key"):
+        return None
+    shared = {k: v for k, v in job.items() if k not in MAY_DIFFER and k not in NOT_FLAGS}
+    return json.dumps([phase, shared], sort_keys=True)
+
+
+def next_pack(ready, limit, spread):
+    """The tasks to start together from `ready` (in queue order, each with .pack_key): the first
+    and up to limit - 1 later ones of its group, but no more than its group's share of `spread`
+    slots, so that a few slots do not take every job while the others idle."""
+    first = ready[0]
+    if first.pack_key is None or limit <= 1:
+        return [first]
+    group = [task for task in ready if task.pack_key == first.pack_key]
+    return group[:max(1, min(limit, math.ceil(len(group) / max(1, spread))))]
+
+
+def auto_size(total_mib, others_mib, slots_on_device):
+    """pack "auto" on a GPU: MIB_PER_MEMBER per member of the memory others leave free, shared
+    by the device's slots, between 1 and MAX_AUTO."""
+    free = max(0, total_mib - others_mib) / max(1, slots_on_device)
+    return max(1, min(MAX_AUTO, int(free // MIB_PER_MEMBER)))
+
+
+def trainer_path(script):
+    """pack_train.py beside the training script, or None when the script's jobs cannot be packed."""
+    if posixpath.basename(script) != PACK_SCRIPT:
+        return None
+    return posixpath.join(posixpath.dirname(script), TRAINER)
