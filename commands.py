@@ -3,6 +3,7 @@
 No torch and no paramiko: generate_jobs.py, the SSH runner and the Slurm backend all use it.
 Every value is shell-quoted; env values and setup lines can be shown masked (***).
 """
+import json
 import posixpath
 import shlex
 
@@ -74,6 +75,17 @@ def job_command(server, device, script, job, masked=False, slots=1):
     """The shell line that runs one job on one device of a server. masked: the server's env
     values and setup shown as *** (for logs and the dry run; they may hold secrets).
     slots: how many jobs the server runs at once, which share its CPUs (threads_per_slot)."""
+    return script_command(server, device, [shell_path(script), *job_command_args(job)], masked, slots)
+
+
+def pack_command(server, device, trainer, jobs, masked=False, slots=1):
+    """The shell line that trains several jobs in one process (pack_train.py --json), as job_command."""
+    return script_command(server, device, [shell_path(trainer), "--json", shlex.quote(json.dumps(jobs))],
+                          masked, slots)
+
+
+def script_command(server, device, script_args, masked, slots):
+    """The server's python running script_args (quoted already) on a device, in its environment."""
     env = {name: MASK if masked else shlex.quote(str(value)) for name, value in server["env"].items()}
     # Without this every job starts one thread per core and they fight over the cores.
     threads = {} if "OMP_NUM_THREADS" in env else {"OMP_NUM_THREADS": threads_per_slot(slots)}
@@ -81,8 +93,7 @@ def job_command(server, device, script, job, masked=False, slots=1):
            "CUDA_VISIBLE_DEVICES": "<asked at run time>" if device == "auto"  # dry run, remote host
            else shlex.quote("" if device == "cpu" else str(device))}
     assignments = " ".join(f"{name}={value}" for name, value in env.items())
-    return in_workdir(server, " ".join([assignments, shell_path(server["python"]), shell_path(script),
-                                        *job_command_args(job)]), masked)
+    return in_workdir(server, " ".join([assignments, shell_path(server["python"]), *script_args]), masked)
 
 
 def intact_command(server, script, path):

@@ -61,10 +61,11 @@ class HostTransfer:
         self.on_host = set()  # (host, key): entry known to be complete on that host
         self.send_locks = {}  # (host, key): held while that entry is being sent
 
-    def bring_home(self, slot, job, result):
-        """Copy the job's experiment folder into the local experiments/ and check it."""
+    def bring_home(self, slot, job, output):
+        """Copy the job's experiment folder (its output's RESULT_DIR) into the local experiments/
+        and check it."""
         host, server = slot.host, slot.server
-        rel = printed(result.stdout, "RESULT_DIR") or self.find_result_dir(slot, job)
+        rel = printed(output, "RESULT_DIR") or self.find_result_dir(slot, job)
         if rel is None:
             return None
         if server["local"] or server["shared_fs"]:
@@ -86,10 +87,11 @@ class HostTransfer:
                 self.say(f"{job['job_id']}: could not remove {host.name}:{source}: {removed.stdout.strip()}")
         return str(dest)
 
-    def bring_base_home(self, slot, job, result):
-        """A base_only job ended: check that it built the key the jobs file names, and copy
-        its entry into the local cache unless the host shares it. Returns the local entry."""
-        key, where = printed(result.stdout, "BASE_KEY"), printed(result.stdout, "BASE_MODEL")
+    def bring_base_home(self, slot, job, output):
+        """A base_only job ended: check that it built the key the jobs file names (its output's
+        BASE_KEY), and copy its entry into the local cache unless the host shares it. Returns
+        the local entry."""
+        key, where = printed(output, "BASE_KEY"), printed(output, "BASE_MODEL")
         if key is None or where is None:
             raise CopyError("no BASE_KEY and BASE_MODEL lines in its output")
         expected = job.get("base_key")

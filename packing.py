@@ -18,6 +18,7 @@ MAY_DIFFER = {"fold", "seed", "lr", "mode", "target_data_pct", "target_batch_pct
 PACKABLE_MODELS = ("test", "test_pool4")
 PACK_SCRIPT = "oct1_train.py"  # the CLI whose jobs pack_train.py trains (it parses them with its parser)
 TRAINER = "pack_train.py"  # beside it
+MEMBER_DONE = "MEMBER_DONE"  # pack_train.py prints "MEMBER_DONE <i>" once member i's folder is published
 # pack "auto" on a GPU: members per process. 32 is the measured peak of issue 15's table (32 models in
 # one process: 5.3x one eager job on an H200); 512 MiB per member is a documented allowance, not a
 # measurement (the `test` CNN's parameters, AdamW state and a batch of 64 windows of 6 x 3000 need far less).
@@ -43,6 +44,14 @@ def next_pack(ready, limit, spread):
         return [first]
     group = [task for task in ready if task.pack_key == first.pack_key]
     return group[:max(1, min(limit, math.ceil(len(group) / max(1, spread))))]
+
+
+def pack_limit(server, device, gpu_auto_size):
+    """Members per process on one slot: the server's "pack"; "auto" is 1 on the CPU and
+    gpu_auto_size() on a GPU."""
+    if server["pack"] != "auto":
+        return server["pack"]
+    return 1 if device == "cpu" else gpu_auto_size()
 
 
 def auto_size(total_mib, others_mib, slots_on_device):

@@ -62,6 +62,7 @@ import remote
 import slurm_backend
 from commands import plural
 from hosts import make_host, out_of_the_run, plan_slots, reach_hosts
+from packing import PACK_SCRIPT, pack_group, trainer_path
 from run_config import (PROG, ConfigError, cache_entry, load_cluster_config, needed_base, plan_jobs,
                         validate_jobs)
 from run_ledger import Ledger, run_dir_lock
@@ -230,15 +231,24 @@ def plan_and_run(args, run_dir):
     # Phase 1 goes first in the queue, so base jobs take the first free slots; a base model
     # already complete in the local cache (an earlier run) is not trained again, only sent.
     cached = {key: job for key, job in bases.items() if base_cache.entry_intact(cache_entry(job, key))}
-    tasks = [Task(job, attempt=earlier[job["job_id"]], builds=key)
+    trainer = trainer_path(script)
+    packs = [s["name"] for s in cluster["servers"] if s["pack"] != "auto" and s["pack"] > 1]
+    if packs and not trainer:
+        print(f"{PROG}: error: {args.cluster_config}: servers {', '.join(packs)} set \"pack\", but only "
+              f"{PACK_SCRIPT} jobs can be packed (the script is {script})", file=sys.stderr)
+        return 2
+
+    def group(job, phase):
+        return pack_group(job, phase) if trainer else None
+    tasks = [Task(job, attempt=earlier[job["job_id"]], builds=key, pack_key=group(job, "base"))
              for key, job in bases.items() if key not in cached]
     # The ledger, not a folder on a host, says whether a job finished: a job tried before
     # (its result may be on a host without having come home) reruns with --overwrite.
-    tasks += [Task(job, attempt=earlier[job["job_id"]], needs=needed_base(job),
+    tasks += [Task(job, attempt=earlier[job["job_id"]], needs=needed_base(job), pack_key=group(job, "target"),
                    overwrite=earlier[job["job_id"]] > 0) for job in todo]
     skipped = len(jobs) - len(todo)
     if args.dry_run:
-        print_plan(cluster["servers"], tasks, script, cached)
+        print_plan(cluster["servers"], tasks, script, trainer, cached)
         return 0
     if not tasks:
         print("nothing to do", file=sys.stderr)

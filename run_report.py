@@ -7,8 +7,9 @@ from pathlib import Path
 
 import remote
 import fileio
-from commands import job_command, job_counts, plural
+from commands import job_command, job_counts, pack_command, plural
 from hosts import devices_of, slots_of
+from packing import MAX_AUTO, next_pack, pack_limit
 
 def summary_lines(scheduler, skipped, per_slot=True):
     wall = scheduler.wall_s
@@ -88,8 +89,9 @@ def task_counts(tasks):
 
 
 
-def print_plan(servers, tasks, script, cached):
-    """The dry run: the slots, each job's exact command line (round-robin over the slots), the phases."""
+def print_plan(servers, tasks, script, trainer, cached):
+    """The dry run: the slots, each process's exact command line (the first round over the slots,
+    with the packs they would form), the phases."""
     slots = []
     for server in servers:
         local = remote.LocalHost(server["name"]) if server["local"] else None
@@ -103,15 +105,28 @@ def print_plan(servers, tasks, script, cached):
         if server["gpus"] == "auto" and not server["local"]:
             print(f"# {server['name']}: gpus \"auto\" is asked at run time "
                   f"(CPU slots if it has no nvidia-smi)")
+        if trainer and server["pack"] == "auto" and server["gpus"] != 0:
+            print(f"# {server['name']}: pack \"auto\": 1 job per process on a CPU; on a GPU up to "
+                  f"{MAX_AUTO}, sized from its free memory at run time ({MAX_AUTO} shown here)")
     print(f"# {task_counts(tasks)} over {plural(len(slots), 'slot')}: {', '.join(s.label for s in slots)}")
     if not slots:
         return
-    print("# slots take the next job as they free up; this is the first round, in order")
-    for i, task in enumerate(tasks):
-        slot = slots[i % len(slots)]
-        shown = job_command(slot.server, slot.device, script, task.job, masked=True,
-                            slots=sum(s.server is slot.server for s in slots))
-        print(f"[{slot.label}] {task.job_id}\n  {shown}")
+    print("# slots take the next job (or pack of jobs) as they free up; this is the first round, in order")
+    waiting, turn = list(tasks), 0
+    while waiting:
+        slot = slots[turn % len(slots)]
+        turn += 1
+        limit = pack_limit(slot.server, slot.device, lambda: MAX_AUTO) if trainer else 1
+        pack = next_pack(waiting, limit, len(slots))
+        waiting = [task for task in waiting if task not in pack]
+        share = sum(s.server is slot.server for s in slots)
+        if len(pack) == 1:
+            shown = job_command(slot.server, slot.device, script, pack[0].job, masked=True, slots=share)
+            print(f"[{slot.label}] {pack[0].job_id}\n  {shown}")
+        else:
+            shown = pack_command(slot.server, slot.device, trainer, [task.job for task in pack], masked=True,
+                                 slots=share)
+            print(f"[{slot.label}] pack of {len(pack)}: {' '.join(task.job_id for task in pack)}\n  {shown}")
     bases = sum(bool(task.builds) for task in tasks)
     dependents = sum(task.needs is not None for task in tasks)
     print(f"# phase 1: {bases} base jobs; phase 2: {dependents} dependent jobs "

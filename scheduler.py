@@ -2,20 +2,23 @@
 the queue and runs it (dispatch), retries a failing job, puts a lost host's jobs back
 (requeue), follows each host's health, and blocks the dependents of a base model that failed.
 Copies go through host_transfer; what the run did is read off it by run_report."""
+import posixpath
 import re
 import sys
 import threading
 import time
 from collections import Counter, deque
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 import remote
-from commands import job_command
+from commands import job_command, pack_command
 from host_transfer import CopyError, HostTransfer
 from hosts import check_host, out_of_the_run
+from packing import MEMBER_DONE, next_pack, pack_limit, trainer_path
 from run_config import cache_entry
 
 STATUS_EVERY = 30.0  # seconds between status lines when stderr is not a terminal
@@ -30,6 +33,7 @@ class Task:
     last: dict = None  # the latest attempt's record, for --log-file
     needs: str = None  # the base key it waits for (a dependent job)
     builds: str = None  # the base key it trains (a phase-1 base job)
+    pack_key: str = None  # tasks with the same key may train in one process (packing.pack_group)
 
     @property
     def job_id(self):
@@ -51,21 +55,22 @@ class JobQueue:
         with self._cond:
             return not self._waiting and self.running == 0
 
-    def take(self, timeout):
-        """A task, or None when none is ready within timeout."""
+    def take(self, timeout, limit=1, spread=1):
+        """The tasks to run together in one process (packing.next_pack: at most `limit`, a fair
+        share of `spread` slots), or [] when none is ready within timeout."""
         with self._cond:
-            task = self._pop_ready()
-            if task is None and self._cond.wait(timeout):
-                task = self._pop_ready()
-            return task
+            tasks = self._pop_ready(limit, spread)
+            if not tasks and self._cond.wait(timeout):
+                tasks = self._pop_ready(limit, spread)
+            return tasks
 
-    def _pop_ready(self):
-        for task in self._waiting:
-            if self.ready(task):
-                self._waiting.remove(task)
-                self.running += 1
-                return task
-        return None
+    def _pop_ready(self, limit, spread):
+        ready = [task for task in self._waiting if self.ready(task)]
+        tasks = next_pack(ready, limit, spread) if ready else []
+        for task in tasks:
+            self._waiting.remove(task)
+        self.running += len(tasks)
+        return tasks
 
     def drop(self, which):
         """Remove and return the waiting tasks for which which(task) is true."""
@@ -89,6 +94,47 @@ class JobQueue:
 
 
 
+class OutputLines:
+    """A job's output, read as it streams: its last lines, the base models it trained
+    (BASE_TRAINED <key>) and the lines the runner acts on (RESULT_DIR, BASE_KEY, BASE_MODEL).
+    In a pack's output, MEMBER_DONE <i> ends member i's lines: on_member_done(i, its lines)."""
+
+    TAGS = ("RESULT_DIR ", "BASE_KEY ", "BASE_MODEL ")
+
+    def __init__(self, on_member_done=None):
+        self.on_member_done = on_member_done
+        self.pending, self.tagged, self.trained, self.last = b"", [], set(), deque(maxlen=20)
+
+    def feed(self, chunk):
+        self.pending += chunk
+        *complete, self.pending = self.pending.split(b"\n")
+        for raw in complete:
+            self._line(raw.decode(errors="replace").rstrip("\r"))
+
+    def close(self):
+        """The output ended: its last line may lack a newline."""
+        if self.pending:
+            self._line(self.pending.decode(errors="replace"))
+            self.pending = b""
+
+    def _line(self, line):
+        self.last.append(line)
+        if line.startswith("BASE_TRAINED "):
+            self.trained.add(line.split(" ", 1)[1].strip())
+        elif line.startswith(self.TAGS):
+            self.tagged.append(line)
+        elif line.startswith(f"{MEMBER_DONE} ") and self.on_member_done:
+            index, text, self.tagged = line.split(" ", 1)[1].strip(), self.text(), []
+            if index.isdigit():
+                self.on_member_done(int(index), text)
+
+    def text(self):
+        return "\n".join(self.tagged)
+
+    def tail(self):
+        return "\n".join(self.last)
+
+
 class Scheduler:
     def __init__(self, slots, tasks, health, ledger, log_dir, script, retries=0, timeout=None,
                  down_timeout=600.0, quiet=False, cached=None):
@@ -104,6 +150,7 @@ class Scheduler:
         self.done, self.failed, self.blocked, self.records = [], [], [], []
         self.trained = Counter()  # base key: trainings its jobs' outputs report
         self.transfer = HostTransfer(script, self.say)
+        self.trainer = trainer_path(script)  # pack_train.py beside the script; None: no packs
         self.interrupted = self.aborted = None
         self.started = self.ended = None
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -132,7 +179,7 @@ class Scheduler:
                 f"{len(self.done)} done, {len(self.failed)} failed, {len(self.blocked)} blocked, "
                 f"{self.queue.running} running; ETA {eta}")
 
-    # -- one attempt
+    # -- one attempt: a job alone, or the members of a pack in one process (pack_train.py)
 
     def _record(self, task, record, status, tail="", **fields):
         record.update(end=time.time(), status=status, **fields)
@@ -142,50 +189,88 @@ class Scheduler:
         with self.lock:
             self.records.append(record)
 
-    def _run_logged(self, host, command, shown, log_path, header):
-        """Run the command, appending a header, the command as shown (secrets masked) and
-        then its output to the job's log."""
-        with open(log_path, "ab") as log:
-            log.write(f"=== {header} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n$ {shown}\n".encode())
-            log.flush()
+    def _run_logged(self, host, command, shown, log_paths, header, on_output):
+        """Run the command, appending a header, the command as shown (secrets masked) and then
+        its output to each job's log (every member of a pack gets the pack's output)."""
+        with ExitStack() as stack:
+            logs = [stack.enter_context(open(path, "ab")) for path in log_paths]
+            for log in logs:
+                log.write(f"=== {header} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n$ {shown}\n".encode())
+                log.flush()
 
             def stream(chunk):
-                log.write(chunk)
-                log.flush()  # so `tail -f` shows it now
+                for log in logs:
+                    log.write(chunk)
+                    log.flush()  # so `tail -f` shows it now
+                on_output(chunk)
 
             return host.run(command, stream=stream, timeout=self.timeout)
 
-    def _attempt(self, slot, task):
-        if self.stop.is_set():
-            self.queue.put_back(task, front=True)
-            return
+    def _start(self, slot, task, pack):
+        """The attempt's ledger line, written before it runs: a crash from here on leaves this trace."""
         task.attempt += 1
-        job = dict(task.job, overwrite=True) if task.overwrite else task.job
-        slots = sum(s.server is slot.server for s in self.slots)  # they share the host's CPUs
-        command, shown = (job_command(slot.server, slot.device, self.script, job, masked, slots)
-                          for masked in (False, True))
-        log_path = self.log_dir / f"{task.job_id}.log"
         record = {"job_id": task.job_id, "attempt": task.attempt, "host": slot.host.name,
                   "device": str(slot.device), "slot": slot.label, "start": time.time(),
-                  "end": None, "exit_status": None, "status": "started", "log": str(log_path)}
-        self.ledger.write(record)  # before it runs: a crash from here on leaves this trace
-        result = result_dir = error = None
-        try:
-            if task.needs:
-                self.transfer.send_base(slot, task.job, task.needs)
-            result = self._run_logged(slot.host, command, shown, log_path,
-                                      f"attempt {task.attempt} on {slot.label}")
-            self._count_training(task, result)
-            if result.ok:
-                bring = (self.transfer.bring_base_home if job.get("mode") == "base_only"
+                  "end": None, "exit_status": None, "status": "started",
+                  "log": str(self.log_dir / f"{task.job_id}.log")}
+        if len(pack) > 1:
+            record["pack"] = [t.job_id for t in pack]
+        self.ledger.write(record)
+        return record
+
+    def _attempt(self, slot, tasks):
+        if self.stop.is_set():
+            for task in reversed(tasks):
+                self.queue.put_back(task, front=True)
+            return
+        jobs = [dict(task.job, overwrite=True) if task.overwrite else task.job for task in tasks]
+        slots = sum(s.server is slot.server for s in self.slots)  # they share the host's CPUs
+        packed = len(tasks) > 1
+        command, shown = ((pack_command(slot.server, slot.device, self.trainer, jobs, masked, slots) if packed
+                           else job_command(slot.server, slot.device, self.script, jobs[0], masked, slots))
+                          for masked in (False, True))
+        records = [self._start(slot, task, tasks) for task in tasks]
+        left = list(range(len(tasks)))  # members not finished yet
+        started = time.time()
+
+        def member_done(i, text):
+            """Member i printed its last line: its folder home, then its ledger line."""
+            if i not in left:
+                return  # an index printed twice, or out of range
+            task = tasks[i]
+            try:
+                bring = (self.transfer.bring_base_home if task.job.get("mode") == "base_only"
                          else self.transfer.bring_home)
-                result_dir = bring(slot, task.job, result)
+                result_dir = bring(slot, task.job, text)
+            except (CopyError, OSError) as e:
+                left.remove(i)
+                task.overwrite = True  # it finished: its folder is on the host
+                self._unfinished(slot, task, records[i], output.tail(), 0, False, str(e))
+                return
+            left.remove(i)
+            task.overwrite = task.overwrite or not result_dir  # done, but its folder is still there
+            self._finished(slot, task, records[i], output.tail(), result_dir)
+
+        output = OutputLines(member_done if packed else None)
+        result = error = None
+        try:
+            for task in tasks:
+                if task.needs:
+                    self.transfer.send_base(slot, task.job, task.needs)
+            header = f"attempt {tasks[0].attempt} on {slot.label}" if not packed else \
+                f"{slot.label}: a pack of {len(tasks)} ({', '.join(t.job_id for t in tasks)})"
+            result = self._run_logged(slot.host, command, shown, [r["log"] for r in records], header, output.feed)
+            output.close()
+            self._count_training(tasks, output.trained)
+            if result.ok and not packed:
+                member_done(0, output.text())
         except (remote.HostDown, remote.HostRefused) as e:
-            # Not the job's fault: back to the front of the queue, no retry spent. It may have
+            # Not the jobs' fault: back to the front of the queue, no retry spent. A job may have
             # published its folder before the host went, so the next attempt replaces it.
-            self._record(task, record, "requeued", error=str(e))
-            task.overwrite = True
-            self.queue.put_back(task, front=True)
+            for i in left:
+                self._record(tasks[i], records[i], "requeued", error=str(e))
+                tasks[i].overwrite = True
+                self.queue.put_back(tasks[i], front=True)
             if isinstance(e, remote.HostDown):
                 self._host_lost(slot.host, e)
             else:
@@ -194,51 +279,52 @@ class Scheduler:
         except (CopyError, OSError) as e:
             error = str(e)
         finally:
-            slot.busy_s += time.time() - record["start"]
-            # A job that succeeded but did not come home has its folder on that host.
-            task.overwrite = task.overwrite or bool(result and result.ok and not result_dir)
-        tail = "\n".join(result.stdout.splitlines()[-20:]) if result else ""
-        exit_status = result.exit_status if result else None
-        if result and result.ok and not error:
-            self._record(task, record, "ok", tail, exit_status=0, result_dir=result_dir)
-            slot.ok += 1
-            with self.lock:
-                self.done.append(task)
-            if task.builds:
-                self.ready_keys.add(task.builds)  # before task_done wakes the waiting slots
-                self.say(f"base model {task.builds}: ready")
-            self.queue.task_done()
-        elif self.stop.is_set():
+            slot.busy_s += time.time() - started
+        if packed and result and result.ok and not error:
+            error = f"{posixpath.basename(self.trainer)} ended without finishing this member (see its log)"
+        for i in list(left):
+            self._unfinished(slot, tasks[i], records[i], output.tail(), result and result.exit_status,
+                             bool(result and result.timed_out), error)
+
+    def _finished(self, slot, task, record, tail, result_dir):
+        self._record(task, record, "ok", tail, exit_status=0, result_dir=result_dir)
+        slot.ok += 1
+        with self.lock:
+            self.done.append(task)
+        if task.builds:
+            self.ready_keys.add(task.builds)  # before task_done wakes the waiting slots
+            self.say(f"base model {task.builds}: ready")
+        self.queue.task_done()
+
+    def _unfinished(self, slot, task, record, tail, exit_status, timed_out, error):
+        """A job that did not finish: interrupted, retried, or failed for good."""
+        if self.stop.is_set():
             self._record(task, record, "interrupted", tail, exit_status=exit_status)
             self.queue.put_back(task, front=True)
+            return
+        fields = {"error": error} if error else {}
+        self._record(task, record, "timeout" if timed_out else "failed", tail, exit_status=exit_status, **fields)
+        task.failures += 1
+        what = error or (f"timed out after {self.timeout:g} s" if timed_out else f"exit status {exit_status}")
+        # An argparse error fails the same way on every slot: never retried.
+        bad_flags = exit_status == 2 and not error and bool(USAGE_LINE.search(tail))
+        if bad_flags:
+            what += " (bad flags: not retried)"
+        if task.failures <= self.retries and not bad_flags:
+            self.say(f"{task.job_id}: {what} on {slot.label}; retry {task.failures}/{self.retries}")
+            self.queue.put_back(task, front=bool(task.builds))  # jobs wait on a base job: it goes first
         else:
-            timed_out = bool(result and result.timed_out)
-            fields = {"error": error} if error else {}
-            self._record(task, record, "timeout" if timed_out else "failed", tail,
-                         exit_status=exit_status, **fields)
-            task.failures += 1
-            what = error or (f"timed out after {self.timeout:g} s" if timed_out
-                             else f"exit status {exit_status}")
-            # An argparse error fails the same way on every slot: never retried.
-            bad_flags = exit_status == 2 and not error and bool(USAGE_LINE.search(tail))
-            if bad_flags:
-                what += " (bad flags: not retried)"
-            if task.failures <= self.retries and not bad_flags:
-                self.say(f"{task.job_id}: {what} on {slot.label}; retry {task.failures}/{self.retries}")
-                self.queue.put_back(task, front=bool(task.builds))  # jobs wait on a base job: it goes first
-            else:
-                self.say(f"{task.job_id}: {what} on {slot.label}; log: {log_path}")
-                slot.failed += 1
-                with self.lock:
-                    self.failed.append(task)
-                if task.builds:
-                    self._block(task.builds)
-                self.queue.task_done()
+            self.say(f"{task.job_id}: {what} on {slot.label}; log: {record['log']}")
+            slot.failed += 1
+            with self.lock:
+                self.failed.append(task)
+            if task.builds:
+                self._block(task.builds)
+            self.queue.task_done()
 
-    def _count_training(self, task, result):
-        """A base model this job trained (not reused): the engine prints BASE_TRAINED <key>."""
-        key = task.builds or task.needs
-        if key and f"BASE_TRAINED {key}" in result.stdout.splitlines():
+    def _count_training(self, tasks, trained):
+        """The base models these jobs trained (not reused): the engine prints BASE_TRAINED <key>."""
+        for key in {task.builds or task.needs for task in tasks} & trained:
             with self.lock:
                 self.trained[key] += 1
 
@@ -331,6 +417,12 @@ class Scheduler:
 
     # -- the run
 
+    def _pack_limit(self, slot):
+        """How many jobs this slot may start in one process."""
+        if not self.trainer:
+            return 1
+        return pack_limit(slot.server, slot.device, lambda: 1)
+
     def _worker(self, slot):
         while not self.stop.is_set() and not self.queue.finished:
             if self.health[slot.host.name].refused:
@@ -338,9 +430,9 @@ class Scheduler:
             if not self._host_ready(slot.host):
                 self.stop.wait(0.25)
                 continue
-            task = self.queue.take(timeout=0.5)
-            if task is not None:
-                self._attempt(slot, task)
+            tasks = self.queue.take(0.5, self._pack_limit(slot), len(self.slots))
+            if tasks:
+                self._attempt(slot, tasks)
 
     def _kill_all(self):
         """Kill the running jobs on every host at once."""

@@ -93,7 +93,7 @@ def test_dry_run_prints_the_phases(data, tmp_path, capsys, monkeypatch):
     keys = sorted({job["base_key"] for job in jobs if "base_key" in job})
     assert len(jobs) == 8 and len(keys) == 2
     cluster = write_json(tmp_path / "cluster.json", {
-        "servers": [{"host": "here", "local": True, "gpus": [0]}], "script_path": str(SCRIPT)})
+        "servers": [{"host": "here", "local": True, "gpus": [0], "pack": 1}], "script_path": str(SCRIPT)})
     argv = ["--cluster-config", cluster, "--jobs-config", jobs_path, "--dry-run"]
     assert rdt.main(argv) == 0
     out = capsys.readouterr().out
