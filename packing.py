@@ -37,8 +37,8 @@ def pack_group(job, phase):
 
 def next_pack(ready, limit, spread):
     """The tasks to start together from `ready` (in queue order, each with .pack_key): the first
-    and up to limit - 1 later ones of its group, but no more than its group's share of `spread`
-    slots, so that a few slots do not take every job while the others idle."""
+    and up to limit - 1 later ones of its group, but no more than its group's share of the
+    `spread` slots that wait for work, so that a few slots do not take every job while others idle."""
     first = ready[0]
     if first.pack_key is None or limit <= 1:
         return [first]

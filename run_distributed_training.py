@@ -220,6 +220,12 @@ def plan_and_run(args, run_dir):
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     script = args.script_path or cluster["script_path"]
+    trainer = trainer_path(script)
+    packs = [s["name"] for s in cluster["servers"] if s["pack"] != "auto" and s["pack"] > 1]
+    if packs and not trainer:
+        print(f"{PROG}: error: {args.cluster_config}: servers {', '.join(packs)} set \"pack\", but only "
+              f"{PACK_SCRIPT} jobs can be packed (the script is {script})", file=sys.stderr)
+        return 2
     try:
         note = validate_jobs(jobs, args.jobs_config, script)
     except ConfigError as e:
@@ -231,12 +237,6 @@ def plan_and_run(args, run_dir):
     # Phase 1 goes first in the queue, so base jobs take the first free slots; a base model
     # already complete in the local cache (an earlier run) is not trained again, only sent.
     cached = {key: job for key, job in bases.items() if base_cache.entry_intact(cache_entry(job, key))}
-    trainer = trainer_path(script)
-    packs = [s["name"] for s in cluster["servers"] if s["pack"] != "auto" and s["pack"] > 1]
-    if packs and not trainer:
-        print(f"{PROG}: error: {args.cluster_config}: servers {', '.join(packs)} set \"pack\", but only "
-              f"{PACK_SCRIPT} jobs can be packed (the script is {script})", file=sys.stderr)
-        return 2
 
     def group(job, phase):
         return pack_group(job, phase) if trainer else None

@@ -117,7 +117,7 @@ def print_plan(servers, tasks, script, trainer, cached):
         slot = slots[turn % len(slots)]
         turn += 1
         limit = pack_limit(slot.server, slot.device, lambda: MAX_AUTO) if trainer else 1
-        pack = next_pack(waiting, limit, len(slots))
+        pack = next_pack(waiting, limit, len(slots) - turn + 1)  # the slots not yet given work wait
         waiting = [task for task in waiting if task not in pack]
         share = sum(s.server is slot.server for s in slots)
         if len(pack) == 1:

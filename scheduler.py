@@ -151,6 +151,7 @@ class Scheduler:
         self.trained = Counter()  # base key: trainings its jobs' outputs report
         self.transfer = HostTransfer(script, self.say)
         self.trainer = trainer_path(script)  # pack_train.py beside the script; None: no packs
+        self.slots_running = 0  # slots running a job or a pack now
         self.interrupted = self.aborted = None
         self.started = self.ended = None
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -430,9 +431,17 @@ class Scheduler:
             if not self._host_ready(slot.host):
                 self.stop.wait(0.25)
                 continue
-            tasks = self.queue.take(0.5, self._pack_limit(slot), len(self.slots))
+            # A pack takes its share of the slots that wait for work now, so that at the start
+            # every slot gets some of the jobs; a slot freeing later may take what is left.
+            tasks = self.queue.take(0.5, self._pack_limit(slot), len(self.slots) - self.slots_running)
             if tasks:
-                self._attempt(slot, tasks)
+                with self.lock:
+                    self.slots_running += 1
+                try:
+                    self._attempt(slot, tasks)
+                finally:
+                    with self.lock:
+                        self.slots_running -= 1
 
     def _kill_all(self):
         """Kill the running jobs on every host at once."""
