@@ -229,16 +229,19 @@ class PackedStep:
             if setting == "on":
                 raise experiment.ConfigError(f"--cuda_graphs on: capture failed: {error}") from None
             log.warning(f"CUDA graph capture failed ({error}); this phase runs eagerly")
+            for p in self.optimizer.params.values():  # a capture cut short may leave gradients behind
+                p.grad = None
         self.counts.zero_()
 
     def load(self, batches):
-        """batches: {member: (x, y)} of the members that step now."""
-        sizes = [len(batches[i][1]) if i in batches else 0 for i in range(len(self.x))]
-        for i, n in enumerate(sizes):
+        """batches: {member: (x, y)} of the members that step now. Only device-side writes
+        (no copy from host memory), so nothing waits for the previous step to finish."""
+        for i in range(len(self.x)):
+            n = len(batches[i][1]) if i in batches else 0
             if n:
                 self.x[i, :n], self.y[i, :n] = batches[i]
             self.x[i, n:], self.y[i, n:] = 0, 0
-        self.sizes.copy_(torch.tensor(sizes))
+            self.sizes[i] = n
         self.active.copy_(self.sizes > 0)
 
     def run(self):
@@ -354,9 +357,10 @@ def run_pack(members, size, identity):
         target_name, base_names = resolve_fold(participants, args.fold, args.n_base_participants)
         base_names = [] if args.mode == "target_only" else base_names
         final = experiment.result_dir(args, args.fold, target_name)
-        if args.mode != "base_only" and final in finals:
-            raise experiment.ConfigError(f"{final}: two members of the pack would write this result folder")
-        finals.add(final)
+        if args.mode != "base_only":  # base_only publishes no result folder
+            if final in finals:
+                raise experiment.ConfigError(f"{final}: two members of the pack would write this result folder")
+            finals.add(final)
         if args.mode != "base_only" and final.exists() and not args.overwrite:
             print(f"{final}: exists; member skipped (delete it or pass --overwrite to train it again)", flush=True)
             continue
