@@ -290,9 +290,10 @@ def train_pack(phase, jobs, model, store, batch_size, max_epochs, cuda_graphs, o
                     seen[i] += len(y)
             step.load(inputs)
             step.run()
+        counts = step.counts.cpu()  # waits for the epoch's steps (queued, on a GPU), so elapsed includes them
         elapsed = time.perf_counter() - start
         for i in list(running):
-            if end_epoch(phase, jobs[i], tracks[i], model, stacked, i, epoch, step.counts[i], seen[i], elapsed,
+            if end_epoch(phase, jobs[i], tracks[i], model, stacked, i, epoch, counts[i], seen[i], elapsed,
                          max_epochs):
                 running.remove(i)
                 on_done(i, phase_result(tracks[i], step.graph is not None))
