@@ -36,6 +36,22 @@ def _describe(error):
     return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".strip()
 
 
+def capture(step, what, before_capture=None):
+    """step() as a CUDA graph to replay: run WARMUP_STEPS times on a side stream, then
+    before_capture() if given, then captured. CaptureError (one line, naming `what`)
+    when an op cannot be captured. pack_train.py captures its packed step with it too."""
+    graph = torch.cuda.CUDAGraph()
+    try:
+        _on_side_stream(lambda: [step() for _ in range(WARMUP_STEPS)])
+        if before_capture is not None:
+            before_capture()
+        with torch.cuda.graph(graph):
+            step()
+    except Exception as error:  # any op that cannot be captured
+        raise CaptureError(f"{what}: {_describe(error)}") from None
+    return graph
+
+
 class GraphedTraining:
     """One phase's training step as a CUDA graph over batches of exactly `batch_size`.
 
@@ -53,16 +69,11 @@ class GraphedTraining:
         self.x.copy_(X[:batch_size])  # from host memory when the data did not fit on the device
         self.y.copy_(y[:batch_size])
         self.counts = torch.zeros(5, device=device)  # summed over the epoch inside the graph
-        self.graph = torch.cuda.CUDAGraph()
         saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
         try:
             model.train()
-            _on_side_stream(lambda: [self._step() for _ in range(WARMUP_STEPS)])
-            optimizer.zero_grad(set_to_none=True)  # the graph allocates its own gradients
-            with torch.cuda.graph(self.graph):
-                self._step()
-        except Exception as error:  # any op that cannot be captured
-            raise CaptureError(f"training step: {_describe(error)}") from None
+            # set_to_none before the capture: the graph allocates its own gradients.
+            self.graph = capture(self._step, "training step", lambda: optimizer.zero_grad(set_to_none=True))
         finally:
             with torch.no_grad():
                 for k, v in model.state_dict().items():
@@ -123,14 +134,8 @@ class GraphedEvaluation:
             logits = self.model(x)
             counts.add_(batch_counts(logits, y, self.loss_fn(logits, y)))
 
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.no_grad():
-                _on_side_stream(forward)
-                with torch.cuda.graph(graph):
-                    forward()
-        except Exception as error:
-            raise CaptureError(f"evaluation step: {_describe(error)}") from None
+        with torch.no_grad():
+            graph = capture(forward, "evaluation step")  # the warm-up's counts are zeroed before each replay
         return graph, x, y, counts
 
     @torch.no_grad()

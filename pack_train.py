@@ -1,6 +1,7 @@
 """Train several folds in one process at once ("a pack"), each exactly as it would run alone.
 
     python pack_train.py jobs.json      # a jobs JSON (or a slice of one) from generate_jobs.py
+    python pack_train.py --json TEXT    # the same list as JSON text (how the runner starts a pack)
 
 Every job is parsed by oct1_train.py's parser. Members share the model, the data
 folder (so the channels and window length), the batch size and every other flag,
@@ -9,15 +10,25 @@ with torch.func (functional_call + vmap); each member draws its own batches (its
 solo run's loaders, over indices into one copy of the data on the device), has
 its own AdamW state and learning rate, early stopping, best checkpoint and curves.
 A member that stops no longer changes; the pack ends when all have stopped.
+With --cuda_graphs (auto: on CUDA devices) every packed step, partial batches
+included, replays one captured CUDA graph.
 
 Base models missing from the cache are trained as a pack first, then the target
 phases. Each member's result folder is published (atomically) as soon as it
 finishes, with pack_size and pack_id added to hyperparameters.json; a member
-whose folder exists is skipped, so rerunning a pack after a crash trains only
-the unfinished ones.
+whose folder exists is skipped unless it passes --overwrite (then it is trained
+again and replaces it), so rerunning a pack after a crash trains only the
+unfinished ones.
+
+Output lines (stdout, flushed at once; the runner reads them as they come): when a
+member finishes, its solo run's lines (`RESULT_DIR <folder>`, or `BASE_KEY <key>`
+and `BASE_MODEL <path>` for base_only), then `MEMBER_DONE <i>`, i its 0-based
+position in the jobs list. A skipped member, or one whose folder could not be
+published, prints no MEMBER_DONE; no other line starts with MEMBER_DONE.
 """
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -46,20 +57,30 @@ BETAS, EPS, WEIGHT_DECAY = (0.9, 0.999), 1e-8, 1e-2
 
 # ---------------------------------------------------------------- members
 
-def read_jobs(path):
-    """The members' parsed flags, one argparse.Namespace per job of the JSON list."""
-    jobs = fileio.read_json(path, "jobs file")
+def parse_json_text(text):
+    """The jobs given with --json, or ConfigError in one line."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise experiment.ConfigError(f"--json: not valid JSON (line {e.lineno} column {e.colno}: {e.msg})") from None
+
+
+def read_jobs(path, text):
+    """The members' parsed flags, one argparse.Namespace per job of the JSON list: of the file
+    at path, or of the JSON text (--json) when path is None. Errors name where the jobs came from."""
+    jobs = fileio.read_json(path, "jobs file") if path is not None else parse_json_text(text)
+    where = path if path is not None else "--json"
     if not isinstance(jobs, list) or not jobs or not all(isinstance(job, dict) for job in jobs):
-        raise experiment.ConfigError(f"{path}: expected a non-empty JSON list of jobs (objects of flags)")
+        raise experiment.ConfigError(f"{where}: expected a non-empty JSON list of jobs (objects of flags)")
     parser = experiment.build_parser(enhanced=True)
     members = []
     for i, job in enumerate(jobs):
         try:
             args, rest = parser.parse_known_args(job_argv(job))
         except SystemExit:
-            raise experiment.ConfigError(f"{path}: job {i} has invalid flags ({' '.join(job_argv(job))})") from None
+            raise experiment.ConfigError(f"{where}: job {i} has invalid flags ({' '.join(job_argv(job))})") from None
         if rest:
-            raise experiment.ConfigError(f"{path}: job {i} has unknown flags {' '.join(rest)}")
+            raise experiment.ConfigError(f"{where}: job {i} has unknown flags {' '.join(rest)}")
         experiment.check_args(args)
         members.append(args)
     return members
@@ -120,12 +141,13 @@ class PhaseJob:
 
 class StackedAdamW:
     """torch.optim.AdamW over stacked parameters, one learning rate and one step count per
-    member; a member outside `active` keeps its parameters and optimizer state."""
+    member; a member outside `active` keeps its parameters and optimizer state. Everything
+    lives on the parameters' device and is updated in place, so a CUDA graph can replay it."""
 
-    def __init__(self, params, lrs):
+    def __init__(self, params, lrs, device):
         self.params = params
-        self.lr = torch.tensor(lrs, dtype=torch.float64)
-        self.steps = torch.zeros(len(lrs), dtype=torch.float64)
+        self.lr = torch.tensor(lrs, dtype=torch.float64, device=device)
+        self.steps = torch.zeros(len(lrs), dtype=torch.float64, device=device)
         self.exp_avg = {name: torch.zeros_like(p) for name, p in params.items()}
         self.exp_avg_sq = {name: torch.zeros_like(p) for name, p in params.items()}
 
@@ -142,37 +164,111 @@ class StackedAdamW:
             shape = (-1,) + (1,) * (p.dim() - 1)
 
             def per_member(values):
-                return values.to(p.device, p.dtype).view(shape)
+                return values.to(p.dtype).view(shape)
 
-            keep = active.to(p.device).view(shape)
+            keep = active.view(shape)
             m = self.exp_avg[name].lerp(p.grad, 1 - beta1)
             v = self.exp_avg_sq[name] * beta2 + (1 - beta2) * p.grad * p.grad
             denom = v.sqrt() / per_member(correction2_sqrt) + EPS
             new = p * per_member(decay) - per_member(step_size) * m / denom
             p.copy_(torch.where(keep, new, p))
-            self.exp_avg[name] = torch.where(keep, m, self.exp_avg[name])
-            self.exp_avg_sq[name] = torch.where(keep, v, self.exp_avg_sq[name])
+            self.exp_avg[name].copy_(torch.where(keep, m, self.exp_avg[name]))
+            self.exp_avg_sq[name].copy_(torch.where(keep, v, self.exp_avg_sq[name]))
             p.grad = None
+
+
+def member_counts(logits, y, losses, real):
+    """experiment.batch_counts of every member (one row each) over its real windows only."""
+    pred, truth = logits > 0, y > 0.5
+    return torch.stack([losses * real.sum(dim=1), (pred & truth & real).sum(dim=1),
+                        (pred & ~truth & real).sum(dim=1), (~pred & truth & real).sum(dim=1),
+                        (~pred & ~truth & real).sum(dim=1)], dim=1).float()
+
+
+class PackedStep:
+    """One training step of every member at once, over fixed buffers, so that it can be
+    captured as one CUDA graph and replayed for every step, partial batches included.
+
+    load() copies each stepping member's batch into x and y, zero-padded to batch_size;
+    sizes holds its window count (0 for a member not stepping now). The loss weighs the
+    padding out and the optimizer leaves members outside `active` as they are. Each
+    member's [loss * n, tp, fp, fn, tn] adds up in counts (a row per member).
+    """
+
+    def __init__(self, model, stacked, optimizer, batch_size, window_shape, device):
+        k = len(optimizer.lr)
+        self.model, self.stacked, self.optimizer = model, stacked, optimizer
+        self.x = torch.zeros((k, batch_size, *window_shape), device=device)
+        self.y = torch.zeros((k, batch_size), device=device)
+        self.sizes = torch.zeros(k, dtype=torch.long, device=device)
+        self.active = torch.zeros(k, dtype=torch.bool, device=device)
+        self.positions = torch.arange(batch_size, device=device)
+        self.counts = torch.zeros((k, 5), device=device)
+        self.graph = None
+
+    def _forward(self, member_tensors, x):
+        return functional_call(self.model, member_tensors, (x,))
+
+    def _compute(self):
+        logits = vmap(self._forward)(self.stacked, self.x)
+        real = self.positions < self.sizes.view(-1, 1)
+        per_window = F.binary_cross_entropy_with_logits(logits, self.y, reduction="none") * real.to(logits.dtype)
+        losses = per_window.sum(dim=1) / self.sizes.clamp(min=1).to(logits.dtype)
+        losses.sum().backward()
+        self.optimizer.step(self.active)
+        self.counts += member_counts(logits.detach(), self.y, losses.detach(), real)
+
+    def capture(self, setting):
+        """Replay the step from a CUDA graph from now on; when capture fails, run eagerly
+        (--cuda_graphs auto, saying so in the log) or raise (on). No member is active
+        before the first load(), so the warm-up steps change no parameter or optimizer state."""
+        import cuda_step  # CUDA only
+        try:
+            self.graph = cuda_step.capture(self._compute, "packed training step")
+        except cuda_step.CaptureError as error:
+            if setting == "on":
+                raise experiment.ConfigError(f"--cuda_graphs on: capture failed: {error}") from None
+            log.warning(f"CUDA graph capture failed ({error}); this phase runs eagerly")
+            for p in self.optimizer.params.values():  # a capture cut short may leave gradients behind
+                p.grad = None
+        self.counts.zero_()
+
+    def load(self, batches):
+        """batches: {member: (x, y)} of the members that step now. Only device-side writes
+        (no copy from host memory), so nothing waits for the previous step to finish."""
+        for i in range(len(self.x)):
+            n = len(batches[i][1]) if i in batches else 0
+            if n:
+                self.x[i, :n], self.y[i, :n] = batches[i]
+            self.x[i, n:], self.y[i, n:] = 0, 0
+            self.sizes[i] = n
+        self.active.copy_(self.sizes > 0)
+
+    def run(self):
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._compute()
 
 
 def member_state(stacked, i):
     return {name: tensor[i].detach().clone() for name, tensor in stacked.items()}
 
 
-def train_pack(phase, jobs, model, store, batch_size, max_epochs, on_done):
+def train_pack(phase, jobs, model, store, batch_size, max_epochs, cuda_graphs, on_done):
     """Train every job's model together until each has stopped; on_done(i, result) is
-    called as job i stops, with what experiment.train_phase returns for a solo run."""
+    called as job i stops, with what experiment.train_phase returns for a solo run.
+    cuda_graphs: --cuda_graphs auto|on|off."""
     k, device = len(jobs), store.device
     names = [name for name, _ in model.named_parameters()]
     stacked = {name: torch.stack([job.state[name] for job in jobs]).to(device) for name in model.state_dict()}
     params = {name: stacked[name].requires_grad_() for name in names}
-    optimizer = StackedAdamW(params, [job.lr for job in jobs])
+    optimizer = StackedAdamW(params, [job.lr for job in jobs], device)
     model.eval()  # the same as train mode for models without dropout (checked before)
+    step = PackedStep(model, stacked, optimizer, batch_size, store.X.shape[1:], device)
+    if experiment.graphs_wanted(cuda_graphs, device):
+        step.capture(cuda_graphs)
 
-    def forward(member_tensors, x):
-        return functional_call(model, member_tensors, (x,))
-
-    window_shape = store.X.shape[1:]
     tracks = [{"curves": {name: [] for name in experiment.CURVES}, "best": None, "best_f1": None,
                "best_f1_epoch": None, "stale": 0, "windows": 0, "seconds": 0.0} for _ in jobs]
     running = list(range(k))
@@ -180,38 +276,27 @@ def train_pack(phase, jobs, model, store, batch_size, max_epochs, on_done):
         start = time.perf_counter()
         batches = {i: iter(jobs[i].loader) for i in running}
         n_steps = max(len(jobs[i].loader) for i in running)
-        counts = {i: torch.zeros(5, device=device) for i in running}
+        step.counts.zero_()
         seen = {i: 0 for i in running}
-        for step in range(n_steps):
-            xb = torch.zeros((k, batch_size, *window_shape), device=device)
-            yb = torch.zeros((k, batch_size), device=device)
-            sizes = torch.zeros(k, dtype=torch.long)
-            stepping = [i for i in running if step < len(jobs[i].loader)]
-            for i in stepping:
-                index, _ = next(batches[i])
-                x, y = store.gather(index)
-                if jobs[i].augment is not None:
-                    x = jobs[i].augment(x)
-                xb[i, :len(y)], yb[i, :len(y)] = x, y
-                sizes[i] = len(y)
-            logits = vmap(forward)(stacked, xb)
-            weight = (torch.arange(batch_size) < sizes.view(-1, 1)).to(device, logits.dtype)
-            per_window = F.binary_cross_entropy_with_logits(logits, yb, reduction="none") * weight
-            losses = per_window.sum(dim=1) / sizes.clamp(min=1).to(device, logits.dtype)
-            losses.sum().backward()
-            active = torch.zeros(k, dtype=torch.bool)
-            active[stepping] = True
-            optimizer.step(active)
-            for i in stepping:
-                n = int(sizes[i])
-                counts[i] += experiment.batch_counts(logits[i, :n].detach(), yb[i, :n], losses[i].detach())
-                seen[i] += n
+        for number in range(n_steps):
+            inputs = {}
+            for i in running:
+                if number < len(jobs[i].loader):
+                    index, _ = next(batches[i])
+                    x, y = store.gather(index)
+                    if jobs[i].augment is not None:
+                        x = jobs[i].augment(x)
+                    inputs[i] = (x, y)
+                    seen[i] += len(y)
+            step.load(inputs)
+            step.run()
+        counts = step.counts.cpu()  # waits for the epoch's steps (queued, on a GPU), so elapsed includes them
         elapsed = time.perf_counter() - start
         for i in list(running):
             if end_epoch(phase, jobs[i], tracks[i], model, stacked, i, epoch, counts[i], seen[i], elapsed,
                          max_epochs):
                 running.remove(i)
-                on_done(i, phase_result(tracks[i]))
+                on_done(i, phase_result(tracks[i], step.graph is not None))
         if not running:
             break
 
@@ -239,13 +324,13 @@ def end_epoch(phase, job, track, model, stacked, i, epoch, counts, n, elapsed, m
     return track["stale"] >= job.patience or epoch + 1 == max_epochs
 
 
-def phase_result(track):
+def phase_result(track, cuda_graphs_used):
     best = track["best"]
     return {"best_epoch": best["epoch"], "best_val_loss": best["val_loss"], "val_f1_at_best_loss": best["val_f1"],
             "best_val_f1": track["best_f1"], "best_val_f1_epoch": track["best_f1_epoch"], "state": best["state"],
             "curves": track["curves"], "epochs_run": len(track["curves"]["train_loss"]),
             "windows_per_s": track["windows"] / track["seconds"] if track["seconds"] else None,
-            "cuda_graphs": False}  # the packed step is not captured as a CUDA graph (yet)
+            "cuda_graphs": cuda_graphs_used}
 
 
 # ---------------------------------------------------------------- the pack
@@ -258,26 +343,29 @@ def seeded_start(args, seed, n_channels, device):
 
 
 def run_pack(members, size, identity):
-    """Train the members whose result folders are missing; returns the folders published."""
+    """Train the members whose result folders are missing (or that pass --overwrite);
+    returns the folders published."""
     first = members[0]
     device = experiment.resolve_device(first.device)
+    experiment.graphs_wanted(first.cuda_graphs, device)  # --cuda_graphs on without CUDA: refused now
     participants = check_participants(first.data_path, first.participants)
     model = experiment.build_model(first.model, 1)
     if any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
         raise experiment.ConfigError(f"--model {first.model} uses dropout, whose random masks a pack cannot "
                                      "draw as the solo runs do; run its jobs with oct1_train.py")
     todo, finals = [], set()
-    for args in members:
+    for member, args in enumerate(members):
         target_name, base_names = resolve_fold(participants, args.fold, args.n_base_participants)
         base_names = [] if args.mode == "target_only" else base_names
         final = experiment.result_dir(args, args.fold, target_name)
-        if args.mode != "base_only" and final in finals:
-            raise experiment.ConfigError(f"{final}: two members of the pack would write this result folder")
-        finals.add(final)
-        if args.mode != "base_only" and final.exists():
-            print(f"{final}: exists; member skipped (delete it to train it again)")
+        if args.mode != "base_only":  # base_only publishes no result folder
+            if final in finals:
+                raise experiment.ConfigError(f"{final}: two members of the pack would write this result folder")
+            finals.add(final)
+        if args.mode != "base_only" and final.exists() and not args.overwrite:
+            print(f"{final}: exists; member skipped (delete it or pass --overwrite to train it again)", flush=True)
             continue
-        todo.append((args, target_name, base_names, final))
+        todo.append((member, args, target_name, base_names, final))
     if not todo:
         return []
     data = load_participants(first.data_path, participants, first.window_size)
@@ -285,21 +373,23 @@ def run_pack(members, size, identity):
     n_channels = store.X.shape[1]
     model = experiment.build_model(first.model, n_channels).to(device)
     started, started_at = time.perf_counter(), provenance.now()
+    # Hashed once per participant set: many members share their base participants.
+    fingerprint = functools.cache(lambda names: base_cache.data_fingerprint(first.data_path, names))
 
     folds = []
-    for args, target_name, base_names, final in todo:
+    for member, args, target_name, base_names, final in todo:
         target_train = experiment.subsample(*store.indices([target_name], ["train"]), args.target_data_pct,
                                             args.seed, args.target_count)
         target_val = experiment.subsample(*store.indices([target_name], ["val"]), args.target_val_pct,
                                           args.seed + 3)
         base_train = store.indices(base_names, ["train", "val"]) if base_names else None
         experiment.check_composition(args, len(target_train[0]), len(base_train[0]) if base_train else 0)
-        folds.append({"args": args, "target": target_name, "base_names": base_names, "final": final,
-                      "fingerprint": base_cache.data_fingerprint(args.data_path, [target_name] + base_names),
+        folds.append({"member": member, "args": args, "target": target_name, "base_names": base_names,
+                      "final": final, "fingerprint": fingerprint(frozenset([target_name, *base_names])),
                       "target_train": target_train, "target_val": store.gather(target_val[0]),
                       "base_train": base_train})
 
-    bases = obtain_bases(folds, model, store, n_channels)
+    bases = obtain_bases(folds, model, store, n_channels, fingerprint)
     published = []
     jobs, fold_of_job = [], []
     for fold in folds:
@@ -307,8 +397,9 @@ def run_pack(members, size, identity):
         base, entry = bases.get(id(fold), (None, None))
         fold["base"], fold["entry"] = base, entry
         if args.mode == "base_only":
-            print(f"BASE_KEY {entry.key}")
-            print(f"BASE_MODEL {entry.path}")
+            print(f"BASE_KEY {entry.key}", flush=True)
+            print(f"BASE_MODEL {entry.path}", flush=True)
+            print(f"MEMBER_DONE {fold['member']}", flush=True)
             continue
         loader_gen, augment, state = seeded_start(args, args.seed + 1000, n_channels, device)
         if base is not None:
@@ -326,16 +417,18 @@ def run_pack(members, size, identity):
                                fold["entry"], target, started, fold["fingerprint"], started_at,
                                {"pack_size": size, "pack_id": identity})
         print(f"RESULT_DIR {fold['final']}", flush=True)
+        print(f"MEMBER_DONE {fold['member']}", flush=True)
         published.append(fold["final"])
 
     if jobs:
         log.info(f"target phase: a pack of {len(jobs)}")
-        train_pack("target", jobs, model, store, first.batch_size, first.max_epochs, finish)
+        train_pack("target", jobs, model, store, first.batch_size, first.max_epochs, first.cuda_graphs, finish)
     return published
 
 
-def obtain_bases(folds, model, store, n_channels):
-    """{id(fold): (base result, cache entry or None)}: reused from the cache, or trained as one pack."""
+def obtain_bases(folds, model, store, n_channels, fingerprint):
+    """{id(fold): (base result, cache entry or None)}: reused from the cache, or trained as one pack.
+    fingerprint(frozenset of participants): their data fingerprint."""
     found, missing = {}, {}
     for fold in folds:
         args, names = fold["args"], fold["base_names"]
@@ -345,8 +438,7 @@ def obtain_bases(folds, model, store, n_channels):
         key = base_cache.base_key(args, names)
         fold["key"] = key
         if cached:
-            fingerprint = base_cache.data_fingerprint(args.data_path, names)
-            result, why = base_cache.read_entry(Path(args.base_cache_dir) / key, fingerprint)
+            result, why = base_cache.read_entry(Path(args.base_cache_dir) / key, fingerprint(frozenset(names)))
             if result is not None:
                 log.info(f"base model {key}: reused from {Path(args.base_cache_dir) / key}")
                 found[id(fold)] = (result, base_cache.Entry(key, Path(args.base_cache_dir) / key, result, True))
@@ -357,15 +449,16 @@ def obtain_bases(folds, model, store, n_channels):
         keys = list(missing)
         jobs = [base_job(missing[key][0], store, n_channels) for key in keys]
         log.info(f"base phase: a pack of {len(jobs)} base model(s)")
-        train_pack("base", jobs, model, store, folds[0]["args"].batch_size, folds[0]["args"].max_epochs,
+        first = folds[0]["args"]
+        train_pack("base", jobs, model, store, first.batch_size, first.max_epochs, first.cuda_graphs,
                    lambda i, result: trained.__setitem__(keys[i], result))
         for key, group in missing.items():
             args, names = group[0]["args"], group[0]["base_names"]
-            fingerprint = base_cache.data_fingerprint(args.data_path, names)
-            trained[key]["provenance"] = provenance.record(store.device, fingerprint, started)
+            base_files = fingerprint(frozenset(names))
+            trained[key]["provenance"] = provenance.record(store.device, base_files, started)
             entry = None
             if args.base_cache_dir and not args.no_base_cache:
-                entry = base_cache.get_or_train(args.base_cache_dir, key, fingerprint,
+                entry = base_cache.get_or_train(args.base_cache_dir, key, base_files,
                                                 base_cache.key_settings(args, names), lambda: trained[key])
             for n, fold in enumerate(group):
                 # As in solo runs one after another: the first trained it, the others reuse it.
@@ -388,12 +481,17 @@ def base_job(fold, store, n_channels):
 # ---------------------------------------------------------------- CLI
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Train the jobs of a jobs JSON together, as one pack.")
-    parser.add_argument("jobs", help="jobs JSON: a list of jobs, each an object of oct1_train.py flags")
-    path = parser.parse_args(argv).jobs
+    parser = argparse.ArgumentParser(description="Train the jobs of a jobs JSON together, as one pack.",
+                                     allow_abbrev=False)
+    parser.add_argument("jobs", nargs="?", help="jobs JSON: a list of jobs, each an object of oct1_train.py flags")
+    parser.add_argument("--json", metavar="TEXT", help="the jobs as JSON text instead of a file (how the runner "
+                        "starts a pack on a host)")
+    given = parser.parse_args(argv)
 
     def work(log_path):
-        members = read_jobs(path)
+        if (given.jobs is None) == (given.json is None):
+            raise experiment.ConfigError("give the jobs as a file or as --json TEXT (exactly one of them)")
+        members = read_jobs(given.jobs, given.json)
         check_compatible(members)
         experiment.apply_threads(members[0])
         experiment.ensure_demo_data(members[0].data_path)

@@ -5,6 +5,7 @@ Tiny data on the CPU, one torch thread (conftest). Solo runs call experiment.mai
 test, which kills a pack subprocess.
 """
 import json
+import math
 import os
 import re
 import signal
@@ -225,3 +226,169 @@ def test_gpu_grid_bench_refuses_without_cuda():
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "CUDA" in result.stderr
     assert result.stdout == ""
+
+
+# ---------------------------------------------------------------- the runner's interface
+
+def protocol_lines(out):
+    """The lines of the output protocol the runner parses, in order."""
+    return [line for line in out.splitlines() if line.split(" ")[0] in ("RESULT_DIR", "BASE_KEY", "BASE_MODEL",
+                                                                         "MEMBER_DONE")]
+
+
+def test_json_members_print_member_done_after_their_lines_and_none_when_skipped(data, tmp_path, capsys):
+    exp, cache = tmp_path / "exp", tmp_path / "cache"
+    common = dict(shared(data, exp, cache, epochs=2), prefix="p")
+    jobs = [dict(common, fold=2, mode="base_only"),
+            dict(common, fold=1, mode="target_only"),  # its folder exists: skipped, keeps position 1
+            dict(common, fold=2, mode="full_fine_tuning")]
+    (exp / "p" / "fold1_b").mkdir(parents=True)
+    assert pack_train.main(["--json", json.dumps(jobs)]) == 0
+    out = capsys.readouterr().out
+    (key,) = [p.name for p in cache.iterdir() if p.is_dir()]
+    assert protocol_lines(out) == [f"BASE_KEY {key}", f"BASE_MODEL {cache / key}", "MEMBER_DONE 0",
+                                   f"RESULT_DIR {exp / 'p' / 'fold2_c'}", "MEMBER_DONE 2"]
+    assert f"{exp / 'p' / 'fold1_b'}: exists; member skipped" in out
+    assert list((exp / "p" / "fold1_b").iterdir()) == []
+
+
+def test_overwrite_is_per_member(data, tmp_path, capsys):
+    exp = tmp_path / "exp"
+    common = dict(shared(data, exp, tmp_path / "cache", epochs=1), prefix="p", mode="target_only")
+    for name in ("fold0_a", "fold1_b"):
+        (exp / "p" / name).mkdir(parents=True)
+        (exp / "p" / name / "old.txt").write_text("an earlier run")
+    jobs = [dict(common, fold=0, overwrite=True), dict(common, fold=1)]
+    assert pack_train.main(["--json", json.dumps(jobs)]) == 0
+    assert protocol_lines(capsys.readouterr().out) == [f"RESULT_DIR {exp / 'p' / 'fold0_a'}", "MEMBER_DONE 0"]
+    replaced = {p.name for p in (exp / "p" / "fold0_a").iterdir()}
+    assert "old.txt" not in replaced and {"hyperparameters.json", "metrics.json"} <= replaced
+    assert read(exp / "p" / "fold0_a")["hyperparameters.json"]["overwrite"] is True
+    assert [p.name for p in (exp / "p" / "fold1_b").iterdir()] == ["old.txt"]  # without --overwrite: kept
+
+
+def test_a_member_whose_folder_cannot_be_published_prints_no_member_done(data, tmp_path, capsys, monkeypatch):
+    exp = tmp_path / "exp"
+    common = dict(shared(data, exp, tmp_path / "cache", epochs=1), prefix="p", mode="target_only")
+    finish_fold = experiment.finish_fold
+
+    def appears_first(args, model, device, final, *rest):
+        if args.fold == 1:  # someone else's run writes member 1's folder while the pack trains
+            final.mkdir(parents=True)
+        return finish_fold(args, model, device, final, *rest)
+    monkeypatch.setattr(experiment, "finish_fold", appears_first)
+    assert pack_train.main(["--json", json.dumps([dict(common, fold=0), dict(common, fold=1)])]) == 2
+    captured = capsys.readouterr()
+    assert protocol_lines(captured.out) == [f"RESULT_DIR {exp / 'p' / 'fold0_a'}", "MEMBER_DONE 0"]
+    assert "appeared during the run" in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert list((exp / "p" / "fold1_b").iterdir()) == []
+
+
+def test_json_errors_are_one_line_naming_json_and_file_or_json_is_required(data, tmp_path, capsys):
+    job = shared(data, tmp_path / "exp", tmp_path / "cache")
+    (tmp_path / "jobs.json").write_text(json.dumps([job]))
+    cases = [(["--json", "[{"], "--json: not valid JSON"),
+             (["--json", "{}"], "--json: expected a non-empty JSON list"),
+             (["--json", json.dumps([dict(job, no_such_flag=1)])], "--json: job 0 has unknown flags"),
+             ([str(tmp_path / "jobs.json"), "--json", json.dumps([job])], "exactly one of them"),
+             ([], "exactly one of them")]
+    for argv, message in cases:
+        assert pack_train.main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "exp").exists()
+
+
+# ---------------------------------------------------------------- CUDA graphs
+
+def test_cuda_graphs_on_without_cuda_is_a_one_line_error(data, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    job = dict(shared(data, tmp_path / "exp", tmp_path / "cache"), cuda_graphs="on")
+    assert pack([job], tmp_path / "jobs.json") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--cuda_graphs on needs a CUDA device" in err, err
+    assert not (tmp_path / "exp").exists() and not (tmp_path / "cache").exists()
+
+
+def test_the_packed_step_keeps_its_state_in_place_and_an_idle_step_changes_nothing():
+    """What capturing the step as a CUDA graph relies on, checked on the CPU: the warm-up runs
+    before a capture (no member active) change nothing, and a step updates every tensor in place,
+    so a replay reads and writes the same memory."""
+    import cuda_step
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    model = experiment.build_model("test", 3)
+    states = [experiment.build_model("test", 3).state_dict() for _ in range(2)]
+    stacked = {name: torch.stack([state[name] for state in states]) for name in model.state_dict()}
+    params = {name: stacked[name].requires_grad_() for name, _ in model.named_parameters()}
+    optimizer = pack_train.StackedAdamW(params, [1e-2, 1e-2], cpu)
+    step = pack_train.PackedStep(model, stacked, optimizer, 4, (3, 32), cpu)
+
+    def state():
+        return [*params.values(), *optimizer.exp_avg.values(), *optimizer.exp_avg_sq.values(), optimizer.steps,
+                step.counts]
+    before = [t.detach().clone() for t in state()]
+    addresses = [t.data_ptr() for t in state()]
+    for _ in range(cuda_step.WARMUP_STEPS):
+        step.run()
+    assert all(torch.equal(a, b) for a, b in zip(before, state()))
+    step.load({0: (torch.randn(3, 3, 32), torch.tensor([1.0, 0.0, 1.0]))})  # member 1 has no batch
+    step.run()
+    assert [t.data_ptr() for t in state()] == addresses
+    assert optimizer.steps.tolist() == [1.0, 0.0] and step.counts[0, 1:].sum() == 3 and not step.counts[1].any()
+    for name, p in params.items():
+        assert torch.equal(p[1], before[list(params).index(name)][1])  # member 1 unchanged
+    assert not all(torch.equal(p[0], states[0][name]) for name, p in params.items())  # member 0 stepped
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def agrees_with_eager(eager_folder, folder, graphs_used):
+    """Same best epochs, curves within 1e-4 relative (GPU sums are not bit-reproducible)."""
+    eager, graphed = read(eager_folder), read(folder)
+    assert eager["hyperparameters.json"]["cuda_graphs_used"] is False
+    assert graphed["hyperparameters.json"]["cuda_graphs_used"] is graphs_used
+    for key in ("transition_epoch", "best_base_epoch", "best_target_epoch", "epoch"):
+        assert graphed["losses.json"][key] == eager["losses.json"][key], key
+    for key, curve in eager["losses.json"].items():
+        if isinstance(curve, list) and key != "epoch":
+            for a, b in zip(curve, graphed["losses.json"][key]):
+                assert (a is None) == (b is None) and (a is None or math.isclose(a, b, rel_tol=1e-4)), key
+
+
+@needs_cuda
+def test_a_packed_run_with_graphs_gives_the_eager_results(data, tmp_path):
+    # The three members of the CPU test: partial batches, fewer batches per epoch, a base phase each.
+    exp = tmp_path / "exp"
+    for graphs in ("off", "on"):
+        jobs = [dict(shared(data, exp, tmp_path / f"cache_{graphs}"), device="cuda", cuda_graphs=graphs, **m)
+                for m in MEMBERS]
+        assert pack(jobs, tmp_path / "jobs.json", graphs) == 0
+    for member, target in zip(MEMBERS, "abc"):
+        name = f"fold{member['fold']}_{target}"
+        agrees_with_eager(exp / "off" / name, exp / "on" / name, graphs_used=True)
+
+
+@needs_cuda
+def test_a_failed_packed_capture_runs_eagerly_with_auto_and_is_an_error_with_on(data, tmp_path, capsys,
+                                                                                  monkeypatch):
+    exp = tmp_path / "exp"
+    job = dict(shared(data, exp, tmp_path / "cache", epochs=2), device="cuda", fold=1, mode="target_only")
+    assert pack([dict(job, cuda_graphs="off")], tmp_path / "jobs.json", "off") == 0
+    compute = pack_train.PackedStep._compute
+
+    def syncs(step):
+        compute(step)
+        step.counts.sum().item()  # a host sync: a graph cannot capture it
+    monkeypatch.setattr(pack_train.PackedStep, "_compute", syncs)
+    capsys.readouterr()
+    assert pack([dict(job, cuda_graphs="auto")], tmp_path / "jobs.json", "auto") == 0
+    out = capsys.readouterr().out
+    assert "CUDA graph capture failed" in out and "runs eagerly" in out
+    agrees_with_eager(exp / "off" / "fold1_b", exp / "auto" / "fold1_b", graphs_used=False)  # nothing left behind
+    assert pack([dict(job, cuda_graphs="on")], tmp_path / "jobs.json", "on") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--cuda_graphs on: capture failed" in err, err
+    assert not (exp / "on").exists()
