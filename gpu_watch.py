@@ -16,7 +16,7 @@ from packing import auto_size
 
 FORMAT = "--format=csv,noheader,nounits"
 # Every device's memory, then the compute apps with each one's process group (the runner's own
-# jobs are told apart by it). nvidia-smi's status is the line's: the apps are read only after it.
+# jobs are told apart by it). A failing nvidia-smi fails the line, its own message last.
 QUERY = (f"nvidia-smi --query-gpu=index,uuid,memory.total,memory.used {FORMAT}"
          f" && apps=$(nvidia-smi --query-compute-apps=gpu_uuid,pid,used_memory {FORMAT})"
          " && echo @@APPS && echo \"$apps\" && echo @@GROUPS"
