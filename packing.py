@@ -24,6 +24,7 @@ MEMBER_DONE = "MEMBER_DONE"  # pack_train.py prints "MEMBER_DONE <i>" once membe
 # measurement (the `test` CNN's parameters, AdamW state and a batch of 64 windows of 6 x 3000 need far less).
 MAX_AUTO = 32
 MIB_PER_MEMBER = 512
+MAX_JOBS_TEXT = 100_000  # characters of the members' JSON on a pack's command line
 
 
 def pack_group(job, phase):
@@ -43,7 +44,11 @@ def next_pack(ready, limit, spread):
     if first.pack_key is None or limit <= 1:
         return [first]
     group = [task for task in ready if task.pack_key == first.pack_key]
-    return group[:max(1, min(limit, math.ceil(len(group) / max(1, spread))))]
+    group = group[:max(1, min(limit, math.ceil(len(group) / max(1, spread))))]
+    # The jobs travel as one argument: Linux refuses an argument over 128 KiB (E2BIG).
+    sizes = [len(json.dumps(task.job)) + 2 for task in group]
+    fits = next((n for n in range(len(group), 0, -1) if sum(sizes[:n]) <= MAX_JOBS_TEXT), 1)
+    return group[:fits]
 
 
 def pack_limit(server, device, gpu_auto_size):

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 import remote
 from commands import job_command, pack_command
+from gpu_watch import GpuWatch
 from host_transfer import CopyError, HostTransfer
 from hosts import check_host, out_of_the_run
 from packing import MEMBER_DONE, next_pack, pack_limit, trainer_path
@@ -152,6 +153,9 @@ class Scheduler:
         self.transfer = HostTransfer(script, self.say)
         self.trainer = trainer_path(script)  # pack_train.py beside the script; None: no packs
         self.slots_running = 0  # slots running a job or a pack now
+        say_gpu = lambda message: self.say(message, important=True)  # noqa: E731
+        # One watch per host with GPU slots: busy devices (gpus "auto") and pack sizes (pack "auto").
+        self.gpus = {s.host.name: GpuWatch(s.server, s.host, say_gpu) for s in slots if s.device != "cpu"}
         self.interrupted = self.aborted = None
         self.started = self.ended = None
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -418,11 +422,11 @@ class Scheduler:
 
     # -- the run
 
-    def _pack_limit(self, slot):
+    def _pack_limit(self, slot, watch):
         """How many jobs this slot may start in one process."""
         if not self.trainer:
             return 1
-        return pack_limit(slot.server, slot.device, lambda: 1)
+        return pack_limit(slot.server, slot.device, lambda: watch.pack_size(slot.device))
 
     def _worker(self, slot):
         while not self.stop.is_set() and not self.queue.finished:
@@ -431,9 +435,18 @@ class Scheduler:
             if not self._host_ready(slot.host):
                 self.stop.wait(0.25)
                 continue
+            watch = self.gpus.get(slot.host.name)
+            try:
+                if watch and watch.busy(slot.device):  # other people's processes fill it
+                    self.stop.wait(0.5)
+                    continue
+                limit = self._pack_limit(slot, watch)
+            except remote.HostDown as e:
+                self._host_lost(slot.host, e)
+                continue
             # A pack takes its share of the slots that wait for work now, so that at the start
             # every slot gets some of the jobs; a slot freeing later may take what is left.
-            tasks = self.queue.take(0.5, self._pack_limit(slot), len(self.slots) - self.slots_running)
+            tasks = self.queue.take(0.5, limit, len(self.slots) - self.slots_running)
             if tasks:
                 with self.lock:
                     self.slots_running += 1
@@ -442,6 +455,8 @@ class Scheduler:
                 finally:
                     with self.lock:
                         self.slots_running -= 1
+                    for each in self.gpus.values():
+                        each.slot_freed()
 
     def _kill_all(self):
         """Kill the running jobs on every host at once."""

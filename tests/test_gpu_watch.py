@@ -20,6 +20,7 @@ if [ -f "$state/fail" ]; then
   exit 9
 fi
 case "$1" in
+  --query-gpu=index) cut -d, -f1 "$state/gpus" ;;  # the runner's first question (hosts.ask_gpus)
   --query-gpu=*) cat "$state/gpus" ;;
   --query-compute-apps=*) cat "$state/apps" ;;
 esac

@@ -17,6 +17,7 @@ import pytest
 
 import run_distributed_training as rdt
 from conftest import write_json, write_known_hosts
+from test_gpu_watch import FakeSmi
 from test_pack import noisy  # noqa: F401 (a fixture: labels shuffled, so early stopping fires)
 from test_remote import ledger, wait_for, write_cluster
 from test_two_phase import ONE_THREAD, SCRIPT, assert_carries_the_stored_base, generate, report
@@ -172,3 +173,37 @@ def test_a_runner_killed_after_one_member_finished_reruns_only_the_others(noisy,
     assert sorted(p.name for p in (exp / "p").iterdir()) == ["fold0_a", "fold1_b", "fold2_c"]
     assert finished.stat().st_mtime_ns == before  # the finished member was not trained again
     assert os.path.exists(run_dir / "logs" / "slow1.log")
+
+
+@pytest.mark.slow
+def test_a_busy_gpu_is_skipped_until_a_slot_frees_and_it_is_free_again(fake_script, tmp_path):
+    smi = FakeSmi(tmp_path)
+    smi.show(used=(5000, 0))  # someone else's 5000 MiB on GPU 0 (a process nvidia-smi cannot see)
+    cluster = write_json(tmp_path / "cluster.json", {
+        "servers": [{"host": "gpuhost", "local": True, "gpus": "auto", "setup": smi.server()["setup"]}],
+        "script_path": str(fake_script)})
+    block, started = tmp_path / "block", tmp_path / "started"
+    block.touch()
+    started.mkdir()
+    jobs = [{"job_id": "first", "prefix": "g", "fold": 0, "block_file": str(block), "started_dir": str(started)}]
+    jobs += [{"job_id": f"next{f}", "prefix": "g", "fold": f, "sleep": 1, "started_dir": str(started)}
+             for f in (1, 2)]
+    command = [sys.executable, str(ROOT / "run_distributed_training.py"), "--cluster-config", cluster,
+               "--jobs-config", write_json(tmp_path / "jobs.json", jobs)]
+    runner = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: any(started.iterdir()) or runner.poll() is not None, 60, "the first job to start")
+        assert runner.poll() is None, runner.stderr.read()
+        time.sleep(1.5)  # GPU 0's slot would have taken a waiting job by now, were it not busy
+        assert len(list(started.iterdir())) == 1
+        smi.show(used=(0, 0))  # the other process ended; the runner looks again once a slot frees
+        block.unlink()
+        _, err = runner.communicate(timeout=120)
+    finally:
+        runner.kill()
+    assert runner.returncode == 0, err
+    ran_on = {json.loads(p.read_text())["fold"]: json.loads(p.read_text())["cuda"]
+              for p in (tmp_path / "experiments" / "g").glob("*/record.json")}
+    assert ran_on[0] == "1" and "0" in (ran_on[1], ran_on[2])
+    assert err.count("gpuhost:gpu 0: 5000 MiB in use by other processes") == 1
+    assert err.count("gpuhost:gpu 0: free again") == 1 and "gpu 1:" not in err
