@@ -82,6 +82,10 @@ def test_packs_are_split_fairly_over_the_slots_and_only_oct1_jobs_pack(data, tmp
     out = capsys.readouterr().out
     assert [len(p) for p in planned_processes(out)] == [3, 3]  # two slots: 6 jobs in two packs, not 6 + 0
     assert "[here:0] pack of 3" in out and "[here:1] pack of 3" in out
+    argv[1] = local_cluster(tmp_path, pack=8, gpus=[0], slots_per_gpu=2)  # each slot runs its own packs
+    assert rdt.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "[here:0#1] pack of 3" in out and "[here:0#2] pack of 3" in out
 
     other = ROOT / "train.py"  # the original's CLI: pack_train.py does not stand in for it
     argv[1] = local_cluster(tmp_path, script=other, pack=4)

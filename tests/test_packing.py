@@ -1,0 +1,59 @@
+"""packing.py: which jobs share a pack, how many a slot takes, and how big "auto" is."""
+import json
+
+from torch import nn
+
+import models
+import packing
+from scheduler import Task
+
+
+def tasks(jobs, phase="target"):
+    return [Task(job, pack_key=packing.pack_group(job, phase)) for job in jobs]
+
+
+def test_only_the_flags_a_pack_may_vary_may_differ():
+    base = {"data_path": "d", "batch_size": 64, "max_epochs": 5, "job_id": "x", "base_key": "k1"}
+    varied = dict(base, fold=3, seed=2, lr=0.1, mode="target_only", prefix="other", overwrite=True,
+                  job_id="y", base_key="k2")
+    assert packing.pack_group(base, "target") == packing.pack_group(varied, "target")
+    assert packing.pack_group(base, "target") != packing.pack_group(base, "base")
+    for flag, value in (("batch_size", 32), ("max_epochs", 6), ("data_path", "e"), ("model", "test_pool4")):
+        assert packing.pack_group(dict(base, **{flag: value}), "target") != packing.pack_group(base, "target")
+    assert packing.pack_group(dict(base, model="medium"), "target") is None
+    assert packing.pack_group(dict(base, print_base_key=True), "target") is None
+
+
+def test_packable_models_are_exactly_those_without_dropout():
+    without_dropout = {name for name, build in models.MODELS.items()
+                       if not any(isinstance(m, nn.Dropout) and m.p > 0 for m in build(3).modules())}
+    assert set(packing.PACKABLE_MODELS) == without_dropout
+
+
+def test_a_slot_takes_its_share_of_its_group_and_never_mixes_groups():
+    jobs = [{"fold": f, "batch_size": 8} for f in range(5)] + [{"fold": 9, "batch_size": 16}]
+    ready = tasks(jobs)
+    assert [t.job["fold"] for t in packing.next_pack(ready, 32, 1)] == [0, 1, 2, 3, 4]
+    assert [t.job["fold"] for t in packing.next_pack(ready, 32, 2)] == [0, 1, 2]  # ceil(5 / 2)
+    assert [t.job["fold"] for t in packing.next_pack(ready, 2, 1)] == [0, 1]
+    assert [t.job["fold"] for t in packing.next_pack(ready, 1, 1)] == [0]
+    assert [t.job["fold"] for t in packing.next_pack(ready[5:], 32, 1)] == [9]
+
+
+def test_a_pack_stays_under_the_command_line_limit():
+    jobs = [{"fold": f, "prefix": "p" * 20_000} for f in range(8)]
+    pack = packing.next_pack(tasks(jobs), 32, 1)
+    assert len(pack) == 4 and len(json.dumps([t.job for t in pack])) <= packing.MAX_JOBS_TEXT
+    assert len(packing.next_pack(tasks([{"prefix": "p" * 200_000}] * 2), 32, 1)) == 1  # never fewer than one
+
+
+def test_auto_size_and_limits():
+    assert packing.auto_size(143_771, 0, 1) == packing.MAX_AUTO  # an H200
+    assert packing.auto_size(8192, 2048, 2) == 6  # (8192 - 2048) / 2 / 512
+    assert packing.auto_size(1024, 4096, 1) == 1
+    server = {"pack": "auto"}
+    assert packing.pack_limit(server, "cpu", lambda: 7) == 1
+    assert packing.pack_limit(server, 0, lambda: 7) == 7
+    assert packing.pack_limit({"pack": 3}, "cpu", lambda: 7) == 3
+    assert packing.trainer_path("proj/oct1_train.py") == "proj/pack_train.py"
+    assert packing.trainer_path("train.py") is None
