@@ -89,7 +89,9 @@ def script_command(server, device, script_args, masked, slots):
     env = {name: MASK if masked else shlex.quote(str(value)) for name, value in server["env"].items()}
     # Without this every job starts one thread per core and they fight over the cores.
     threads = {} if "OMP_NUM_THREADS" in env else {"OMP_NUM_THREADS": threads_per_slot(slots)}
-    env = {"PYTHONUNBUFFERED": "1", **threads, **env,  # unbuffered: the log streams live
+    # nvidia-smi numbers GPUs by PCI bus; CUDA, unless told, fastest first.
+    order = {} if device == "cpu" else {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    env = {"PYTHONUNBUFFERED": "1", **threads, **order, **env,  # unbuffered: the log streams live
            "CUDA_VISIBLE_DEVICES": "<asked at run time>" if device == "auto"  # dry run, remote host
            else shlex.quote("" if device == "cpu" else str(device))}
     assignments = " ".join(f"{name}={value}" for name, value in env.items())

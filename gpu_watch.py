@@ -72,10 +72,12 @@ class GpuWatch:
         """Some slot of the run finished a job: the next busy() looks again."""
         self._freed = True
 
-    def busy(self, device):
+    def busy(self, device, ours=False):
         """True when processes that are not the runner's use more than max_busy_memory_mb of the
-        device (always False on "cpu" and when the server lists its devices)."""
-        if device == "cpu" or not self.watching:
+        device (always False on "cpu" and when the server lists its devices). ours: the runner has
+        a job on the device now, so it is not busy: where nvidia-smi cannot see our processes
+        (containers, MIG), our own memory would read as someone else's."""
+        if device == "cpu" or not self.watching or ours:
             return False
         with self._lock:
             if (self._freed or self._looked_at is None

@@ -16,6 +16,7 @@ class Slot:
     device: object  # a GPU id, or "cpu"
     label: str
     busy_s: float = 0.0
+    running: bool = False  # a job or pack of this slot runs now
     ok: int = 0
     failed: int = 0
 

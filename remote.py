@@ -505,6 +505,8 @@ class RemoteHost(Host):
     def _take(self, semaphore):
         """A channel slot; when all are taken, an idle session gives its slot up."""
         while not semaphore.acquire(timeout=0.2):
+            if not self.connected:  # a lost host frees no slot: do not wait for one
+                raise HostDown(f"{self.name}: connection lost ({self.lost_reason or 'closed'})")
             with self._pool_lock:
                 idle = self._idle.pop() if self._idle else None
             if idle:

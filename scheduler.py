@@ -2,8 +2,7 @@
 the queue and runs it (dispatch), retries a failing job, puts a lost host's jobs back
 (requeue), follows each host's health, and blocks the dependents of a base model that failed.
 Copies go through host_transfer; what the run did is read off it by run_report."""
-import posixpath
-import re
+import queue
 import sys
 import threading
 import time
@@ -23,7 +22,6 @@ from packing import MEMBER_DONE, next_pack, pack_limit, trainer_path
 from run_config import cache_entry
 
 STATUS_EVERY = 30.0  # seconds between status lines when stderr is not a terminal
-USAGE_LINE = re.compile(r"^usage: ", re.M)  # argparse prints it before its error and exit status 2
 
 @dataclass
 class Task:
@@ -45,9 +43,10 @@ class JobQueue:
     """Tasks waiting for a slot. take() hands out the first task that ready(task)
     accepts, so a task can wait for something (a base model) without blocking others."""
 
-    def __init__(self, tasks, ready=None):
+    def __init__(self, tasks, ready=None, slots=1):
         self._waiting = deque(tasks)
-        self.running = 0
+        self.running = 0  # tasks handed out and not yet done or put back
+        self.slots, self.processes = slots, 0  # slots in the run; processes they run now (process_done)
         self.ready = ready or (lambda task: True)
         self._cond = threading.Condition()
 
@@ -56,22 +55,28 @@ class JobQueue:
         with self._cond:
             return not self._waiting and self.running == 0
 
-    def take(self, timeout, limit=1, spread=1):
-        """The tasks to run together in one process (packing.next_pack: at most `limit`, a fair
-        share of `spread` slots), or [] when none is ready within timeout."""
+    def take(self, timeout, limit=1):
+        """The tasks to run together in one process, or [] when none is ready within timeout:
+        packing.next_pack, at most `limit`, a fair share among the slots without a process, so
+        that at the start every slot gets some jobs. The caller calls process_done() after."""
         with self._cond:
-            tasks = self._pop_ready(limit, spread)
+            tasks = self._pop_ready(limit)
             if not tasks and self._cond.wait(timeout):
-                tasks = self._pop_ready(limit, spread)
+                tasks = self._pop_ready(limit)
             return tasks
 
-    def _pop_ready(self, limit, spread):
+    def _pop_ready(self, limit):
         ready = [task for task in self._waiting if self.ready(task)]
-        tasks = next_pack(ready, limit, spread) if ready else []
+        tasks = next_pack(ready, limit, self.slots - self.processes) if ready else []
         for task in tasks:
             self._waiting.remove(task)
         self.running += len(tasks)
+        self.processes += bool(tasks)
         return tasks
+
+    def process_done(self):
+        with self._cond:
+            self.processes -= 1
 
     def drop(self, which):
         """Remove and return the waiting tasks for which which(task) is true."""
@@ -105,6 +110,7 @@ class OutputLines:
     def __init__(self, on_member_done=None):
         self.on_member_done = on_member_done
         self.pending, self.tagged, self.trained, self.last = b"", [], set(), deque(maxlen=20)
+        self.usage = False  # argparse printed its usage line (before an error and exit status 2)
 
     def feed(self, chunk):
         self.pending += chunk
@@ -120,6 +126,7 @@ class OutputLines:
 
     def _line(self, line):
         self.last.append(line)
+        self.usage = self.usage or line.startswith("usage: ")
         if line.startswith("BASE_TRAINED "):
             self.trained.add(line.split(" ", 1)[1].strip())
         elif line.startswith(self.TAGS):
@@ -145,17 +152,20 @@ class Scheduler:
         self.down_timeout, self.quiet = down_timeout, quiet
         self.cached = cached or {}
         self.ready_keys = set(self.cached)  # base models complete in the local cache
-        self.queue = JobQueue(tasks, ready=lambda task: task.needs is None or task.needs in self.ready_keys)
+        self.queue = JobQueue(tasks, ready=lambda task: task.needs is None or task.needs in self.ready_keys,
+                              slots=len(slots))
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.done, self.failed, self.blocked, self.records = [], [], [], []
         self.trained = Counter()  # base key: trainings its jobs' outputs report
         self.transfer = HostTransfer(script, self.say)
         self.trainer = trainer_path(script)  # pack_train.py beside the script; None: no packs
-        self.slots_running = 0  # slots running a job or a pack now
         say_gpu = lambda message: self.say(message, important=True)  # noqa: E731
         # One watch per host with GPU slots: busy devices (gpus "auto") and pack sizes (pack "auto").
-        self.gpus = {s.host.name: GpuWatch(s.server, s.host, say_gpu) for s in slots if s.device != "cpu"}
+        self.gpus = {}
+        for s in slots:
+            if s.device != "cpu" and s.host.name not in self.gpus:
+                self.gpus[s.host.name] = GpuWatch(s.server, s.host, say_gpu)
         self.interrupted = self.aborted = None
         self.started = self.ended = None
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -236,6 +246,7 @@ class Scheduler:
                           for masked in (False, True))
         records = [self._start(slot, task, tasks) for task in tasks]
         left = list(range(len(tasks)))  # members not finished yet
+        counted = set()  # base keys whose training this attempt has counted
         started = time.time()
 
         def member_done(i, text):
@@ -243,20 +254,32 @@ class Scheduler:
             if i not in left:
                 return  # an index printed twice, or out of range
             task = tasks[i]
+            self._count_training([task.builds], output.trained, counted)
             try:
                 bring = (self.transfer.bring_base_home if task.job.get("mode") == "base_only"
                          else self.transfer.bring_home)
                 result_dir = bring(slot, task.job, text)
             except (CopyError, OSError) as e:
-                left.remove(i)
                 task.overwrite = True  # it finished: its folder is on the host
                 self._unfinished(slot, task, records[i], output.tail(), 0, False, str(e))
-                return
+            else:
+                task.overwrite = task.overwrite or not result_dir  # done, but its folder is still there
+                self._finished(slot, task, records[i], output.tail(), result_dir)
             left.remove(i)
-            task.overwrite = task.overwrite or not result_dir  # done, but its folder is still there
-            self._finished(slot, task, records[i], output.tail(), result_dir)
 
-        output = OutputLines(member_done if packed else None)
+        # A pack's finished members are copied home by a thread of their own while it trains the
+        # others: a copy needs a session of the host, and the pack may hold the last free one.
+        copies, copy_errors = queue.Queue(), []
+
+        def copy_members():
+            for i, text in iter(copies.get, None):
+                try:
+                    if not copy_errors:  # after a lost host the rest are requeued, below
+                        member_done(i, text)
+                except Exception as e:
+                    copy_errors.append(e)
+
+        output = OutputLines((lambda i, text: copies.put((i, text))) if packed else None)
         result = error = None
         try:
             for task in tasks:
@@ -264,9 +287,17 @@ class Scheduler:
                     self.transfer.send_base(slot, task.job, task.needs)
             header = f"attempt {tasks[0].attempt} on {slot.label}" if not packed else \
                 f"{slot.label}: a pack of {len(tasks)} ({', '.join(t.job_id for t in tasks)})"
-            result = self._run_logged(slot.host, command, shown, [r["log"] for r in records], header, output.feed)
-            output.close()
-            self._count_training(tasks, output.trained)
+            copier = threading.Thread(target=copy_members, daemon=True, name=f"{slot.label} copies")
+            copier.start()
+            try:
+                result = self._run_logged(slot.host, command, shown, [r["log"] for r in records], header,
+                                          output.feed)
+                output.close()
+            finally:
+                copies.put(None)
+                copier.join()
+            if copy_errors:
+                raise copy_errors[0]
             if result.ok and not packed:
                 member_done(0, output.text())
         except (remote.HostDown, remote.HostRefused) as e:
@@ -281,15 +312,30 @@ class Scheduler:
             else:
                 self._host_refused(slot.host, e)
             return
-        except (CopyError, OSError) as e:
-            error = str(e)
+        except Exception as e:  # a copy that failed, or anything unforeseen: the jobs left fail, not the run
+            error = str(e) if isinstance(e, (CopyError, OSError)) else f"{type(e).__name__}: {e}"
         finally:
             slot.busy_s += time.time() - started
-        if packed and result and result.ok and not error:
-            error = f"{posixpath.basename(self.trainer)} ended without finishing this member (see its log)"
+            self._count_training([task.builds or task.needs for task in tasks], output.trained, counted)
+        exit_status, timed_out = (result.exit_status, result.timed_out) if result else (None, False)
         for i in list(left):
-            self._unfinished(slot, tasks[i], records[i], output.tail(), result and result.exit_status,
-                             bool(result and result.timed_out), error)
+            if packed and not self.stop.is_set():
+                self._run_alone(tasks[i], records[i], output.tail(), exit_status,
+                                error or self._what_ended(exit_status, timed_out))
+            else:
+                self._unfinished(slot, tasks[i], records[i], output.tail(), exit_status, timed_out, error,
+                                 output.usage)
+
+    def _run_alone(self, task, record, tail, exit_status, why):
+        """A member the pack did not finish: the failure may be another member's, or the pack's
+        size (GPU memory, --timeout), so it is not charged; the member runs alone next."""
+        self._record(task, record, "requeued", tail, exit_status=exit_status,
+                     error=f"its pack ended without finishing it ({why}); it runs alone next")
+        task.pack_key, task.overwrite = None, True
+        self.queue.put_back(task, front=True)
+
+    def _what_ended(self, exit_status, timed_out):
+        return f"timed out after {self.timeout:g} s" if timed_out else f"exit status {exit_status}"
 
     def _finished(self, slot, task, record, tail, result_dir):
         self._record(task, record, "ok", tail, exit_status=0, result_dir=result_dir)
@@ -301,8 +347,9 @@ class Scheduler:
             self.say(f"base model {task.builds}: ready")
         self.queue.task_done()
 
-    def _unfinished(self, slot, task, record, tail, exit_status, timed_out, error):
-        """A job that did not finish: interrupted, retried, or failed for good."""
+    def _unfinished(self, slot, task, record, tail, exit_status, timed_out, error, usage=False):
+        """A job that did not finish: interrupted, retried, or failed for good. usage: its output
+        had argparse's usage line."""
         if self.stop.is_set():
             self._record(task, record, "interrupted", tail, exit_status=exit_status)
             self.queue.put_back(task, front=True)
@@ -310,9 +357,9 @@ class Scheduler:
         fields = {"error": error} if error else {}
         self._record(task, record, "timeout" if timed_out else "failed", tail, exit_status=exit_status, **fields)
         task.failures += 1
-        what = error or (f"timed out after {self.timeout:g} s" if timed_out else f"exit status {exit_status}")
+        what = error or self._what_ended(exit_status, timed_out)
         # An argparse error fails the same way on every slot: never retried.
-        bad_flags = exit_status == 2 and not error and bool(USAGE_LINE.search(tail))
+        bad_flags = exit_status == 2 and not error and usage
         if bad_flags:
             what += " (bad flags: not retried)"
         if task.failures <= self.retries and not bad_flags:
@@ -327,9 +374,11 @@ class Scheduler:
                 self._block(task.builds)
             self.queue.task_done()
 
-    def _count_training(self, tasks, trained):
-        """The base models these jobs trained (not reused): the engine prints BASE_TRAINED <key>."""
-        for key in {task.builds or task.needs for task in tasks} & trained:
+    def _count_training(self, keys, trained, counted):
+        """The base models of `keys` this attempt trained (not reused: the engine prints
+        BASE_TRAINED <key>), each counted once (counted: those it has counted)."""
+        for key in (set(keys) & trained) - counted:
+            counted.add(key)
             with self.lock:
                 self.trained[key] += 1
 
@@ -436,25 +485,23 @@ class Scheduler:
                 self.stop.wait(0.25)
                 continue
             watch = self.gpus.get(slot.host.name)
+            ours = any(s.running for s in self.slots if s.host is slot.host and s.device == slot.device)
             try:
-                if watch and watch.busy(slot.device):  # other people's processes fill it
+                if watch and watch.busy(slot.device, ours):  # other people's processes fill it
                     self.stop.wait(0.5)
                     continue
                 limit = self._pack_limit(slot, watch)
             except remote.HostDown as e:
                 self._host_lost(slot.host, e)
                 continue
-            # A pack takes its share of the slots that wait for work now, so that at the start
-            # every slot gets some of the jobs; a slot freeing later may take what is left.
-            tasks = self.queue.take(0.5, limit, len(self.slots) - self.slots_running)
+            tasks = self.queue.take(0.5, limit)
             if tasks:
-                with self.lock:
-                    self.slots_running += 1
+                slot.running = True
                 try:
                     self._attempt(slot, tasks)
                 finally:
-                    with self.lock:
-                        self.slots_running -= 1
+                    slot.running = False
+                    self.queue.process_done()
                     for each in self.gpus.values():
                         each.slot_freed()
 

@@ -99,6 +99,9 @@ def test_a_device_filled_by_another_process_is_busy_and_said_once(smi, host, oth
     assert said == [busy_line(1, 5000)]  # nothing more while the state does not change
     assert smi.calls == ["--query-gpu=index,uuid,memory.total,memory.used --format=csv,noheader,nounits",
                          "--query-compute-apps=gpu_uuid,pid,used_memory --format=csv,noheader,nounits"]
+    # Where the runner has a job running, the device is its to share (its own memory may be unseen).
+    watch.slot_freed()
+    assert watch.busy(1, ours=True) is False and len(smi.calls) == 2  # and no look was needed
 
 
 def test_memory_of_the_runners_own_command_is_not_counted(smi, host, tmp_path, other_process):

@@ -54,7 +54,7 @@ def test_job_command_line_sets_one_device_and_quotes_every_value():
     job = {"fold": 1, "prefix": "a b"}
     line = commands.job_command(server, 3, "oct1_train.py", job)
     assert line == ('cd "$HOME"/\'my proj\' && source env/bin/activate && PYTHONUNBUFFERED=1 '
-                    "OMP_NUM_THREADS=2 CUDA_VISIBLE_DEVICES=3 python3 oct1_train.py --fold 1 --prefix 'a b'")
+                    "CUDA_DEVICE_ORDER=PCI_BUS_ID OMP_NUM_THREADS=2 CUDA_VISIBLE_DEVICES=3 python3 oct1_train.py --fold 1 --prefix 'a b'")
     assert "CUDA_VISIBLE_DEVICES='' " in commands.job_command(server, "cpu", "t.py", job)  # no GPU seen
 
 

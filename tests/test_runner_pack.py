@@ -211,3 +211,43 @@ def test_a_busy_gpu_is_skipped_until_a_slot_frees_and_it_is_free_again(fake_scri
     assert ran_on[0] == "1" and "0" in (ran_on[1], ran_on[2])
     assert err.count("gpuhost:gpu 0: 5000 MiB in use by other processes") == 1
     assert err.count("gpuhost:gpu 0: free again") == 1 and "gpu 1:" not in err
+
+
+@pytest.mark.slow
+def test_a_failed_pack_runs_its_members_alone_and_charges_only_the_one_that_fails(data, tmp_path, monkeypatch):
+    common = {"data_path": str(tmp_path / "data"), "device": "cpu", "batch_size": 8, "max_epochs": 2,
+              "early_stopping_patience": 2, "early_stopping_patience_target": 2, "prefix": "alone"}
+    jobs = [dict(common, job_id=f"good{f}", fold=f, mode="target_only") for f in (1, 2)]
+    # 7 target windows in every batch, but 10% of 24 train windows leaves 2: refused before training.
+    jobs.append(dict(common, job_id="bad", fold=0, mode="full_fine_tuning",
+                     target_batch_pct=0.9, target_data_pct=0.1))
+    monkeypatch.chdir(tmp_path)
+    argv = ["--cluster-config", local_cluster(tmp_path, pack=3), "--jobs-config",
+            write_json(tmp_path / "jobs.json", jobs), "--quiet"]
+    assert rdt.main(argv) == 1
+    records = ledger(tmp_path / "runs" / "jobs")
+    ends = {(r["job_id"], r["attempt"]): r for r in records}
+    for job_id in ("good1", "good2", "bad"):
+        first = ends[job_id, 1]  # in the pack of three, which the bad member ended at once
+        assert first["status"] == "requeued" and "it runs alone next" in first["error"]
+        assert sorted(first["pack"]) == ["bad", "good1", "good2"]
+    assert ends["good1", 2]["status"] == ends["good2", 2]["status"] == "ok"
+    assert ends["bad", 2]["status"] == "failed" and "pack" not in ends["bad", 2]
+    assert ("bad", 3) not in ends  # --retries 0: the failure alone is the one charged
+    assert sorted(p.name for p in (tmp_path / "experiments" / "alone").iterdir()) == ["fold1_b", "fold2_c"]
+
+
+@pytest.mark.ssh
+def test_a_pack_holding_the_last_ssh_session_still_brings_its_members_home(start_sshd, user_key, data, tmp_path,
+                                                                          monkeypatch):
+    # max_sessions 2 leaves one session for jobs: the pack holds it while a member's copy needs one.
+    server = start_sshd("127.0.0.1")
+    known = write_known_hosts(tmp_path / "known_hosts", server)
+    jobs_path, jobs = generate(tmp_path, {"seed": [1]}, [0, 1], mode="target_only", data_path=str(tmp_path / "data"))
+    cluster = write_cluster(tmp_path, user_key, known, SCRIPT,
+                            [(server, dict(ONE_THREAD, gpus=0, pack=2, max_sessions=2))])
+    monkeypatch.chdir(tmp_path)
+    assert rdt.main(["--cluster-config", cluster, "--jobs-config", jobs_path, "--quiet", "--timeout", "300"]) == 0
+    assert sorted(r["job_id"] for r in ledger(tmp_path / "runs" / "jobs") if r["status"] == "ok") == \
+        sorted(job["job_id"] for job in jobs)
+    assert len(list((tmp_path / "experiments").glob(f"{jobs[0]['prefix']}/fold*"))) == 2
