@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import base_cache
 import experiment
 import pack_train
 from commands import job_argv
@@ -197,6 +198,33 @@ def test_killed_pack_keeps_finished_members_and_a_rerun_trains_the_rest(noisy, t
     assert pack([quick] + slow, jobs, "p") == 0
     assert sorted(p.name for p in (exp / "p").iterdir()) == ["fold0_a", "fold1_b", "fold2_c"]
     assert finished.stat().st_mtime_ns == before  # the finished member was skipped, not retrained
+
+
+def test_a_base_model_is_stored_and_announced_as_it_stops_not_when_the_base_pack_ends(noisy, tmp_path):
+    cache = tmp_path / "cache"
+    base = dict(shared(noisy, tmp_path / "exp", cache, epochs=400), fold=0, mode="base_only", prefix="p")
+    # Different seeds, learning rates and patiences: two base keys, one soon stopped, one training on.
+    quick = dict(base, seed=4, lr=0.05, early_stopping_patience=1)
+    slow = dict(base, seed=5, early_stopping_patience=400)
+    jobs = tmp_path / "jobs.json"
+    jobs.write_text(json.dumps([slow, quick]))
+    quick_key, slow_key = [base_cache.key_for_args(args) for args in pack_train.read_jobs(jobs, None)[::-1]]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "pack_train.py"), str(jobs)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("MEMBER_DONE"):
+                proc.send_signal(signal.SIGKILL)
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    assert lines[-3:] == [f"BASE_KEY {quick_key}", f"BASE_MODEL {cache / quick_key}", "MEMBER_DONE 1"], lines
+    assert f"BASE_TRAINED {quick_key}" in lines  # the runner counts the training
+    assert base_cache.entry_intact(cache / quick_key)
+    assert not (cache / slow_key).exists()
 
 
 @pytest.mark.parametrize("flag, value", [("batch_size", 16), ("model", "test_pool4"), ("max_epochs", 5)])
