@@ -13,18 +13,21 @@ A member that stops no longer changes; the pack ends when all have stopped.
 With --cuda_graphs (auto: on CUDA devices) every packed step, partial batches
 included, replays one captured CUDA graph.
 
-Base models missing from the cache are trained as a pack first, then the target
-phases. Each member's result folder is published (atomically) as soon as it
-finishes, with pack_size and pack_id added to hyperparameters.json; a member
-whose folder exists is skipped unless it passes --overwrite (then it is trained
-again and replaces it), so rerunning a pack after a crash trains only the
-unfinished ones.
+Base models missing from the cache are trained as a pack first, each stored in
+the cache as soon as it stops, then the target phases. Each member's result
+folder is published (atomically) as soon as it finishes, with pack_size and
+pack_id added to hyperparameters.json; a member whose folder exists is skipped
+unless it passes --overwrite (then it is trained again and replaces it), so
+rerunning a pack after a crash trains only the unfinished ones.
 
 Output lines (stdout, flushed at once; the runner reads them as they come): when a
 member finishes, its solo run's lines (`RESULT_DIR <folder>`, or `BASE_KEY <key>`
 and `BASE_MODEL <path>` for base_only), then `MEMBER_DONE <i>`, i its 0-based
-position in the jobs list. A skipped member, or one whose folder could not be
-published, prints no MEMBER_DONE; no other line starts with MEMBER_DONE.
+position in the jobs list (a base_only member finishes once its base model is in
+the cache). A skipped member prints no MEMBER_DONE; no other line starts with
+MEMBER_DONE. A folder that cannot be published ends the whole pack (exit 2): the
+members finished before keep their folders and MEMBER_DONE lines, the others print
+none (the SSH runner then runs those alone).
 """
 import argparse
 import dataclasses
