@@ -13,18 +13,21 @@ A member that stops no longer changes; the pack ends when all have stopped.
 With --cuda_graphs (auto: on CUDA devices) every packed step, partial batches
 included, replays one captured CUDA graph.
 
-Base models missing from the cache are trained as a pack first, then the target
-phases. Each member's result folder is published (atomically) as soon as it
-finishes, with pack_size and pack_id added to hyperparameters.json; a member
-whose folder exists is skipped unless it passes --overwrite (then it is trained
-again and replaces it), so rerunning a pack after a crash trains only the
-unfinished ones.
+Base models missing from the cache are trained as a pack first, each stored in
+the cache as soon as it stops, then the target phases. Each member's result
+folder is published (atomically) as soon as it finishes, with pack_size and
+pack_id added to hyperparameters.json; a member whose folder exists is skipped
+unless it passes --overwrite (then it is trained again and replaces it), so
+rerunning a pack after a crash trains only the unfinished ones.
 
 Output lines (stdout, flushed at once; the runner reads them as they come): when a
 member finishes, its solo run's lines (`RESULT_DIR <folder>`, or `BASE_KEY <key>`
 and `BASE_MODEL <path>` for base_only), then `MEMBER_DONE <i>`, i its 0-based
-position in the jobs list. A skipped member, or one whose folder could not be
-published, prints no MEMBER_DONE; no other line starts with MEMBER_DONE.
+position in the jobs list (a base_only member finishes once its base model is in
+the cache). A skipped member prints no MEMBER_DONE; no other line starts with
+MEMBER_DONE. A folder that cannot be published ends the whole pack (exit 2): the
+members finished before keep their folders and MEMBER_DONE lines, the others print
+none (the SSH runner then runs those alone).
 """
 import argparse
 import dataclasses
@@ -396,10 +399,7 @@ def run_pack(members, size, identity):
         args = fold["args"]
         base, entry = bases.get(id(fold), (None, None))
         fold["base"], fold["entry"] = base, entry
-        if args.mode == "base_only":
-            print(f"BASE_KEY {entry.key}", flush=True)
-            print(f"BASE_MODEL {entry.path}", flush=True)
-            print(f"MEMBER_DONE {fold['member']}", flush=True)
+        if args.mode == "base_only":  # finished: obtain_bases announced it once its base model was cached
             continue
         loader_gen, augment, state = seeded_start(args, args.seed + 1000, n_channels, device)
         if base is not None:
@@ -416,8 +416,7 @@ def run_pack(members, size, identity):
                                fold["base_names"], fold["target_val"], data[fold["target"]]["test"], fold["base"],
                                fold["entry"], target, started, fold["fingerprint"], started_at,
                                {"pack_size": size, "pack_id": identity})
-        print(f"RESULT_DIR {fold['final']}", flush=True)
-        print(f"MEMBER_DONE {fold['member']}", flush=True)
+        announce(fold["member"], f"RESULT_DIR {fold['final']}")
         published.append(fold["final"])
 
     if jobs:
@@ -426,44 +425,61 @@ def run_pack(members, size, identity):
     return published
 
 
+def announce(member, *lines):
+    """Member `member` has finished: its solo run's lines, then MEMBER_DONE, flushed (the runner reads them live)."""
+    for line in (*lines, f"MEMBER_DONE {member}"):
+        print(line, flush=True)
+
+
 def obtain_bases(folds, model, store, n_channels, fingerprint):
-    """{id(fold): (base result, cache entry or None)}: reused from the cache, or trained as one pack.
+    """{id(fold): (base result, cache entry or None)}: reused from the cache, or trained as one pack
+    whose members are each stored in the cache as soon as they stop, so a crash loses only the
+    unfinished ones. A base_only fold is announced as soon as its base model is in the cache.
     fingerprint(frozenset of participants): their data fingerprint."""
+    first = folds[0]["args"]
+    cached = first.base_cache_dir and not first.no_base_cache  # settings every member shares
     found, missing = {}, {}
+
+    def settle(fold, result, entry):
+        found[id(fold)] = (result, entry)
+        if fold["args"].mode == "base_only":
+            announce(fold["member"], f"BASE_KEY {entry.key}", f"BASE_MODEL {entry.path}")
+
     for fold in folds:
         args, names = fold["args"], fold["base_names"]
         if not names:
             continue
-        cached = args.base_cache_dir and not args.no_base_cache
         key = base_cache.base_key(args, names)
         fold["key"] = key
         if cached:
-            result, why = base_cache.read_entry(Path(args.base_cache_dir) / key, fingerprint(frozenset(names)))
+            folder = Path(first.base_cache_dir) / key
+            result, _ = base_cache.read_entry(folder, fingerprint(frozenset(names)))
             if result is not None:
-                log.info(f"base model {key}: reused from {Path(args.base_cache_dir) / key}")
-                found[id(fold)] = (result, base_cache.Entry(key, Path(args.base_cache_dir) / key, result, True))
+                log.info(f"base model {key}: reused from {folder}")
+                settle(fold, result, base_cache.Entry(key, folder, result, True))
                 continue
         missing.setdefault(key, []).append(fold)
-    if missing:
-        trained, started = {}, provenance.now()
-        keys = list(missing)
-        jobs = [base_job(missing[key][0], store, n_channels) for key in keys]
-        log.info(f"base phase: a pack of {len(jobs)} base model(s)")
-        first = folds[0]["args"]
-        train_pack("base", jobs, model, store, first.batch_size, first.max_epochs, first.cuda_graphs,
-                   lambda i, result: trained.__setitem__(keys[i], result))
-        for key, group in missing.items():
-            args, names = group[0]["args"], group[0]["base_names"]
-            base_files = fingerprint(frozenset(names))
-            trained[key]["provenance"] = provenance.record(store.device, base_files, started)
-            entry = None
-            if args.base_cache_dir and not args.no_base_cache:
-                entry = base_cache.get_or_train(args.base_cache_dir, key, base_files,
-                                                base_cache.key_settings(args, names), lambda: trained[key])
-            for n, fold in enumerate(group):
-                # As in solo runs one after another: the first trained it, the others reuse it.
-                shared = entry and dataclasses.replace(entry, reused=entry.reused or n > 0)
-                found[id(fold)] = (entry.result if entry else trained[key], shared)
+    if not missing:
+        return found
+    started, keys = provenance.now(), list(missing)
+
+    def store_base(i, trained):
+        group = missing[keys[i]]
+        args, names = group[0]["args"], group[0]["base_names"]
+        base_files = fingerprint(frozenset(names))
+        trained["provenance"] = provenance.record(store.device, base_files, started)
+        entry = None
+        if cached:
+            entry = base_cache.get_or_train(first.base_cache_dir, keys[i], base_files,
+                                            base_cache.key_settings(args, names), lambda: trained)
+        for n, fold in enumerate(group):
+            # As in solo runs one after another: the first trained it, the others reuse it.
+            shared = entry and dataclasses.replace(entry, reused=entry.reused or n > 0)
+            settle(fold, entry.result if entry else trained, shared)
+
+    jobs = [base_job(missing[key][0], store, n_channels) for key in keys]
+    log.info(f"base phase: a pack of {len(jobs)} base model(s)")
+    train_pack("base", jobs, model, store, first.batch_size, first.max_epochs, first.cuda_graphs, store_base)
     return found
 
 

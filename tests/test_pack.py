@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import base_cache
 import experiment
 import pack_train
 from commands import job_argv
@@ -169,6 +170,24 @@ def test_member_that_stops_first_leaves_the_others_unchanged(noisy, tmp_path):
     compare(exp / "solo" / "fold0_a", exp / "pair" / "fold0_a")
 
 
+def killed_at_first(jobs, start):
+    """Run pack_train.py on the jobs file in a subprocess and SIGKILL it as soon as it prints a
+    line beginning with `start`; the lines it printed (stdout and stderr), that one last."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "pack_train.py"), str(jobs)], cwd=jobs.parent,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith(start):
+                proc.send_signal(signal.SIGKILL)
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    return lines
+
+
 def test_killed_pack_keeps_finished_members_and_a_rerun_trains_the_rest(noisy, tmp_path):
     exp = tmp_path / "exp"
     base = shared(noisy, exp, tmp_path / "cache", epochs=400)
@@ -176,16 +195,7 @@ def test_killed_pack_keeps_finished_members_and_a_rerun_trains_the_rest(noisy, t
     slow = [dict(base, fold=f, seed=f, mode="target_only", early_stopping_patience_target=400) for f in (1, 2)]
     jobs = tmp_path / "jobs.json"
     jobs.write_text(json.dumps([dict(job, prefix="p") for job in [quick] + slow]))
-    proc = subprocess.Popen([sys.executable, str(ROOT / "pack_train.py"), str(jobs)], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        for line in proc.stdout:  # the first member's folder is announced once it is published
-            if line.startswith("RESULT_DIR"):
-                proc.send_signal(signal.SIGKILL)
-                break
-    finally:
-        proc.kill()
-        proc.wait()
+    killed_at_first(jobs, "RESULT_DIR")  # the first member's folder is announced once it is published
     finished = exp / "p" / "fold0_a"
     assert sorted(p.name for p in (exp / "p").iterdir()) == ["fold0_a"]  # no half-written sibling either
     assert {"hyperparameters.json", "metrics.json", "losses.json", "best_target_model.pt"} <= \
@@ -197,6 +207,22 @@ def test_killed_pack_keeps_finished_members_and_a_rerun_trains_the_rest(noisy, t
     assert pack([quick] + slow, jobs, "p") == 0
     assert sorted(p.name for p in (exp / "p").iterdir()) == ["fold0_a", "fold1_b", "fold2_c"]
     assert finished.stat().st_mtime_ns == before  # the finished member was skipped, not retrained
+
+
+def test_a_base_model_is_stored_and_announced_as_it_stops_not_when_the_base_pack_ends(noisy, tmp_path):
+    cache = tmp_path / "cache"
+    base = dict(shared(noisy, tmp_path / "exp", cache, epochs=400), fold=0, mode="base_only", prefix="p")
+    # Different seeds, learning rates and patiences: two base keys, one soon stopped, one training on.
+    quick = dict(base, seed=4, lr=0.05, early_stopping_patience=1)
+    slow = dict(base, seed=5, early_stopping_patience=400)
+    jobs = tmp_path / "jobs.json"
+    jobs.write_text(json.dumps([slow, quick]))
+    quick_key, slow_key = [base_cache.key_for_args(args) for args in pack_train.read_jobs(jobs, None)[::-1]]
+    lines = killed_at_first(jobs, "MEMBER_DONE")
+    assert lines[-3:] == [f"BASE_KEY {quick_key}", f"BASE_MODEL {cache / quick_key}", "MEMBER_DONE 1"], lines
+    assert f"BASE_TRAINED {quick_key}" in lines  # the runner counts the training
+    assert base_cache.entry_intact(cache / quick_key)
+    assert not (cache / slow_key).exists()
 
 
 @pytest.mark.parametrize("flag, value", [("batch_size", 16), ("model", "test_pool4"), ("max_epochs", 5)])
@@ -267,7 +293,7 @@ def test_overwrite_is_per_member(data, tmp_path, capsys):
     assert [p.name for p in (exp / "p" / "fold1_b").iterdir()] == ["old.txt"]  # without --overwrite: kept
 
 
-def test_a_member_whose_folder_cannot_be_published_prints_no_member_done(data, tmp_path, capsys, monkeypatch):
+def test_a_folder_that_cannot_be_published_ends_the_pack_and_the_finished_members_stay(data, tmp_path, capsys, monkeypatch):
     exp = tmp_path / "exp"
     common = dict(shared(data, exp, tmp_path / "cache", epochs=1), prefix="p", mode="target_only")
     finish_fold = experiment.finish_fold
@@ -281,6 +307,7 @@ def test_a_member_whose_folder_cannot_be_published_prints_no_member_done(data, t
     captured = capsys.readouterr()
     assert protocol_lines(captured.out) == [f"RESULT_DIR {exp / 'p' / 'fold0_a'}", "MEMBER_DONE 0"]
     assert "appeared during the run" in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert (exp / "p" / "fold0_a" / "metrics.json").exists()  # published before: kept
     assert list((exp / "p" / "fold1_b").iterdir()) == []
 
 
