@@ -31,9 +31,10 @@ def fields_of(line, count):
 
 
 def read_look(output, own_groups):
-    """{device: (total MiB, MiB used by others)} from QUERY's output, each device under its index
-    (as text) and its UUID. Others' = memory.used minus what the compute apps whose process group
-    is in own_groups use (memory of processes nvidia-smi cannot see counts as others')."""
+    """({device: (total MiB, MiB used by others)}, {devices showing one of our processes}) from
+    QUERY's output, each device under its index (as text) and its UUID. Others' = memory.used
+    minus what the compute apps whose process group is in own_groups use (memory of processes
+    nvidia-smi cannot see counts as others')."""
     gpu_part, rest = output.split("@@APPS\n", 1)
     app_part, group_part = rest.split("@@GROUPS\n", 1)
     groups = {}
@@ -46,13 +47,15 @@ def read_look(output, own_groups):
         fields = fields_of(line, 3)
         if fields and fields[2].isdigit() and groups.get(fields[1]) in own_groups:
             own[fields[0]] = own.get(fields[0], 0) + int(fields[2])
-    figures = {}
+    figures, own_seen = {}, set()
     for line in gpu_part.splitlines():  # lines the setup printed do not parse, and are passed over
         fields = fields_of(line, 4)
         if fields and fields[0].isdigit() and fields[2].isdigit() and fields[3].isdigit():
             index, uuid, total, used = fields[0], fields[1], int(fields[2]), int(fields[3])
             figures[index] = figures[uuid] = (total, max(0, used - own.get(uuid, 0)))
-    return figures
+            if uuid in own:
+                own_seen |= {index, uuid}
+    return figures, own_seen
 
 
 class GpuWatch:
@@ -66,20 +69,22 @@ class GpuWatch:
         self._freed = False  # a slot finished since the last look
         self._figures = {}  # device: (total MiB, others' MiB), from the last look that answered
         self._busy = set()  # indices (text) of the devices said busy
+        self._ours = set()  # the devices where the runner had a job at the last busy() call
         self._failing = False  # the last look failed (said once until one answers)
 
     def slot_freed(self):
         """Some slot of the run finished a job: the next busy() looks again."""
         self._freed = True
 
-    def busy(self, device, ours=False):
+    def busy(self, device, ours=()):
         """True when processes that are not the runner's use more than max_busy_memory_mb of the
-        device (always False on "cpu" and when the server lists its devices). ours: the runner has
-        a job on the device now, so it is not busy: where nvidia-smi cannot see our processes
-        (containers, MIG), our own memory would read as someone else's."""
-        if device == "cpu" or not self.watching or ours:
+        device (always False on "cpu" and when the server lists its devices). ours: the devices
+        (as text) where the runner has a job now; one of them on which nvidia-smi shows none of
+        our processes (containers, MIG) keeps its state, as our memory would read as others'."""
+        if device == "cpu" or not self.watching:
             return False
         with self._lock:
+            self._ours = set(ours)
             if (self._freed or self._looked_at is None
                     or time.monotonic() - self._looked_at > self.recheck_s):
                 self._look()
@@ -112,17 +117,24 @@ class GpuWatch:
             self._failing, self._busy = True, set()
             return
         self._failing = False
-        self._figures = read_look(result.stdout, self.host.running_groups())
+        self._figures, own_seen = read_look(result.stdout, self.host.running_groups())
         if self.watching:
-            self._note_busy(name)
+            self._note_busy(name, self._ours - own_seen)
 
-    def _note_busy(self, name):
-        """Update the busy devices from the figures, saying each one that changes."""
+    def known_busy(self, device):
+        """Whether the last look found the device busy (no new look)."""
+        return str(device) in self._busy
+
+    def _note_busy(self, name, unattributable):
+        """Update the busy devices from the figures, saying each one that changes. A device in
+        unattributable (our job runs there, nvidia-smi shows none of our processes) keeps its state."""
         limit = self.server["max_busy_memory_mb"]
         busy = set()
         for index in sorted((d for d in self._figures if d.isdigit()), key=int):
             others = self._figures[index][1]
-            if others > limit:
+            if index in unattributable:
+                busy |= {index} & self._busy
+            elif others > limit:
                 busy.add(index)
                 if index not in self._busy:
                     self.say(f"{name}:gpu {index}: {others} MiB in use by other processes (over "

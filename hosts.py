@@ -136,9 +136,14 @@ def plan_slots(servers, hosts, devices, errors, checker=None):
             health[host.name] = Health(down_since=time.time(), next_try=time.time() + 1.0, server=server,
                                        checked=False, checker=checker)
         host_slots = slots_of(server, host, devices.get(server["name"]) or devices_of(server, None))
-        if not server["local"] and len(host_slots) > server["max_sessions"] - 1:
+        # One session is kept for control; with packs one more lets finished members come home
+        # while the host's packs still train.
+        spare = 1 if server["pack"] == 1 else 2
+        if not server["local"] and len(host_slots) > server["max_sessions"] - spare:
             print(f"warning: {host.name} has {len(host_slots)} slots but max_sessions is "
                   f"{server['max_sessions']}: at most {server['max_sessions'] - 1} of its jobs run at "
-                  f"once (raise MaxSessions in its sshd_config and max_sessions here)", file=sys.stderr)
+                  f"once" + ("" if spare == 1 else ", and finished pack members wait for a free session "
+                             "to come home") +
+                  " (raise MaxSessions in its sshd_config and max_sessions here)", file=sys.stderr)
         slots += host_slots
     return slots, health

@@ -25,7 +25,8 @@ member finishes, its solo run's lines (`RESULT_DIR <folder>`, or `BASE_KEY <key>
 and `BASE_MODEL <path>` for base_only), then `MEMBER_DONE <i>`, i its 0-based
 position in the jobs list (a base_only member finishes once its base model is in
 the cache). A skipped member prints no MEMBER_DONE; no other line starts with
-MEMBER_DONE. A folder that cannot be published ends the whole pack (exit 2): the
+MEMBER_DONE. A folder that cannot be published ends the whole pack (exit 2 for a one-line error, 1 for
+an OS error): the
 members finished before keep their folders and MEMBER_DONE lines, the others print
 none (the SSH runner then runs those alone).
 """

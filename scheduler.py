@@ -43,10 +43,12 @@ class JobQueue:
     """Tasks waiting for a slot. take() hands out the first task that ready(task)
     accepts, so a task can wait for something (a base model) without blocking others."""
 
-    def __init__(self, tasks, ready=None, slots=1):
+    def __init__(self, tasks, ready=None, usable_slots=lambda: 1):
         self._waiting = deque(tasks)
         self.running = 0  # tasks handed out and not yet done or put back
-        self.slots, self.processes = slots, 0  # slots in the run; processes they run now (process_done)
+        # Slots that could run a process now (usable_slots(): host up, device not busy), and the
+        # processes handed out and not yet ended (process_done): a pack's share is of the difference.
+        self.usable_slots, self.processes = usable_slots, 0
         self.ready = ready or (lambda task: True)
         self._cond = threading.Condition()
 
@@ -67,7 +69,7 @@ class JobQueue:
 
     def _pop_ready(self, limit):
         ready = [task for task in self._waiting if self.ready(task)]
-        tasks = next_pack(ready, limit, self.slots - self.processes) if ready else []
+        tasks = next_pack(ready, limit, self.usable_slots() - self.processes) if ready else []
         for task in tasks:
             self._waiting.remove(task)
         self.running += len(tasks)
@@ -98,6 +100,11 @@ class JobQueue:
             self.running -= 1
             self._cond.notify_all()
 
+
+
+def lost(errors):
+    """The first error that says the host is lost or refused, or None."""
+    return next((e for e in errors if isinstance(e, (remote.HostDown, remote.HostRefused))), None)
 
 
 class OutputLines:
@@ -153,7 +160,7 @@ class Scheduler:
         self.cached = cached or {}
         self.ready_keys = set(self.cached)  # base models complete in the local cache
         self.queue = JobQueue(tasks, ready=lambda task: task.needs is None or task.needs in self.ready_keys,
-                              slots=len(slots))
+                              usable_slots=lambda: sum(map(self._usable, self.slots)))
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.done, self.failed, self.blocked, self.records = [], [], [], []
@@ -274,7 +281,7 @@ class Scheduler:
         def copy_members():
             for i, text in iter(copies.get, None):
                 try:
-                    if not copy_errors:  # after a lost host the rest are requeued, below
+                    if not lost(copy_errors):  # after a lost host the rest are requeued, below
                         member_done(i, text)
                 except Exception as e:
                     copy_errors.append(e)
@@ -297,7 +304,7 @@ class Scheduler:
                 copies.put(None)
                 copier.join()
             if copy_errors:
-                raise copy_errors[0]
+                raise lost(copy_errors) or copy_errors[0]
             if result.ok and not packed:
                 member_done(0, output.text())
         except (remote.HostDown, remote.HostRefused) as e:
@@ -320,8 +327,9 @@ class Scheduler:
         exit_status, timed_out = (result.exit_status, result.timed_out) if result else (None, False)
         for i in list(left):
             if packed and not self.stop.is_set():
-                self._run_alone(tasks[i], records[i], output.tail(), exit_status,
-                                error or self._what_ended(exit_status, timed_out))
+                why = error or ("exit status 0 but no MEMBER_DONE for it: skipped, its folder exists there?"
+                                if exit_status == 0 else self._what_ended(exit_status, timed_out))
+                self._run_alone(tasks[i], records[i], output.tail(), exit_status, why)
             else:
                 self._unfinished(slot, tasks[i], records[i], output.tail(), exit_status, timed_out, error,
                                  output.usage)
@@ -471,6 +479,12 @@ class Scheduler:
 
     # -- the run
 
+    def _usable(self, slot):
+        """Whether the slot could run a process now: its host is in the run and up, and its
+        device was not busy at the last look."""
+        health, watch = self.health[slot.host.name], self.gpus.get(slot.host.name)
+        return not health.refused and health.down_since is None and not (watch and watch.known_busy(slot.device))
+
     def _pack_limit(self, slot, watch):
         """How many jobs this slot may start in one process."""
         if not self.trainer:
@@ -485,7 +499,7 @@ class Scheduler:
                 self.stop.wait(0.25)
                 continue
             watch = self.gpus.get(slot.host.name)
-            ours = any(s.running for s in self.slots if s.host is slot.host and s.device == slot.device)
+            ours = {str(s.device) for s in self.slots if s.host is slot.host and s.running}
             try:
                 if watch and watch.busy(slot.device, ours):  # other people's processes fill it
                     self.stop.wait(0.5)
@@ -499,6 +513,10 @@ class Scheduler:
                 slot.running = True
                 try:
                     self._attempt(slot, tasks)
+                except Exception as e:  # a bug, or a ledger that cannot be written: stop, do not hang
+                    self.aborted = (f"{slot.label}: {type(e).__name__}: {e}; stopping (the ledger "
+                                    f"is intact: rerun to resume)")
+                    self.stop.set()
                 finally:
                     slot.running = False
                     self.queue.process_done()

@@ -99,9 +99,20 @@ def test_a_device_filled_by_another_process_is_busy_and_said_once(smi, host, oth
     assert said == [busy_line(1, 5000)]  # nothing more while the state does not change
     assert smi.calls == ["--query-gpu=index,uuid,memory.total,memory.used --format=csv,noheader,nounits",
                          "--query-compute-apps=gpu_uuid,pid,used_memory --format=csv,noheader,nounits"]
-    # Where the runner has a job running, the device is its to share (its own memory may be unseen).
+
+def test_a_device_running_our_job_that_nvidia_smi_cannot_attribute_keeps_its_state(smi, host, other_process):
+    # In a container nvidia-smi may list none of our processes: our job's memory reads as others'.
+    smi.show(used=(5000, 5000), apps=[(1, other_process, 5000)])
+    said = []
+    watch = GpuWatch(smi.server(), host, said.append)
+    assert watch.busy(0, ours={"0"}) is False and watch.known_busy(0) is False  # not said busy for our own
+    assert watch.busy(1, ours={"0"}) is True  # no job of ours there: someone else's 5000 MiB
+    assert said == [busy_line(1, 5000)]
     watch.slot_freed()
-    assert watch.busy(1, ours=True) is False and len(smi.calls) == 2  # and no look was needed
+    assert watch.busy(1, ours={"0", "1"}) is True  # it was busy before our job came: it stays so
+    smi.show(used=(0, 5000), apps=[(1, other_process, 5000)])
+    watch.slot_freed()
+    assert watch.busy(0) is False and watch.busy(1) is True and len(said) == 1
 
 
 def test_memory_of_the_runners_own_command_is_not_counted(smi, host, tmp_path, other_process):

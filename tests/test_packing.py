@@ -5,7 +5,7 @@ from torch import nn
 
 import models
 import packing
-from scheduler import Task
+from scheduler import JobQueue, Task
 
 
 def tasks(jobs, phase="target"):
@@ -57,3 +57,14 @@ def test_auto_size_and_limits():
     assert packing.pack_limit({"pack": 3}, "cpu", lambda: 7) == 3
     assert packing.trainer_path("proj/oct1_train.py") == "proj/pack_train.py"
     assert packing.trainer_path("train.py") is None
+
+
+def test_the_queue_shares_a_group_among_the_usable_slots_without_a_process():
+    queue = JobQueue(tasks([{"fold": f} for f in range(24)]), usable_slots=lambda: 4)
+    assert [len(queue.take(0.01, 32)) for _ in range(4)] == [6, 6, 6, 6]  # counted as each is handed out
+    queue = JobQueue(tasks([{"fold": f} for f in range(24)]), usable_slots=lambda: 1)  # 3 slots busy elsewhere
+    assert len(queue.take(0.01, 32)) == 24
+    queue = JobQueue(tasks([{"fold": f} for f in range(24)]), usable_slots=lambda: 4)
+    first = queue.take(0.01, 32)
+    queue.process_done()  # that slot's process ended: 4 slots without a process share the 18 left
+    assert (len(first), len(queue.take(0.01, 32))) == (6, 5)
