@@ -39,7 +39,7 @@ leaves its dependents "blocked" (not run; a rerun tries the base and them again)
 
 Exit status: 0 all jobs done, 1 some failed or were blocked by a failed base model,
 2 bad input, the run dir in use by another runner, or no host usable as configured
-(unknown host key, authentication, ...), 3 no host reachable, 130 interrupted.
+(unknown host key, authentication, ...), 3 no host reachable (or stopped on an unexpected error), 130 interrupted.
 
 This file is the CLI; the work is done by parts, each importing only those above it:
 commands.py (job command lines), run_config.py (cluster config, jobs file, base-model plan),
