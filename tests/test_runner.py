@@ -18,6 +18,7 @@ import hosts
 import remote
 import run_config
 import run_distributed_training as rdt
+import run_ledger
 import run_report
 from conftest import free_port, processes_with, write_json
 from scheduler import JobQueue, Scheduler, Task
@@ -231,6 +232,30 @@ def test_all_hosts_down_is_a_clear_nonzero_exit(fake_script, tmp_path, capsys, m
                      "--down-timeout", "1"]) == 3
     err = capsys.readouterr().err
     assert "cannot connect" in err and "every host has been down" in err and "rerun to resume" in err
+
+
+def test_a_ledger_that_cannot_be_written_stops_the_run_instead_of_hanging_it(fake_script, tmp_path, capsys,
+                                                                              monkeypatch):
+    write = run_ledger.Ledger.write
+
+    def full_disk(self, record):  # the start lines go through; every end line fails
+        if record["status"] != "started":
+            raise OSError(28, "No space left on device")
+        write(self, record)
+    monkeypatch.setattr(run_ledger.Ledger, "write", full_disk)
+    monkeypatch.chdir(tmp_path)
+    jobs = write_json(tmp_path / "jobs.json", [{"prefix": "d", "fold": f} for f in range(3)])
+    def hung(signum, frame):
+        pytest.fail("the run hung")
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(120)  # a hang fails this test instead of stalling the suite
+    try:
+        status = rdt.main(["--cluster-config", local_cluster(tmp_path, fake_script), "--jobs-config", jobs, "--quiet"])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert status == 3
+    assert "No space left on device; stopping (the ledger is intact: rerun to resume)" in capsys.readouterr().err
 
 
 def test_queue_hands_out_only_ready_tasks():
