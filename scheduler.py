@@ -483,7 +483,8 @@ class Scheduler:
         """Whether the slot could run a process now: its host is in the run and up, and its
         device was not busy at the last look."""
         health, watch = self.health[slot.host.name], self.gpus.get(slot.host.name)
-        return not health.refused and health.down_since is None and not (watch and watch.known_busy(slot.device))
+        busy = watch is not None and watch.known_busy(slot.device)
+        return not health.refused and health.down_since is None and not busy
 
     def _pack_limit(self, slot, watch):
         """How many jobs this slot may start in one process."""
