@@ -7,7 +7,7 @@ import numbers
 
 import torch
 
-from flags import EPOCH_RULES, share_count  # noqa: F401 (share_count re-exported)
+from engine.flags import EPOCH_RULES, share_count  # noqa: F401 (share_count re-exported)
 
 
 def _epoch_order(n, shuffle, generator, device):

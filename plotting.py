@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from fileio import atomic_file
+from engine.fileio import atomic_file
 
 PHASE_COLORS = {"base": "tab:blue", "target": "tab:orange"}
 SPLIT_STYLES = {"train": "--", "val": "-"}

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from composed_loader import ComposedBatchDataLoader  # noqa: E402
-from models import build_model  # noqa: E402
+from engine.models import build_model
 
 
 def original_epoch(base, target, batch_size, k, generator):

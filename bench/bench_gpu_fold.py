@@ -27,7 +27,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-import make_dataset  # noqa: E402
+from dataset import synthetic
 
 EPOCH_LINE = re.compile(r"(base|target) epoch \d+: .* ([\d.]+) windows/s")
 
@@ -65,7 +65,7 @@ def main():
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; {args.epochs} + {args.epochs} epochs")
     with tempfile.TemporaryDirectory(prefix="bench-gpu-fold-") as tmp:
         data = Path(tmp) / "data"
-        make_dataset.write_synthetic_dataset(str(data), n_participants=6, window_size=3000,
+        synthetic.write_synthetic_dataset(str(data), n_participants=6, window_size=3000,
                                              n_train=600, n_val=200, n_test=200)
         for title, extra in (("plain batches", []), ("--target_batch_pct 0.25", ["--target_batch_pct", "0.25"])):
             print(f"\n{title}, fold 0, full_fine_tuning, batch 64")

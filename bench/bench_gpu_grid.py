@@ -27,7 +27,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import make_dataset  # noqa: E402
+from dataset import synthetic
 
 FULL = {"data": {"n_participants": 6, "window_size": 3000, "n_train": 600, "n_val": 200, "n_test": 200},
         "target_data_pct": [0.25, 0.5, 0.75, 1.0], "max_epochs": 5}
@@ -95,7 +95,7 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix="bench_gpu_grid"))
     try:
         data, cache = tmp / "data", tmp / "base_models"
-        make_dataset.write_synthetic_dataset(str(data), **setting["data"])
+        synthetic.write_synthetic_dataset(str(data), **setting["data"])
         # The base models, untimed: every timed run reuses them and trains fine-tuning folds only.
         warm = tmp / "warm"
         warm.mkdir()

@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
-import slurm_backend  # noqa: E402
 from bench_dispatch import timed  # noqa: E402
+from runner.slurm import backend as slurm_backend
 from slurm_cluster import SlurmCluster, slurm_installed  # noqa: E402  (the tests' cluster helper)
 
 

@@ -21,10 +21,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-import hostsync  # noqa: E402
-import remote  # noqa: E402
-import run_distributed_training as rdt  # noqa: E402
 from conftest import LoopbackSSHD, keygen, write_known_hosts  # noqa: E402  (the tests' sshd helper)
+from dataset import synthetic
+from runner.config import check_server
+from runner.ssh import hostsync
+from runner.ssh.connection import RemoteHost
 
 
 def on_all(hosts, work):
@@ -50,9 +51,9 @@ def main():
     try:
         known = write_known_hosts(tmp / "known_hosts", *servers)
         for s in servers:
-            host = remote.RemoteHost(s.address, "root", s.port, str(key), known_hosts=known, ssh_config=None)
+            host = RemoteHost(s.address, "root", s.port, str(key), known_hosts=known, ssh_config=None)
             host.connect()
-            hosts.append((host, rdt.check_server(s.server(), "bench")))
+            hosts.append((host, check_server(s.server(), "bench")))
         files = hostsync.project_files(ROOT)
         size = sum((ROOT / f).stat().st_size for f in files)
         first = on_all(hosts, lambda h, s: hostsync.sync(h, s, files, local_root=ROOT))
@@ -66,9 +67,8 @@ def main():
             subprocess.run(ssh, stdin=tar.stdout, check=True)
             tar.wait()
         baseline = on_all(hosts, tar_ssh)
-
-        import make_dataset  # the demo dataset, here and on both hosts (as --sync-data would leave it)
-        make_dataset.write_synthetic_dataset(str(tmp / "d"))
+        # the demo dataset, here and on both hosts (as --sync-data would leave it)
+        synthetic.write_synthetic_dataset(str(tmp / "d"))
         for s in servers:
             subprocess.run(["cp", "-r", str(tmp / "d"), str(s.workdir / "d")], check=True)
         jobs = [{"data_path": str(tmp / "d"), "fold": k % 6, "seed": k, "mode": "target_only"}

@@ -2,7 +2,7 @@
 
 Baseline ("per-sample DataLoader"): `DataLoader(TensorDataset(X, y), shuffle=True)`
 collating one window at a time, with `loss.item()` every batch, as hand-written
-training scripts do. Engine: `experiment.train_epoch` over `TensorBatchLoader`
+training scripts do. Engine: `phase.train_epoch` over `TensorBatchLoader`
 (batches cut from the tensors by index, on the device; one sync per epoch).
 Same data, model, batch size and optimizer; prints windows/s and the ratio.
 
@@ -19,9 +19,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import experiment  # noqa: E402
 from composed_loader import TensorBatchLoader  # noqa: E402
-from models import build_model  # noqa: E402
+from engine import phase
+from engine.device import resolve_device
+from engine.models import build_model
 
 
 def per_sample_epoch(model, loader, optimizer, device):
@@ -61,7 +62,7 @@ def main():
     args = parser.parse_args()
     if args.quick:
         args.windows, args.window_size, args.epochs = 128, 256, 1
-    device = experiment.resolve_device(args.device)
+    device = resolve_device(args.device)
     g = torch.Generator().manual_seed(0)
     X = torch.randn(args.windows, 6, args.window_size, generator=g)
     y = (torch.rand(args.windows, generator=g) < 0.2).float()
@@ -78,7 +79,7 @@ def main():
     model, optimizer = fresh()
     Xd, yd = X.to(device), y.to(device)
     batches = TensorBatchLoader(Xd, yd, args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))
-    engine = windows_per_second(lambda: experiment.train_epoch(model, batches, optimizer, None, device)[2],
+    engine = windows_per_second(lambda: phase.train_epoch(model, batches, optimizer, None, device)[2],
                                 args.epochs)
 
     print(f"device {device}, model {args.model}, {args.windows} windows of 6 x {args.window_size}, "

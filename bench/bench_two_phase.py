@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import make_dataset  # noqa: E402
+from dataset import synthetic
 
 FULL = {"data": {"n_participants": 6, "window_size": 3000, "n_train": 120, "n_val": 40, "n_test": 40},
         "target_data_pct": [0.25, 0.5, 1.0], "max_epochs": 10}
@@ -69,7 +69,7 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix="bench_two_phase"))
     try:
         data = tmp / "data"
-        make_dataset.write_synthetic_dataset(str(data), **setting["data"])
+        synthetic.write_synthetic_dataset(str(data), **setting["data"])
         two_phase, figures, jobs = timed_run(tmp / "two_phase", data, setting, args.slots, cache=True)
         cache_off, _, plain_jobs = timed_run(tmp / "cache_off", data, setting, args.slots, cache=False)
     finally:

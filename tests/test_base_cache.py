@@ -2,7 +2,7 @@
 
 Trainings are counted from the engine's log lines ("base model KEY: training (WHY)"
 and "base model KEY: reused ...") and from metrics.json's `base_model_reused`.
-Most runs call experiment.main in this process (no torch import per run); the
+Most runs call engine_cli.main in this process (no torch import per run); the
 concurrency and SIGKILL tests start real `oct1_train.py` processes.
 """
 import fcntl
@@ -24,9 +24,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-import base_cache  # noqa: E402
-import experiment  # noqa: E402
-from models import build_model  # noqa: E402
+from engine import base_cache
+from engine import cli as engine_cli
+from engine.models import build_model
 from tiny_data import write_tiny_dataset  # noqa: E402
 
 WINDOW = 64  # the `test` model pools by 4*4*4, so it needs windows of at least 64
@@ -65,7 +65,7 @@ def read_json(path):
 
 
 def parse(argv):
-    return experiment.build_parser(enhanced=True).parse_args([str(a) for a in argv])
+    return engine_cli.build_parser(enhanced=True).parse_args([str(a) for a in argv])
 
 
 def key_of(argv):
@@ -101,7 +101,7 @@ def engine(capsys):
         capsys.readouterr()
         old_sigterm = signal.getsignal(signal.SIGTERM)
         try:
-            rc = experiment.main([str(a) for a in argv], enhanced=True)
+            rc = engine_cli.main([str(a) for a in argv], enhanced=True)
         finally:
             signal.signal(signal.SIGTERM, old_sigterm)
             for handler in list(logger.handlers):

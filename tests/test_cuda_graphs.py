@@ -11,8 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-import experiment
 from composed_loader import ComposedBatchDataLoader, TensorBatchLoader
+from engine import cli as engine_cli
+from engine import cuda_step, phase
+from engine import metrics as engine_metrics
+from engine.fileio import ConfigError
 from tiny_data import write_tiny_dataset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,11 +35,15 @@ CONFIGS = {
 DRIVER = """
 import sys
 sys.path.insert(0, sys.argv[1])
-import json, experiment
+import json
+try:
+    from engine.cli import main  # the engine since the house has two wings
+except ImportError:
+    from experiment import main  # the engine before
 common = ["--data_path", sys.argv[2], "--fold", "1", "--batch_size", "8", "--max_epochs", "3",
           "--no_base_cache", "--device", "cpu"]
 for name, extra in json.loads(sys.argv[4]).items():
-    assert experiment.main(common + ["--prefix", name, "--experiments_dir", sys.argv[3]] + extra, enhanced=True) == 0
+    assert main(common + ["--prefix", name, "--experiments_dir", sys.argv[3]] + extra, enhanced=True) == 0
 """
 
 
@@ -72,7 +79,7 @@ def test_cuda_graphs_on_without_cuda_is_a_one_line_error(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     write_tiny_dataset(tmp_path / "data")
-    code = experiment.main(["--data_path", str(tmp_path / "data"), "--cuda_graphs", "on",
+    code = engine_cli.main(["--data_path", str(tmp_path / "data"), "--cuda_graphs", "on",
                             "--experiments_dir", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "--cuda_graphs on needs a CUDA device" in err
@@ -92,7 +99,7 @@ def test_the_gpu_bench_refuses_without_cuda():
 
 def cuda_fold(tmp_path, data, graphs, extra=()):
     out = tmp_path / f"graphs_{graphs}"
-    assert experiment.main(["--data_path", str(data), "--fold", "0", "--batch_size", "8", "--max_epochs", "3",
+    assert engine_cli.main(["--data_path", str(data), "--fold", "0", "--batch_size", "8", "--max_epochs", "3",
                             "--device", "cuda", "--cuda_graphs", graphs, "--prefix", "g",
                             "--experiments_dir", str(out), *extra]) == 0
     folder = next((out / "g").iterdir())
@@ -117,7 +124,6 @@ def test_graphs_give_the_eager_curves_and_best_epochs(extra, tmp_path):
 
 @needs_cuda
 def test_replayed_batches_keep_the_exact_target_count(tmp_path):
-    import cuda_step
     device = torch.device("cuda")
     g = torch.Generator().manual_seed(0)
     target = (torch.randn(37, 3, 16, generator=g) + 100, torch.ones(37))  # tag: target windows are ~100
@@ -125,7 +131,7 @@ def test_replayed_batches_keep_the_exact_target_count(tmp_path):
     target, base = [tuple(t.to(device) for t in side) for side in (target, base)]
     loader = ComposedBatchDataLoader(base, target, 16, 0.25, generator=g)
     model = nn.Sequential(nn.Flatten(), nn.Linear(48, 1)).to(device)
-    optimizer = experiment.make_optimizer(model, 1e-3, device, graphs=True)
+    optimizer = phase.make_optimizer(model, 1e-3, device, graphs=True)
     training = cuda_step.GraphedTraining(model, optimizer, (loader.X, loader.y), 16, device)
     seen = []
 
@@ -139,25 +145,24 @@ def test_replayed_batches_keep_the_exact_target_count(tmp_path):
 
 @needs_cuda
 def test_the_partial_last_batch_is_scored_exactly(tmp_path):
-    import cuda_step
     device = torch.device("cuda")
     g = torch.Generator().manual_seed(1)
     X, y = torch.randn(700, 3, 16, generator=g).to(device), (torch.rand(700, generator=g) > 0.5).float().to(device)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(48, 1)).to(device)
-    eager = experiment.evaluation_counts(model, X, y, device)  # 512 + 188 windows
-    graphed = experiment.evaluation_counts(model, X, y, device, cuda_step.GraphedEvaluation(model))
+    eager = engine_metrics.evaluation_counts(model, X, y, device)  # 512 + 188 windows
+    graphed = engine_metrics.evaluation_counts(model, X, y, device, cuda_step.GraphedEvaluation(model))
     assert torch.allclose(graphed, eager, rtol=1e-5) and graphed[1:].sum() == 700
 
     # Training: 70 windows in batches of 32, so the last one (6) runs eagerly; counted once each.
     copy = nn.Sequential(nn.Flatten(), nn.Linear(48, 1)).to(device)
     copy.load_state_dict(model.state_dict())
     loader = TensorBatchLoader(X[:70], y[:70], 32, shuffle=False)
-    optimizer = experiment.make_optimizer(model, 1e-3, device, graphs=True)
+    optimizer = phase.make_optimizer(model, 1e-3, device, graphs=True)
     counts, n = cuda_step.GraphedTraining(model, optimizer, (X, y), 32, device).epoch(loader, None)
-    eager_loss, eager_f1, eager_n = experiment.train_epoch(
-        copy, loader, experiment.make_optimizer(copy, 1e-3, device, graphs=False), None, device)
-    loss, f1 = experiment.loss_and_f1(counts, n)
+    eager_loss, eager_f1, eager_n = phase.train_epoch(
+        copy, loader, phase.make_optimizer(copy, 1e-3, device, graphs=False), None, device)
+    loss, f1 = engine_metrics.loss_and_f1(counts, n)
     assert n == eager_n == 70 and math.isclose(loss, eager_loss, rel_tol=1e-4) and f1 == eager_f1
     for a, b in zip(model.parameters(), copy.parameters()):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
@@ -181,12 +186,12 @@ def test_a_failed_capture_falls_back_to_eager_or_is_an_error_with_on(caplog):
     X, y = torch.randn(40, 3, 16, device=device), torch.ones(40, device=device)
     loader = TensorBatchLoader(X, y, 8, shuffle=False)
     model = HostSync().to(device)
-    optimizer = experiment.make_optimizer(model, 1e-3, device, graphs=True)
+    optimizer = phase.make_optimizer(model, 1e-3, device, graphs=True)
     logging.getLogger("experiment").addHandler(caplog.handler)  # it may not propagate to the root
     try:
-        assert experiment.capture_steps(model, optimizer, loader, (X, y), device, "auto") == (None, None)
+        assert phase.capture_steps(model, optimizer, loader, (X, y), device, "auto") == (None, None)
     finally:
         logging.getLogger("experiment").removeHandler(caplog.handler)
     assert "capture failed" in caplog.text and "runs eagerly" in caplog.text
-    with pytest.raises(experiment.ConfigError, match="--cuda_graphs on: capture failed"):
-        experiment.capture_steps(model, optimizer, loader, (X, y), device, "on")
+    with pytest.raises(ConfigError, match="--cuda_graphs on: capture failed"):
+        phase.capture_steps(model, optimizer, loader, (X, y), device, "on")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import data
-import experiment
+from engine import cli as engine_cli
+from engine import data
 from tiny_data import write_tiny_dataset
 
 WINDOW = 64
@@ -27,7 +27,7 @@ def load(path):
 
 
 def run(argv, capsys, enhanced=False):
-    rc = experiment.main([str(a) for a in argv], enhanced=enhanced)
+    rc = engine_cli.main([str(a) for a in argv], enhanced=enhanced)
     out, err = capsys.readouterr()
     return rc, out, err
 
@@ -188,7 +188,7 @@ def test_bad_participant_flags(argv, fragments, folder, tmp_path, capsys):
 @pytest.mark.parametrize("value", ["0", "-2", "two"])
 def test_n_base_participants_must_be_positive_or_all(value, folder, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
-        experiment.main(cli(folder, tmp_path, "--n_base_participants", value))
+        engine_cli.main(cli(folder, tmp_path, "--n_base_participants", value))
     assert info.value.code == 2
     assert "--n_base_participants" in capsys.readouterr().err
 

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pytest
 
-import base_cache
-import experiment
-import flags
 import generate_jobs
 import make_dataset
-import summarize_results
+import summarize_results as sr
+from engine import base_cache, flags
+from engine import cli as engine_cli
+from engine.flags import job_argv
+from report import runs as report_runs
+from runner import grid
 
 REPO = Path(__file__).resolve().parent.parent
 KEY_FLAGS = ["--participants", "a", "b", "c", "d"]
@@ -23,7 +25,7 @@ def option_dests(parser):
 
 @pytest.mark.parametrize("enhanced", [False, True], ids=["train.py", "oct1_train.py"])
 def test_every_parser_flag_has_a_role_help_and_default(enhanced):
-    parser = experiment.build_parser(enhanced)
+    parser = engine_cli.build_parser(enhanced)
     dests = option_dests(parser)
     assert dests == {flag.name for flag in flags.flags_of(enhanced)}
     for name in dests:
@@ -39,14 +41,14 @@ def with_flag(monkeypatch, flag):
 
 
 def key_of(argv):
-    return base_cache.key_for_args(experiment.build_parser(True).parse_args(argv))
+    return base_cache.key_for_args(engine_cli.build_parser(True).parse_args(argv))
 
 
 def test_registering_a_base_flag_changes_the_base_key_with_no_other_edit(monkeypatch):
     with_flag(monkeypatch, flags.Flag("throwaway_dropout", "base", "a new base-phase setting", default=0.0,
                                       options={"type": float}))
     assert key_of(KEY_FLAGS + ["--throwaway_dropout", "0.3"]) != key_of(KEY_FLAGS)
-    assert "throwaway_dropout" in option_dests(experiment.build_parser(False))
+    assert "throwaway_dropout" in option_dests(engine_cli.build_parser(False))
 
 
 def test_registering_a_target_flag_keeps_the_base_key(monkeypatch):
@@ -74,26 +76,26 @@ def test_a_base_job_without_the_left_out_flags_has_the_same_key():
     assert set(job) - set(base_job) == {"target_data_pct", "early_stopping_patience_target", "target_val_pct",
                                         "target_count", "target_batch_pct", "epoch_rule", "prefix",
                                         "experiments_dir", "overwrite"}
-    assert key_of(generate_jobs.job_argv(base_job)) == key_of(generate_jobs.job_argv(job))
+    assert key_of(job_argv(base_job)) == key_of(job_argv(job))
 
 
 def test_report_columns_follow_the_roles():
-    assert {"device", "progress_every", "prefix", "base_cache_dir", "fold"} <= summarize_results.NOT_SETTINGS
-    assert not {"lr", "seed", "data_path", "participants", "target_batch_pct"} & summarize_results.NOT_SETTINGS
-    assert summarize_results.BASE_PHASE_SETTINGS == {"n_base_participants", "early_stopping_patience",
+    assert {"device", "progress_every", "prefix", "base_cache_dir", "fold"} <= report_runs.NOT_SETTINGS
+    assert not {"lr", "seed", "data_path", "participants", "target_batch_pct"} & report_runs.NOT_SETTINGS
+    assert report_runs.BASE_PHASE_SETTINGS == {"n_base_participants", "early_stopping_patience",
                                                      "base_val_pct", "target_batch_pct", "epoch_rule"}
 
 
 def test_collapse_drops_augmentation_parameters_without_augmentation():
-    kept = generate_jobs.collapse({"use_augmentation": True, "jitter_std": 0.1, "aug_prob": 0.2},
+    kept = grid.collapse({"use_augmentation": True, "jitter_std": 0.1, "aug_prob": 0.2},
                                   "full_fine_tuning", 5)
     assert kept == {"use_augmentation": True, "jitter_std": 0.1, "aug_prob": 0.2}
-    assert generate_jobs.collapse({"jitter_std": 0.1, "aug_prob": 0.2, "lr": 0.1}, "full_fine_tuning", 5) \
+    assert grid.collapse({"jitter_std": 0.1, "aug_prob": 0.2, "lr": 0.1}, "full_fine_tuning", 5) \
         == {"lr": 0.1}
     # The count rule matters for a target share below 1, and for batch composition only in its mode.
-    assert generate_jobs.collapse({"target_count": "floor", "target_data_pct": 0.5}, "target_only", 5) \
+    assert grid.collapse({"target_count": "floor", "target_data_pct": 0.5}, "target_only", 5) \
         == {"target_count": "floor", "target_data_pct": 0.5}
-    assert generate_jobs.collapse({"target_count": "floor", "target_batch_pct": 0.5}, "target_only", 5) == {}
+    assert grid.collapse({"target_count": "floor", "target_batch_pct": 0.5}, "target_only", 5) == {}
 
 
 def test_target_windows_per_batch_is_the_one_share_count():
@@ -119,7 +121,7 @@ def cli(script, *argv):
 ])
 def test_training_flags_fail_with_a_readable_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        experiment.build_parser(True).parse_args(argv)
+        engine_cli.build_parser(True).parse_args(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -133,7 +135,7 @@ def test_train_py_points_to_oct1_train_py_for_batch_composition():
 
 
 @pytest.mark.parametrize("parser", [
-    generate_jobs.build_parser(), summarize_results.build_parser(), make_dataset.build_parser(),
+    generate_jobs.build_parser(), sr.build_parser(), make_dataset.build_parser(),
 ], ids=["generate_jobs", "summarize_results", "make_dataset"])
 def test_other_clis_refuse_abbreviations_and_show_defaults(parser):
     parsers = [parser] + [sub for action in parser._actions if isinstance(action, argparse._SubParsersAction)
@@ -165,13 +167,13 @@ def test_main_restores_sigterm_and_logging_and_says_when_it_trained_a_base(tmp_p
         argv = ["--data_path", str(tmp_path / "data"), "--experiments_dir", str(tmp_path / "exp"),
                 "--base_cache_dir", str(tmp_path / "cache"), "--max_epochs", "1", "--batch_size", "8",
                 "--device", "cpu", "--progress_every", "0"]
-        assert experiment.main(argv, enhanced=True) == 0
+        assert engine_cli.main(argv, enhanced=True) == 0
         assert signal.getsignal(signal.SIGTERM) is on_sigterm
         assert (list(logger.handlers), logger.level, logger.propagate) == before
-        key = base_cache.key_for_args(experiment.build_parser(True).parse_args(argv))
+        key = base_cache.key_for_args(engine_cli.build_parser(True).parse_args(argv))
         assert f"BASE_TRAINED {key}\n" in capsys.readouterr().out
         # The second fold of another prefix reuses the stored base model: no line.
-        assert experiment.main(argv + ["--prefix", "again"], enhanced=True) == 0
+        assert engine_cli.main(argv + ["--prefix", "again"], enhanced=True) == 0
         assert "BASE_TRAINED" not in capsys.readouterr().out
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import experiment
-from models import build_model
+from engine import cli as engine_cli
+from engine.models import build_model
 from tiny_data import write_tiny_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,7 +80,7 @@ def test_without_a_terminal_the_first_epoch_shows_and_the_log_is_readable_while_
 
 def test_positive_class_scores_equal_a_hand_computation(data, tmp_path):
     argv = flags(data, tmp_path, "--max_epochs", "3", "--mode", "full_fine_tuning", "--prefix", "ft")
-    assert experiment.main(argv) == 0
+    assert engine_cli.main(argv) == 0
     folder = tmp_path / "ft" / "fold0_a"
     metrics = json.loads((folder / "metrics.json").read_text())
     model = build_model("test", 3)
@@ -105,7 +105,7 @@ def test_positive_class_scores_equal_a_hand_computation(data, tmp_path):
     for name in ("f1_pos", "precision", "recall"):
         assert 0 <= metrics[f"best_base_model_target_test_{name}"] <= 1
 
-    assert experiment.main(flags(data, tmp_path, "--max_epochs", "2", "--mode", "target_only",
+    assert engine_cli.main(flags(data, tmp_path, "--max_epochs", "2", "--mode", "target_only",
                                  "--prefix", "to")) == 0
     metrics = json.loads((tmp_path / "to" / "fold0_a" / "metrics.json").read_text())
     assert metrics["best_base_model_target_test_f1_pos"] is None
@@ -114,12 +114,12 @@ def test_positive_class_scores_equal_a_hand_computation(data, tmp_path):
 
 def test_a_phase_whose_best_epoch_is_its_last_is_flagged_in_the_log(data, tmp_path):
     # One epoch per phase: the best is the last, whatever the data.
-    assert experiment.main(flags(data, tmp_path, "--max_epochs", "1", "--prefix", "one")) == 0
+    assert engine_cli.main(flags(data, tmp_path, "--max_epochs", "1", "--prefix", "one")) == 0
     log = (tmp_path / "one" / "fold0_a" / "train.log").read_text()
     for phase in ("base", "target"):
         assert re.search(rf"{phase}: the best epoch is the last one, .*may be under-trained: raise --max_epochs", log)
     # Patience 1 over up to 40 epochs: flagged exactly when the best target epoch is the last.
-    assert experiment.main(flags(data, tmp_path, "--max_epochs", "40", "--early_stopping_patience", "1",
+    assert engine_cli.main(flags(data, tmp_path, "--max_epochs", "40", "--early_stopping_patience", "1",
                                  "--early_stopping_patience_target", "1", "--prefix", "early")) == 0
     folder = tmp_path / "early" / "fold0_a"
     metrics = json.loads((folder / "metrics.json").read_text())

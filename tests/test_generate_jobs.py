@@ -5,9 +5,11 @@ from pathlib import Path
 
 import pytest
 
-import experiment
 import generate_jobs
-from commands import job_argv
+from dataset import synthetic
+from engine import cli as engine_cli
+from engine.flags import job_argv
+from runner import grid
 from tiny_data import write_tiny_dataset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -21,7 +23,7 @@ def run_cli(*argv, cwd=REPO):
 
 
 def expand(spec, script=OCT1):
-    return generate_jobs.expand(generate_jobs.apply_sets(spec, []), generate_jobs.load_script_parser(script))
+    return grid.expand(grid.apply_sets(spec, []), grid.load_script_parser(script))
 
 
 @pytest.fixture
@@ -51,7 +53,7 @@ def test_original_grid_counts(tmp_path):
     assert len({(job["prefix"], job["fold"]) for job in jobs}) == 1008
     # The published grid's settings come from the preset, resolved by the training CLI's parser.
     assert all(job["preset"] == "original" and job["use_augmentation"] for job in jobs)
-    args = generate_jobs.parse_job(generate_jobs.load_script_parser(OCT1), jobs[0], "job 0")
+    args = grid.parse_job(grid.load_script_parser(OCT1), jobs[0], "job 0")
     assert (args.lr, args.early_stopping_patience, args.augmentation, args.target_count) == (3e-4, 40, "batch", "floor")
 
 
@@ -143,7 +145,7 @@ def test_base_key_matches_training_script(demo_cwd, capsys):
     assert len(jobs) == 4
     for job in jobs:
         capsys.readouterr()
-        assert experiment.main(job_argv(job) + ["--print_base_key"], enhanced=True) == 0
+        assert engine_cli.main(job_argv(job) + ["--print_base_key"], enhanced=True) == 0
         assert capsys.readouterr().out.strip() == job["base_key"]
 
 
@@ -171,7 +173,7 @@ def test_validation_errors(demo_cwd, spec, expected):
         jobs, _ = expand(spec)
         assert jobs and all("target_batch_pct" not in job for job in jobs)  # not vacuous on []
         return
-    with pytest.raises(generate_jobs.GridError) as info:
+    with pytest.raises(grid.GridError) as info:
         expand(spec)
     assert expected in str(info.value)
 
@@ -216,12 +218,10 @@ def test_set_overrides_and_print(tmp_path):
 def test_print_puts_only_command_lines_on_stdout_even_when_it_makes_the_demo_data(tmp_path, monkeypatch,
                                                                                    capsys):
     import functools
-
-    import make_dataset
     monkeypatch.chdir(tmp_path)  # no data/demo here: the default grid creates it first
     # A small demo dataset keeps the test fast; what matters is the line announcing it.
-    monkeypatch.setattr(make_dataset, "write_synthetic_dataset", functools.partial(
-        make_dataset.write_synthetic_dataset, n_participants=3, window_size=50, n_train=4, n_val=2, n_test=2))
+    monkeypatch.setattr(synthetic, "write_synthetic_dataset", functools.partial(
+        synthetic.write_synthetic_dataset, n_participants=3, window_size=50, n_train=4, n_val=2, n_test=2))
     assert generate_jobs.main(["--print", "--script", OCT1]) == 0
     out, err = capsys.readouterr()
     assert (tmp_path / "data" / "demo" / "p01_train.pt").is_file()

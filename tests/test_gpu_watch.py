@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-import remote
-from gpu_watch import GpuWatch
-from run_config import check_server
+from runner.config import check_server
+from runner.ssh import shell
+from runner.ssh.gpu_watch import GpuWatch
 
 FAKE_SMI = """#!/bin/sh
 state={state}
@@ -69,7 +69,7 @@ def smi(tmp_path):
 
 @pytest.fixture
 def host():
-    host = remote.LocalHost("gpuhost")
+    host = shell.LocalHost("gpuhost")
     yield host
     host.kill_running()
     host.close()
@@ -222,7 +222,7 @@ def test_pack_size_is_1_when_nvidia_smi_never_answered(smi, host):
     assert len(said) == 1 and "nvidia-smi failed (exit 9" in said[0]
 
 
-class Dropping(remote.LocalHost):
+class Dropping(shell.LocalHost):
     """A host whose connection drops during the next command once `drop` is set."""
 
     drop = False
@@ -230,7 +230,7 @@ class Dropping(remote.LocalHost):
     def run(self, command, stream=None, timeout=None):
         if self.drop:
             self.drop = False
-            raise remote.HostDown(f"{self.name}: connection lost (test)")
+            raise shell.HostDown(f"{self.name}: connection lost (test)")
         return super().run(command, stream, timeout)
 
 
@@ -243,7 +243,7 @@ def test_a_lost_host_propagates_and_the_next_call_looks_again(smi, other_process
         smi.show(used=(0, 5000), apps=[(1, other_process, 5000)])
         watch.slot_freed()
         host.drop = True
-        with pytest.raises(remote.HostDown):
+        with pytest.raises(shell.HostDown):
             watch.busy(1)
         assert watch.busy(1) is True and smi.looks == 2  # the look the drop cut short is taken now
     finally:

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-import experiment
-import hostsync
-import provenance
 import run_distributed_training as rdt
-import summarize_results
+import summarize_results as sr
 from conftest import write_json, write_known_hosts
+from engine import cli as engine_cli
+from engine import provenance
+from runner.ssh import hostsync
 from test_remote import ledger, write_cluster
 from tiny_data import write_tiny_dataset
 
-ROOT = Path(provenance.__file__).resolve().parent
+ROOT = provenance.PROJECT_DIR
 FIXED = {"max_epochs": 1, "early_stopping_patience": 1, "early_stopping_patience_target": 1,
          "device": "cpu", "batch_size": 8, "model": "test", "data_path": "d", "mode": "target_only",
          "prefix": "chk"}
@@ -61,7 +61,7 @@ def test_sync_code_and_data_onto_empty_workdirs_then_the_grid_runs(hosts, user_k
 
     assert rdt.main(argv + ["--sync-code", "--sync-data"]) == 0
     for sshd in hosts[0]:
-        assert (sshd.workdir / "experiment.py").read_bytes() == (ROOT / "experiment.py").read_bytes()
+        assert (sshd.workdir / "engine/fold.py").read_bytes() == (ROOT / "engine/fold.py").read_bytes()
         assert (sshd.workdir / "d" / "b_test.pt").read_bytes() == Path("d/b_test.pt").read_bytes()
     assert sorted(r["job_id"] for r in ledger("runs/jobs") if r["status"] == "ok") == ["f0", "f1"]
     assert sorted(p.name for p in Path("experiments/chk").iterdir()) == ["fold0_a", "fold1_b"]
@@ -73,7 +73,7 @@ def test_a_changed_file_on_one_host_refuses_the_run_naming_it(hosts, user_key, t
     good, stale = hosts[0]
     for sshd in (good, stale):
         place_copy(sshd.workdir)
-    with open(stale.workdir / "models.py", "a") as f:
+    with open(stale.workdir / "engine/models.py", "a") as f:
         f.write("\n# an old edit on that server\n")
     assert rdt.main(argv) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if "differs" in line]
@@ -81,7 +81,7 @@ def test_a_changed_file_on_one_host_refuses_the_run_naming_it(hosts, user_key, t
                                                    f"code differs (code hash here {provenance.code_hash()}")
 
     assert rdt.main(argv + ["--sync-code"]) == 0
-    assert (stale.workdir / "models.py").read_bytes() == (ROOT / "models.py").read_bytes()
+    assert (stale.workdir / "engine/models.py").read_bytes() == (ROOT / "engine/models.py").read_bytes()
 
 
 @pytest.mark.ssh
@@ -106,9 +106,9 @@ def test_a_changed_data_file_is_caught_and_allow_mismatch_runs_and_the_report_wa
     assert f"warning: {stale.address}: data d/a_val.pt differs" in err and "(--allow-mismatch)" in err
     assert [r["status"] for r in ledger("runs/jobs") if r["status"] != "started"] == ["ok"]
     flags = [f"--{k}={v}" for k, v in dict(FIXED, mode="full_fine_tuning").items()]
-    assert experiment.main(flags + ["--fold", "1"], enhanced=True) == 0
+    assert engine_cli.main(flags + ["--fold", "1"], enhanced=True) == 0
     capsys.readouterr()
-    assert summarize_results.main(["experiments/chk", "-o", "report"]) == 0
+    assert sr.main(["experiments/chk", "-o", "report"]) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if "differs between its folds" in line]
     assert len(warnings) == 1 and "data file a_val.pt" in warnings[0]
     assert "experiments/chk/fold0_a" in warnings[0] and "experiments/chk/fold1_b" in warnings[0]

@@ -1,18 +1,18 @@
-"""hostsync.py against a real loopback sshd: the check names what differs, sync copies only that."""
+"""runner.ssh.hostsync against a real loopback sshd: the check names what differs, sync copies only that."""
 import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-import hostsync
-import provenance
-import remote
-import run_config
 from conftest import write_known_hosts
+from engine import provenance
+from runner.config import check_server
+from runner.ssh import hostsync
+from runner.ssh.connection import RemoteHost
 from tiny_data import write_tiny_dataset
 
-ROOT = Path(provenance.__file__).resolve().parent
+ROOT = provenance.PROJECT_DIR
 
 
 @pytest.fixture
@@ -20,10 +20,10 @@ def host_and_server(sshd_pair, user_key, tmp_path):
     sshd = sshd_pair[1]
     workdir = sshd.workdir / tmp_path.name  # each test its own empty workdir on the host
     workdir.mkdir()
-    host = remote.RemoteHost(sshd.address, "root", sshd.port, str(user_key[0]), ssh_config=None,
+    host = RemoteHost(sshd.address, "root", sshd.port, str(user_key[0]), ssh_config=None,
                              known_hosts=write_known_hosts(tmp_path / "known_hosts", sshd))
     host.connect()
-    server = run_config.check_server(sshd.server(workdir=str(workdir)), "test")
+    server = check_server(sshd.server(workdir=str(workdir)), "test")
     yield host, server, workdir
     host.close()
 
@@ -36,12 +36,12 @@ def test_an_empty_workdir_is_reported_then_synced_then_passes(host_and_server, t
     needs = {"d": None}
     local = hostsync.local_answer(needs)
     answer, why = hostsync.ask_host(host, server, "oct1_train.py", needs)
-    assert answer is None and "provenance.py" in why and "--sync-code" in why
+    assert answer is None and "engine.provenance" in why and "--sync-code" in why
 
     names = hostsync.project_files(ROOT)
-    assert "experiment.py" in names and "tests/conftest.py" in names
+    assert "engine/fold.py" in names and "tests/conftest.py" in names
     assert hostsync.sync(host, server, names, local_root=ROOT) == len(names)
-    assert (workdir / "experiment.py").read_bytes() == (ROOT / "experiment.py").read_bytes()
+    assert (workdir / "engine/fold.py").read_bytes() == (ROOT / "engine/fold.py").read_bytes()
     assert not [p for p in workdir.iterdir() if p.name.startswith(".sync")]  # staging folder removed
     answer, why = hostsync.ask_host(host, server, "oct1_train.py", needs)
     assert why is None and answer["code_hash"] == local["code_hash"]
@@ -62,7 +62,7 @@ def test_one_changed_file_is_named_and_only_it_is_sent_again(host_and_server, tm
     monkeypatch.chdir(tmp_path)
     names = hostsync.project_files(ROOT)
     hostsync.sync(host, server, names, local_root=ROOT)
-    with open(workdir / "models.py", "a") as f:
+    with open(workdir / "engine/models.py", "a") as f:
         f.write("\n# edited on the server\n")
     os.makedirs(tmp_path / "d")
     write_tiny_dataset(tmp_path / "d", participants=("a", "b"))
@@ -75,7 +75,7 @@ def test_one_changed_file_is_named_and_only_it_is_sent_again(host_and_server, tm
     assert lines[0].startswith("gpu9: code differs (code hash here ") and local["code_hash"] in lines[0]
     assert lines[1].startswith("gpu9: data d/b_val.pt differs") and "1 files differ" in lines[1]
     assert hostsync.sync(host, server, names, local_root=ROOT) == 1
-    assert (workdir / "models.py").read_bytes() == (ROOT / "models.py").read_bytes()
+    assert (workdir / "engine/models.py").read_bytes() == (ROOT / "engine/models.py").read_bytes()
 
 
 def test_data_needs_merges_participants_per_folder():

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+import make_dataset
+from dataset import synthetic
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-
-import make_dataset  # noqa: E402
 
 SPLITS = ("train", "val", "test")
 SMALL = dict(n_participants=4, window_size=200, n_train=20, n_val=10, n_test=10)
@@ -42,7 +43,7 @@ def run_main(capsys, *args):
 
 def test_synthetic_files_shapes_dtypes_and_labels(tmp_path):
     out = tmp_path / "data"
-    names = make_dataset.write_synthetic_dataset(out, seed=0, **SMALL)
+    names = synthetic.write_synthetic_dataset(out, seed=0, **SMALL)
     assert names == ["p01", "p02", "p03", "p04"]
     assert sorted(os.listdir(out)) == sorted(f"{p}_{s}.pt" for p in names for s in SPLITS)
     sizes = {"train": 20, "val": 10, "test": 10}
@@ -60,7 +61,7 @@ def test_synthetic_files_shapes_dtypes_and_labels(tmp_path):
 
 def test_synthetic_same_seed_same_bytes_other_seed_differs(tmp_path):
     for folder, seed in (("a", 3), ("b", 3), ("c", 4)):
-        make_dataset.write_synthetic_dataset(tmp_path / folder, seed=seed, **SMALL)
+        synthetic.write_synthetic_dataset(tmp_path / folder, seed=seed, **SMALL)
     for p in ("p01", "p04"):
         for split in SPLITS:
             a = (tmp_path / "a" / f"{p}_{split}.pt").read_bytes()
@@ -72,7 +73,7 @@ def test_synthetic_same_seed_same_bytes_other_seed_differs(tmp_path):
 
 
 def test_synthetic_positive_rate_is_a_minority_in_every_split():
-    splits = make_dataset.synthetic_splits(n_participants=6, window_size=50, seed=0)
+    splits = synthetic.synthetic_splits(n_participants=6, window_size=50, seed=0)
     rates = {key: float(y.mean()) for key, (_, y) in splits.items()}
     assert len(rates) == 18
     assert all(0.10 <= r <= 0.25 for r in rates.values()), rates
@@ -81,7 +82,7 @@ def test_synthetic_positive_rate_is_a_minority_in_every_split():
 
 
 def test_synthetic_accelerometer_holds_gravity_and_gyro_is_rad_per_s():
-    splits = make_dataset.synthetic_splits(seed=1, **SMALL)
+    splits = synthetic.synthetic_splits(seed=1, **SMALL)
     X = torch.cat([X for X, _ in splits.values()])
     acc_norm = X[:, :3].norm(dim=1)
     assert float(acc_norm.mean()) == pytest.approx(1.0, abs=0.05)
@@ -91,11 +92,11 @@ def test_synthetic_accelerometer_holds_gravity_and_gyro_is_rad_per_s():
 
 
 def test_synthetic_sensor_rotation_turns_both_sensors_alike():
-    profile = make_dataset._participant_profile(seed=0, index=2)
+    profile = synthetic._participant_profile(seed=0, index=2)
     profile.update(acc_noise=0.0, gyr_noise=0.0, gyr_bias=np.zeros(3))
-    kinds = np.array([make_dataset.PUFF, make_dataset.CONFOUNDER, make_dataset.NONE])
-    rotated = make_dataset.synthetic_windows(profile, kinds, 500, np.random.default_rng(5))
-    upright = make_dataset.synthetic_windows({**profile, "rotation": np.eye(3)}, kinds, 500,
+    kinds = np.array([synthetic.PUFF, synthetic.CONFOUNDER, synthetic.NONE])
+    rotated = synthetic.synthetic_windows(profile, kinds, 500, np.random.default_rng(5))
+    upright = synthetic.synthetic_windows({**profile, "rotation": np.eye(3)}, kinds, 500,
                                              np.random.default_rng(5))
     R = profile["rotation"]
     assert np.allclose(R @ R.T, np.eye(3)) and np.isclose(np.linalg.det(R), 1.0)
@@ -104,7 +105,7 @@ def test_synthetic_sensor_rotation_turns_both_sensors_alike():
         expected = np.einsum("ij,njt->nit", R, upright[:, sensor])
         assert np.allclose(rotated[:, sensor], expected, atol=1e-5)
     # Other participants wear it differently.
-    other = make_dataset._participant_profile(seed=0, index=3)["rotation"]
+    other = synthetic._participant_profile(seed=0, index=3)["rotation"]
     assert not np.allclose(R, other, atol=0.1)
 
 

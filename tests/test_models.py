@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-import experiment
-import models
+from engine import cli as engine_cli
+from engine import models
 
 
 @pytest.mark.parametrize("name", sorted(models.MODELS))
@@ -143,7 +143,7 @@ def test_unknown_model_name_lists_the_choices():
 
 
 def test_cli_model_choices_are_the_registry():
-    parser = experiment.build_parser()
+    parser = engine_cli.build_parser()
     action = next(a for a in parser._actions if a.dest == "model")
     assert sorted(action.choices) == sorted(models.MODELS)
     with pytest.raises(SystemExit) as info:

@@ -4,9 +4,13 @@ import json
 import pytest
 import torch
 
-import experiment
 from composed_loader import ComposedBatchDataLoader
-from models import build_model
+from engine import cli as engine_cli
+from engine import fold as engine_fold
+from engine import metrics as engine_metrics
+from engine.augment import BatchAugmenter, make_augmenter
+from engine.fold import subsample
+from engine.models import build_model
 from tiny_data import write_tiny_dataset
 
 TARGET_TAG = 100.0  # X[:, 0, 0] of the target's train windows, to tell them apart in a batch
@@ -25,7 +29,7 @@ def data(tmp_path_factory):
 
 
 def parse(*argv):
-    return experiment.build_parser(enhanced=True).parse_args([str(a) for a in argv])
+    return engine_cli.build_parser(enhanced=True).parse_args([str(a) for a in argv])
 
 
 def test_the_preset_resolves_into_plain_flag_values():
@@ -41,7 +45,7 @@ def test_the_preset_resolves_into_plain_flag_values():
     assert (args.target_count, args.epoch_rule, args.augmentation) == ("round", "target_pass", "window")
     assert (args.jitter_std, args.magnitude_range, args.aug_prob) == (0.03, [0.9, 1.1], 0.5)
     # train.py has no composed batches, so no epoch rule; the rest resolves the same.
-    plain = experiment.build_parser(enhanced=False).parse_args(["--preset", "original"])
+    plain = engine_cli.build_parser(enhanced=False).parse_args(["--preset", "original"])
     assert not hasattr(plain, "epoch_rule") and plain.target_count == "floor"
 
 
@@ -60,7 +64,7 @@ def run_spied(monkeypatch, data, tmp_path, *extra):
     """A full_fine_tuning fold with batch 64 and target_batch_pct 0.9, recording the size of
     every evaluated split and the fine-tuning loader."""
     sizes, loaders = [], []
-    evaluate, target_loader = experiment.evaluate, experiment.target_loader
+    evaluate, target_loader = engine_metrics.evaluate, engine_fold.target_loader
 
     def spy_evaluate(model, X, y, device, *graphed):
         sizes.append(len(X))
@@ -69,12 +73,13 @@ def run_spied(monkeypatch, data, tmp_path, *extra):
     def spy_loader(*args):
         loaders.append(target_loader(*args))
         return loaders[-1]
-    monkeypatch.setattr(experiment, "evaluate", spy_evaluate)
-    monkeypatch.setattr(experiment, "target_loader", spy_loader)
+    monkeypatch.setattr("engine.phase.evaluate", spy_evaluate)  # the phases' validation
+    monkeypatch.setattr("engine.fold.evaluate", spy_evaluate)  # the final scores
+    monkeypatch.setattr("engine.fold.target_loader", spy_loader)
     argv = ["--data_path", data, "--experiments_dir", tmp_path / "exp", "--base_cache_dir", tmp_path / "cache",
             "--device", "cpu", "--batch_size", "64", "--max_epochs", "2", "--target_batch_pct", "0.9",
             "--mode", "full_fine_tuning", "--prefix", "p", *extra]
-    assert experiment.main([str(a) for a in argv], enhanced=True) == 0
+    assert engine_cli.main([str(a) for a in argv], enhanced=True) == 0
     folder = tmp_path / "exp" / "p" / "fold0_a"
     hyper = json.loads((folder / "hyperparameters.json").read_text())
     metrics = json.loads((folder / "metrics.json").read_text())
@@ -120,9 +125,9 @@ def test_explicit_flags_override_the_preset_in_a_run(monkeypatch, data, tmp_path
 
 
 def test_batch_augmentation_changes_whole_batches():
-    augment = experiment.make_augmenter(parse("--preset", "original", "--use_augmentation"),
+    augment = make_augmenter(parse("--preset", "original", "--use_augmentation"),
                                         torch.Generator().manual_seed(0))
-    assert isinstance(augment, experiment.BatchAugmenter)
+    assert isinstance(augment, BatchAugmenter)
     x = torch.randn(8, 6, 50, generator=torch.Generator().manual_seed(1))
     kinds = {"unchanged": 0, "jitter": 0, "magnitude": 0}
     draws = 600
@@ -162,7 +167,7 @@ def test_metric_keys_follow_the_originals_definitions(tmp_path):
     argv = ["--data_path", folder, "--experiments_dir", tmp_path / "exp", "--base_cache_dir", tmp_path / "cache",
             "--device", "cpu", "--batch_size", "4", "--max_epochs", "8", "--early_stopping_patience", "8",
             "--early_stopping_patience_target", "8", "--lr", "0.01", "--prefix", "m"]
-    assert experiment.main([str(a) for a in argv], enhanced=True) == 0
+    assert engine_cli.main([str(a) for a in argv], enhanced=True) == 0
     result = tmp_path / "exp" / "m" / "fold0_a"
     metrics = json.loads((result / "metrics.json").read_text())
     losses = json.loads((result / "losses.json").read_text())
@@ -186,18 +191,18 @@ def test_metric_keys_follow_the_originals_definitions(tmp_path):
     model.load_state_dict(torch.load(entry / "model.pt", weights_only=True))
     X, y = torch.load(folder / "a_val.pt", weights_only=True)
     assert (metrics["best_base_model_target_val_loss"], metrics["best_base_model_target_val_f1"]) == pytest.approx(
-        experiment.evaluate(model, X, y, torch.device("cpu")), abs=1e-6)
+        engine_metrics.evaluate(model, X, y, torch.device("cpu")), abs=1e-6)
 
 
 def test_target_data_pct_rounds_down_with_the_preset(data, tmp_path, capsys):
     X, y = torch.randn(30, 3, 4), torch.zeros(30)
-    assert len(experiment.subsample(X, y, 0.25, 0, "round")[0]) == 8
-    assert len(experiment.subsample(X, y, 0.25, 0, "floor")[0]) == 7  # int(7.5), as the original
+    assert len(subsample(X, y, 0.25, 0, "round")[0]) == 8
+    assert len(subsample(X, y, 0.25, 0, "floor")[0]) == 7  # int(7.5), as the original
     # In a run: 0.425 of the target's 60 train windows is 25.5.
     for extra, kept in ((["--preset", "original"], 25), (["--preset", "original", "--target_count", "round"], 26)):
         argv = ["--data_path", data, "--experiments_dir", tmp_path / "exp", "--device", "cpu", "--max_epochs", "1",
                 "--mode", "target_only", "--target_data_pct", "0.425", "--overwrite", *extra]
-        assert experiment.main([str(a) for a in argv]) == 0
+        assert engine_cli.main([str(a) for a in argv]) == 0
         assert f"{kept} target train windows" in capsys.readouterr().out
 
 
@@ -205,7 +210,7 @@ def test_a_share_that_floors_to_no_target_window_is_a_one_line_error(data, tmp_p
     # round(0.01 * 64) = 1 works; the original's int() gives 0, which no batch can hold.
     argv = ["--data_path", data, "--experiments_dir", tmp_path / "exp", "--device", "cpu",
             "--target_batch_pct", "0.01", "--preset", "original"]
-    assert experiment.main([str(a) for a in argv], enhanced=True) == 2
+    assert engine_cli.main([str(a) for a in argv], enhanced=True) == 2
     err = capsys.readouterr().err
     assert "gives 0 target windows per batch (--target_count floor)" in err and err.count("\n") == 1
     assert not (tmp_path / "exp").exists()

@@ -1,6 +1,6 @@
 """pack_train.py: several folds trained together give, member by member, the solo runs' results.
 
-Tiny data on the CPU, one torch thread (conftest). Solo runs call experiment.main()
+Tiny data on the CPU, one torch thread (conftest). Solo runs call engine_cli.main()
 (what oct1_train.py does); packs call pack_train.main() in-process, except the crash
 test, which kills a pack subprocess.
 """
@@ -16,10 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import base_cache
-import experiment
 import pack_train
-from commands import job_argv
+from engine import base_cache, cuda_step
+from engine import cli as engine_cli
+from engine import fold as engine_fold
+from engine.flags import job_argv
+from engine.models import build_model
+from engine.pack import read_jobs
+from engine.packed_step import PackedStep, StackedAdamW
 from tiny_data import write_tiny_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +66,7 @@ MEMBERS = [
 
 
 def solo(job, prefix):
-    assert experiment.main(job_argv(dict(job, prefix=prefix)), enhanced=True) == 0
+    assert engine_cli.main(job_argv(dict(job, prefix=prefix)), enhanced=True) == 0
 
 
 def pack(jobs, path, prefix="pack"):
@@ -217,7 +221,7 @@ def test_a_base_model_is_stored_and_announced_as_it_stops_not_when_the_base_pack
     slow = dict(base, seed=5, early_stopping_patience=400)
     jobs = tmp_path / "jobs.json"
     jobs.write_text(json.dumps([slow, quick]))
-    quick_key, slow_key = [base_cache.key_for_args(args) for args in pack_train.read_jobs(jobs, None)[::-1]]
+    quick_key, slow_key = [base_cache.key_for_args(args) for args in read_jobs(jobs, None)[::-1]]
     lines = killed_at_first(jobs, "MEMBER_DONE")
     assert lines[-3:] == [f"BASE_KEY {quick_key}", f"BASE_MODEL {cache / quick_key}", "MEMBER_DONE 1"], lines
     assert f"BASE_TRAINED {quick_key}" in lines  # the runner counts the training
@@ -296,13 +300,13 @@ def test_overwrite_is_per_member(data, tmp_path, capsys):
 def test_a_folder_that_cannot_be_published_ends_the_pack_and_the_finished_members_stay(data, tmp_path, capsys, monkeypatch):
     exp = tmp_path / "exp"
     common = dict(shared(data, exp, tmp_path / "cache", epochs=1), prefix="p", mode="target_only")
-    finish_fold = experiment.finish_fold
+    finish_fold = engine_fold.finish_fold
 
     def appears_first(args, model, device, final, *rest):
         if args.fold == 1:  # someone else's run writes member 1's folder while the pack trains
             final.mkdir(parents=True)
         return finish_fold(args, model, device, final, *rest)
-    monkeypatch.setattr(experiment, "finish_fold", appears_first)
+    monkeypatch.setattr("engine.pack.finish_fold", appears_first)
     assert pack_train.main(["--json", json.dumps([dict(common, fold=0), dict(common, fold=1)])]) == 2
     captured = capsys.readouterr()
     assert protocol_lines(captured.out) == [f"RESULT_DIR {exp / 'p' / 'fold0_a'}", "MEMBER_DONE 0"]
@@ -342,15 +346,14 @@ def test_the_packed_step_keeps_its_state_in_place_and_an_idle_step_changes_nothi
     """What capturing the step as a CUDA graph relies on, checked on the CPU: the warm-up runs
     before a capture (no member active) change nothing, and a step updates every tensor in place,
     so a replay reads and writes the same memory."""
-    import cuda_step
     cpu = torch.device("cpu")
     torch.manual_seed(0)
-    model = experiment.build_model("test", 3)
-    states = [experiment.build_model("test", 3).state_dict() for _ in range(2)]
+    model = build_model("test", 3)
+    states = [build_model("test", 3).state_dict() for _ in range(2)]
     stacked = {name: torch.stack([state[name] for state in states]) for name in model.state_dict()}
     params = {name: stacked[name].requires_grad_() for name, _ in model.named_parameters()}
-    optimizer = pack_train.StackedAdamW(params, [1e-2, 1e-2], cpu)
-    step = pack_train.PackedStep(model, stacked, optimizer, 4, (3, 32), cpu)
+    optimizer = StackedAdamW(params, [1e-2, 1e-2], cpu)
+    step = PackedStep(model, stacked, optimizer, 4, (3, 32), cpu)
 
     def state():
         return [*params.values(), *optimizer.exp_avg.values(), *optimizer.exp_avg_sq.values(), optimizer.steps,
@@ -404,12 +407,12 @@ def test_a_failed_packed_capture_runs_eagerly_with_auto_and_is_an_error_with_on(
     exp = tmp_path / "exp"
     job = dict(shared(data, exp, tmp_path / "cache", epochs=2), device="cuda", fold=1, mode="target_only")
     assert pack([dict(job, cuda_graphs="off")], tmp_path / "jobs.json", "off") == 0
-    compute = pack_train.PackedStep._compute
+    compute = PackedStep._compute
 
     def syncs(step):
         compute(step)
         step.counts.sum().item()  # a host sync: a graph cannot capture it
-    monkeypatch.setattr(pack_train.PackedStep, "_compute", syncs)
+    monkeypatch.setattr(PackedStep, "_compute", syncs)
     capsys.readouterr()
     assert pack([dict(job, cuda_graphs="auto")], tmp_path / "jobs.json", "auto") == 0
     out = capsys.readouterr().out

@@ -3,9 +3,9 @@ import json
 
 from torch import nn
 
-import models
-import packing
-from scheduler import JobQueue, Task
+from engine import models
+from runner import packing
+from runner.plan import Plan, Task
 
 
 def tasks(jobs, phase="target"):
@@ -59,12 +59,14 @@ def test_auto_size_and_limits():
     assert packing.trainer_path("train.py") is None
 
 
-def test_the_queue_shares_a_group_among_the_usable_slots_without_a_process():
-    queue = JobQueue(tasks([{"fold": f} for f in range(24)]), usable_slots=lambda: 4)
-    assert [len(queue.take(0.01, 32)) for _ in range(4)] == [6, 6, 6, 6]  # counted as each is handed out
-    queue = JobQueue(tasks([{"fold": f} for f in range(24)]), usable_slots=lambda: 1)  # 3 slots busy elsewhere
-    assert len(queue.take(0.01, 32)) == 24
-    queue = JobQueue(tasks([{"fold": f} for f in range(24)]), usable_slots=lambda: 4)
-    first = queue.take(0.01, 32)
+def test_the_planner_shares_a_group_among_the_usable_slots_without_a_process(tmp_path):
+    def plan():
+        return Plan(tasks([{"fold": f} for f in range(24)]), None, tmp_path)
+    four, one = (lambda: 4), (lambda: 1)
+    queue = plan()
+    assert [len(queue.take(32, usable=four)) for _ in range(4)] == [6, 6, 6, 6]  # counted as each is handed out
+    assert len(plan().take(32, usable=one)) == 24  # 3 slots busy elsewhere
+    queue = plan()
+    first = queue.take(32, usable=four)
     queue.process_done()  # that slot's process ended: 4 slots without a process share the 18 left
-    assert (len(first), len(queue.take(0.01, 32))) == (6, 5)
+    assert (len(first), len(queue.take(32, usable=four))) == (6, 5)

@@ -1,4 +1,4 @@
-"""remote.py and the runner against real OpenSSH servers on 127.0.0.1 and 127.0.0.2."""
+"""shell.py and the runner against real OpenSSH servers on 127.0.0.1 and 127.0.0.2."""
 import json
 import os
 import shlex
@@ -12,10 +12,13 @@ from pathlib import Path
 import paramiko
 import pytest
 
-import commands
-import remote
 import run_distributed_training as rdt
 from conftest import processes_with, write_json, write_known_hosts
+from dataset import synthetic
+from engine import cli as engine_cli
+from runner import commands
+from runner.ssh import shell
+from runner.ssh.connection import RemoteHost
 
 pytestmark = pytest.mark.ssh
 
@@ -24,7 +27,7 @@ TIMING_FIELDS = ("total_time_s", "train_windows_per_s")
 
 
 def connect(server, user_key, known_hosts, **options):
-    host = remote.RemoteHost(server.address, "root", server.port, str(user_key[0]),
+    host = RemoteHost(server.address, "root", server.port, str(user_key[0]),
                              known_hosts=known_hosts, ssh_config=None, **options)
     host.connect()
     return host
@@ -63,7 +66,7 @@ def wait_for(condition, timeout, what):
         time.sleep(0.05)
 
 
-# ------------------------------------------------------------- remote.py
+# ------------------------------------------------------------- shell.py
 
 
 def test_run_streams_output_and_returns_exit_status(host_a):
@@ -101,7 +104,7 @@ def test_ssh_config_is_honoured(sshd_pair, user_key, known_hosts, tmp_path):
                       f"{user_key[0]} -o UserKnownHostsFile={known_hosts} -o BatchMode=yes -p {jump.port} "
                       f"-W %h:%p root@{jump.address}\n")
     for alias in ("gpubox", "inner"):
-        host = remote.RemoteHost(alias, ssh_config=str(config), known_hosts=known_hosts)
+        host = RemoteHost(alias, ssh_config=str(config), known_hosts=known_hosts)
         host.connect()
         try:
             assert (host.hostname, host.port, host.user) == (server.address, server.port, "root")
@@ -113,7 +116,7 @@ def test_ssh_config_is_honoured(sshd_pair, user_key, known_hosts, tmp_path):
 
 def test_unknown_host_key_is_refused_unless_accepted(sshd_pair, user_key, tmp_path):
     known = tmp_path / "known_hosts"
-    with pytest.raises(remote.HostRefused, match="--accept-new-hosts"):
+    with pytest.raises(shell.HostRefused, match="--accept-new-hosts"):
         connect(sshd_pair[1], user_key, str(known))
     assert not known.exists()
     host = connect(sshd_pair[1], user_key, str(known), accept_new_hosts=True)
@@ -126,7 +129,7 @@ def test_changed_host_key_is_refused(sshd_pair, user_key, tmp_path):
     wrong_key = sshd_pair[0].known_hosts_line.split()[1:]
     known = tmp_path / "known_hosts"
     known.write_text(f"[{sshd_pair[1].address}]:{sshd_pair[1].port} {' '.join(wrong_key)}\n")
-    with pytest.raises(remote.HostRefused, match="CHANGED"):
+    with pytest.raises(shell.HostRefused, match="CHANGED"):
         connect(sshd_pair[1], user_key, str(known), accept_new_hosts=True)
 
 
@@ -137,9 +140,9 @@ def test_copy_folders_both_ways(host_a, sshd_pair, tmp_path):
     (source / "a" / "b" / "deep.bin").write_bytes(os.urandom(100_000))
     target = f"{sshd_pair[0].workdir}/copy/here"
     sent = host_a.put_dir(str(source), target)
-    assert sent == remote.local_tree(source) == remote.local_tree(target)
+    assert sent == shell.local_tree(source) == shell.local_tree(target)
     back = host_a.get_dir(target, tmp_path / "back")
-    assert back == remote.local_tree(tmp_path / "back") == sent
+    assert back == shell.local_tree(tmp_path / "back") == sent
     deep = Path("a", "b", "deep.bin")
     assert (tmp_path / "back" / deep).read_bytes() == (source / deep).read_bytes()
 
@@ -178,7 +181,7 @@ def test_dropped_connection_kills_the_remote_command(sshd_pair, user_key, known_
     def job():
         try:
             host.run("sleep 303")
-        except remote.HostDown as e:
+        except shell.HostDown as e:
             outcome.append(e)
 
     t = threading.Thread(target=job)
@@ -186,7 +189,7 @@ def test_dropped_connection_kills_the_remote_command(sshd_pair, user_key, known_
     wait_for(lambda: processes_with("sleep 303"), 5, "the command to start")
     host.close()  # as if the runner died: sshd closes the session, the watcher kills the job
     t.join(5)
-    assert outcome and isinstance(outcome[0], remote.HostDown)
+    assert outcome and isinstance(outcome[0], shell.HostDown)
     wait_for(lambda: not processes_with("sleep 303"), 10, "the orphan to be killed")
 
 
@@ -199,7 +202,7 @@ def test_frozen_host_is_noticed_by_the_keepalive(start_sshd, user_key, tmp_path)
     def job():
         try:
             host.run("sleep 304")
-        except remote.HostDown as e:
+        except shell.HostDown as e:
             errors.append((time.time(), e))
 
     t = threading.Thread(target=job)
@@ -241,7 +244,7 @@ def test_grid_over_two_hosts_comes_home_one_device_per_job(sshd_pair, user_key, 
         assert seen["cwd"] == str(server.workdir)  # ran there, came home here
         remote_copy = server.workdir / "experiments" / "grid" / "a b" / f"fold{k}_p{k}"
         if server is a:
-            assert remote.local_tree(remote_copy) == remote.local_tree(home)
+            assert shell.local_tree(remote_copy) == shell.local_tree(home)
         else:
             assert not remote_copy.exists()  # remove_results, after the check
     report = json.loads((tmp_path / "runs" / "jobs" / "run_log.json").read_text())
@@ -359,12 +362,10 @@ def test_runner_refuses_an_unknown_host_key(sshd_pair, user_key, fake_script, tm
 
 
 def test_small_real_grid_matches_a_local_run(sshd_pair, user_key, known_hosts, tmp_path, monkeypatch):
-    import experiment
-    import make_dataset
     import torch
 
     data = tmp_path / "data"
-    participants = make_dataset.write_synthetic_dataset(str(data), n_participants=4, window_size=64,
+    participants = synthetic.write_synthetic_dataset(str(data), n_participants=4, window_size=64,
                                                         n_train=16, n_val=8, n_test=8, seed=0)
     flags = {"prefix": "real", "data_path": str(data), "max_epochs": 2, "device": "cpu",
              "mode": "full_fine_tuning", "batch_size": 8, "model": "test"}
@@ -382,14 +383,14 @@ def test_small_real_grid_matches_a_local_run(sshd_pair, user_key, known_hosts, t
     torch.set_num_threads(1)  # as the jobs did (OMP_NUM_THREADS=1): 4 jobs share 2 cores
     try:
         for job in jobs:
-            assert experiment.main(shlex.split(" ".join(commands.job_command_args(job))), enhanced=True) == 0
+            assert engine_cli.main(shlex.split(" ".join(commands.job_command_args(job))), enhanced=True) == 0
     finally:
         signal.signal(signal.SIGTERM, sigterm)
         torch.set_num_threads(threads)
     for k, name in enumerate(participants):
         home = tmp_path / "experiments" / "real" / f"fold{k}_{name}"
         reference = local / "experiments" / "real" / f"fold{k}_{name}"
-        assert sorted(remote.local_tree(home)) == sorted(remote.local_tree(reference))
+        assert sorted(shell.local_tree(home)) == sorted(shell.local_tree(reference))
         for file in ("metrics.json", "losses.json"):
             got, want = (json.loads((d / file).read_text()) for d in (home, reference))
             for key in TIMING_FIELDS:

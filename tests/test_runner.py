@@ -13,15 +13,16 @@ from pathlib import Path
 
 import pytest
 
-import commands
-import hosts
-import remote
-import run_config
 import run_distributed_training as rdt
-import run_ledger
-import run_report
 from conftest import free_port, processes_with, write_json
-from scheduler import JobQueue, Scheduler, Task
+from runner import commands
+from runner import ledger as run_ledger
+from runner.config import PROG, check_server, load_cluster_config
+from runner.jobs import load_jobs
+from runner.plan import Plan, Task
+from runner.report import print_report_headline
+from runner.ssh import hosts, shell
+from runner.ssh.transfer import HostTransfer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,7 +50,7 @@ def test_job_command_args_rendering():
 
 
 def test_job_command_line_sets_one_device_and_quotes_every_value():
-    server = run_config.check_server({"host": "gpu1", "workdir": "~/my proj",
+    server = check_server({"host": "gpu1", "workdir": "~/my proj",
                                       "setup": "source env/bin/activate", "env": {"OMP_NUM_THREADS": 2}},
                                      "test")
     job = {"fold": 1, "prefix": "a b"}
@@ -62,10 +63,10 @@ def test_job_command_line_sets_one_device_and_quotes_every_value():
 def test_a_hostile_value_reaches_the_script_as_one_argument(tmp_path):
     mark = tmp_path / "pwned"
     values = [f"a; touch {mark}", f"$(touch {mark})", f"`touch {mark}`", "it's", "\\n \"x\""]
-    server = run_config.check_server({"host": "here", "local": True, "workdir": str(tmp_path)}, "test")
+    server = check_server({"host": "here", "local": True, "workdir": str(tmp_path)}, "test")
     script = tmp_path / "argv.py"
     script.write_text("import json, sys; print(json.dumps(sys.argv[1:]))")
-    result = remote.LocalHost().run(commands.job_command(server, 0, str(script), {"participants": values}))
+    result = shell.LocalHost().run(commands.job_command(server, 0, str(script), {"participants": values}))
     assert result.ok and json.loads(result.stdout) == ["--participants", *values]
     assert not mark.exists()
 
@@ -100,7 +101,7 @@ def test_a_malformed_cluster_config_is_one_clear_line(text, message, tmp_path, c
     write_json(tmp_path / "jobs.json", [{"fold": 0}])
     assert rdt.main(["--cluster-config", "cluster.json", "--jobs-config", "jobs.json"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.startswith(f"{run_config.PROG}: error: cluster.json") and message in err
+    assert "\n" not in err and err.startswith(f"{PROG}: error: cluster.json") and message in err
     assert "hunter2" not in err
 
 
@@ -125,7 +126,7 @@ def test_a_malformed_jobs_file_is_one_clear_line(text, message, tmp_path, capsys
     assert rdt.main(["--cluster-config", str(ROOT / "cluster_config.json"), "--jobs-config",
                      "jobs.json"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.startswith(f"{run_config.PROG}: error: jobs.json") and message in err
+    assert "\n" not in err and err.startswith(f"{PROG}: error: jobs.json") and message in err
 
 
 def test_missing_files_are_named(tmp_path, capsys, monkeypatch):
@@ -137,7 +138,7 @@ def test_missing_files_are_named(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize("path", ["cluster_config.json", *sorted(p.relative_to(ROOT).as_posix()
                                   for p in (ROOT / "examples").glob("cluster_*.json"))])
 def test_shipped_cluster_configs_are_valid(path):
-    cluster = run_config.load_cluster_config(ROOT / path)
+    cluster = load_cluster_config(ROOT / path)
     assert cluster["servers"]
     if path == "cluster_config.json":  # works on a fresh machine: no SSH
         assert all(s["local"] for s in cluster["servers"])
@@ -145,8 +146,8 @@ def test_shipped_cluster_configs_are_valid(path):
 
 def test_jobs_without_an_id_get_a_stable_one(tmp_path):
     write_json(tmp_path / "jobs.json", [{"fold": 0, "mode": "x"}, {"mode": "x", "fold": 0, "lr": 1}])
-    first = [j["job_id"] for j in run_config.load_jobs(tmp_path / "jobs.json")]
-    again = [j["job_id"] for j in run_config.load_jobs(tmp_path / "jobs.json")]
+    first = [j["job_id"] for j in load_jobs(tmp_path / "jobs.json")]
+    again = [j["job_id"] for j in load_jobs(tmp_path / "jobs.json")]
     assert first == again and len(set(first)) == 2
 
 
@@ -258,14 +259,18 @@ def test_a_ledger_that_cannot_be_written_stops_the_run_instead_of_hanging_it(fak
     assert "No space left on device; stopping (the ledger is intact: rerun to resume)" in capsys.readouterr().err
 
 
-def test_queue_hands_out_only_ready_tasks():
-    tasks = [Task({"job_id": name}) for name in ("base", "dependent", "other")]
-    queue = JobQueue(tasks, ready=lambda t: t.job_id != "dependent")
-    assert [t.job_id for t in queue.take(0.01)] == ["base"] and [t.job_id for t in queue.take(0.01)] == ["other"]
-    assert queue.take(0.01) == [] and not queue.finished
-    queue.ready = lambda t: True
-    queue.task_done()
-    assert [t.job_id for t in queue.take(0.01)] == ["dependent"]
+def test_the_planner_hands_out_only_ready_tasks(tmp_path):
+    tasks = [Task({"job_id": "base-k"}, builds="k"), Task({"job_id": "dependent"}, needs="k"),
+             Task({"job_id": "other"})]
+    plan = Plan(tasks, run_ledger.Ledger(tmp_path / "ledger.jsonl"), tmp_path)
+    base = plan.take(timeout=0.01)
+    assert [t.job_id for t in base] == ["base-k"] and [t.job_id for t in plan.take(timeout=0.01)] == ["other"]
+    assert plan.take(timeout=0.01) == [] and not plan.finished
+    assert [t.job_id for t in plan.take(early=True)] == ["dependent"]  # a backend that waits on its base task
+    plan.put_back(tasks[1:2])
+    plan.start(base)
+    plan.succeeded(base[0])  # the base model is in the cache now
+    assert [t.job_id for t in plan.take(timeout=0.01)] == ["dependent"]
 
 
 @pytest.mark.slow
@@ -301,7 +306,7 @@ def test_the_run_ends_with_the_report_headline(tmp_path, capsys):
              "best_target_model_target_test_f1": personal_f1, "best_base_epoch": 3, "best_target_epoch": 5}))
     jobs = [{"job_id": f"j{fold}", "fold": fold, "mode": "full_fine_tuning", "experiments_dir": str(exp),
              "prefix": "grid/mode-full_fine_tuning"} for fold in (0, 1)]
-    run_report.print_report_headline(jobs)
+    print_report_headline(jobs)
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "report: python summarize_results.py " + shlex.quote(str(exp / "grid" / "*"))
     assert "F1 0.550 -> 0.725 (gain +0.175), responders 2/2" in out[1]
@@ -336,7 +341,7 @@ class RecordingHost:
 
     def run(self, command, **_):
         self.commands.append(command)
-        return remote.Result(command, 1 if len(self.commands) == 1 else 0, "")
+        return shell.Result(command, 1 if len(self.commands) == 1 else 0, "")
 
     def put_dir(self, local, remote_path):
         self.uploads.append(remote_path)
@@ -344,11 +349,11 @@ class RecordingHost:
 
 
 def test_a_base_model_is_sent_to_a_relative_workdir(tmp_path):
-    server = run_config.check_server({"host": "gpu9", "workdir": "proj", "gpus": [0]}, "test")
+    server = check_server({"host": "gpu9", "workdir": "proj", "gpus": [0]}, "test")
     host = RecordingHost()
-    scheduler = Scheduler([], [], {}, None, tmp_path / "logs", "oct1_train.py", quiet=True)
+    transfer = HostTransfer("oct1_train.py", say=lambda message: None)
     slot = hosts.Slot(host, server, 0, "gpu9:0")
-    scheduler.transfer.send_base(slot, {"mode": "full_fine_tuning"}, "k1")
+    transfer.send_base(slot, {"mode": "full_fine_tuning"}, "k1")
     check, place = host.commands
     # Shell commands run after `cd proj`, so their paths are relative to it; SFTP's start at home.
     assert check.startswith("cd proj && ") and check.endswith(" experiments/base_models/k1")
@@ -363,7 +368,7 @@ def test_a_timed_out_job_gets_time_to_clean_up_and_nothing_after_it_runs(tmp_pat
             f"def stop(*_):\n    time.sleep(1)\n    pathlib.Path({str(tmp_path / 'cleaned')!r}).touch()\n"
             f"    raise SystemExit(143)\n"
             f"signal.signal(signal.SIGTERM, stop)\ntime.sleep(60)")
-    host = remote.LocalHost()
+    host = shell.LocalHost()
     host.connect()
     try:
         result = host.run(f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}; echo never", timeout=1)

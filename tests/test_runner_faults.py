@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-import remote
-import run_config
 import run_distributed_training as rdt
-import run_report
 from conftest import processes_with, write_json, write_known_hosts
-from scheduler import Scheduler, Task
+from runner.config import PROG
+from runner.plan import Plan, Task
+from runner.report import summary_lines
+from runner.ssh import shell
 from test_remote import connect, ledger, wait_for, write_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,12 +74,12 @@ def test_1_no_command_text_breaks_the_session_framing(sshd_pair, user_key, known
         host.close()
 
 
-class SlowSessionHost(remote.LocalHost):
+class SlowSessionHost(shell.LocalHost):
     """A host whose sessions start 4 s late (as behind a slow ~/.bashrc), so a job's first
     line comes long after its dispatch."""
 
     def _open(self, command, control=False):
-        return remote.LocalProcess(command if control else f"sleep 4; {command}")
+        return shell.LocalProcess(command if control else f"sleep 4; {command}")
 
 
 def test_1_the_timeout_runs_from_dispatch_not_from_the_first_line(tmp_path):
@@ -267,7 +267,7 @@ def test_8_a_second_runner_on_the_same_run_exits_2_naming_the_first(fake_script,
     (ok, _, ok_err), (refused, _, err) = outcomes
     assert (ok, refused) == (0, 2), ok_err + err
     holder = next(r.pid for r in runners if r.returncode == 0)
-    assert err.strip() == (f"{run_config.PROG}: error: runs/jobs is in use by another runner (pid {holder}); "
+    assert err.strip() == (f"{PROG}: error: runs/jobs is in use by another runner (pid {holder}); "
                            f"wait for it to end, or stop it")
     assert len(list(started.iterdir())) == 8  # one training per job
 
@@ -299,11 +299,11 @@ def test_a_host_that_cannot_start_python_is_one_line_exit_2(field, value, fake_s
 
 
 def test_a_refused_copy_shows_its_reason_in_the_summary(tmp_path, capsys):
-    scheduler = Scheduler([], [], {}, None, tmp_path / "logs", "t.py", quiet=True)
     task = Task({"job_id": "c"}, last={"status": "failed", "exit_status": 0, "log": "c.log",
                                        "error": "copy of h:x failed: Permission denied"})
-    scheduler.failed, scheduler.started, scheduler.ended = [task], 0.0, 1.0
-    lines = run_report.summary_lines(scheduler, 0)
+    plan = Plan([task], None, tmp_path / "logs")
+    plan.failed = [task]
+    lines = summary_lines(plan, 0, 1.0)
     assert "  c  failed (copy of h:x failed: Permission denied)  c.log" in lines
 
 

@@ -5,10 +5,10 @@ import re
 import shutil
 from pathlib import Path
 
-import run_config
 import run_distributed_training as rdt
-import scheduler
 from conftest import write_json
+from runner.config import PROG
+from runner.ssh import backend as ssh_backend
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,7 +21,7 @@ def local_cluster(folder, script):
 def test_without_a_terminal_the_runner_prints_status_lines_not_a_redrawn_bar(fake_script, tmp_path, capsys,
                                                                             monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(scheduler, "STATUS_EVERY", 1.0)  # 30 s in use; 1 s keeps the test short
+    monkeypatch.setattr(ssh_backend, "STATUS_EVERY", 1.0)  # 30 s in use; 1 s keeps the test short
     jobs = write_json(tmp_path / "jobs.json", [{"prefix": "s", "fold": k, "sleep": 0.5, "job_id": f"s{k}"}
                                                for k in range(8)])
     # Under pytest stderr is captured, not a terminal: as `runner 2> run.txt`.
@@ -44,7 +44,7 @@ def test_a_bad_flag_fails_the_dry_run_naming_job_and_flag(tmp_path, capsys, monk
     assert rdt.main(["--cluster-config", cluster, "--jobs-config", jobs, "--dry-run"]) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    assert err.count("\n") == 1 and err.startswith(f"{run_config.PROG}: error: {jobs}: job 1 (typo): ")
+    assert err.count("\n") == 1 and err.startswith(f"{PROG}: error: {jobs}: job 1 (typo): ")
     assert "--max_epocs" in err
     assert not (tmp_path / "runs").exists()
 

@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+from test_gpu_watch import FakeSmi
+from test_pack import noisy  # noqa: F401 (a fixture: labels shuffled, so early stopping fires)
 
 import run_distributed_training as rdt
 from conftest import write_json, write_known_hosts
-from test_gpu_watch import FakeSmi
-from test_pack import noisy  # noqa: F401 (a fixture: labels shuffled, so early stopping fires)
 from test_remote import ledger, wait_for, write_cluster
 from test_two_phase import ONE_THREAD, SCRIPT, assert_carries_the_stored_base, generate, report
 from tiny_data import write_tiny_dataset

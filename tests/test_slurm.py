@@ -18,10 +18,12 @@ from pathlib import Path
 import pytest
 
 import run_distributed_training as rdt
-import run_ledger
-import slurm_backend
 from conftest import write_json
-from run_config import PROG
+from runner import ledger as run_ledger
+from runner.config import PROG
+from runner.slurm import queue as slurm_queue
+from runner.slurm.config import load_slurm_config
+from runner.slurm.scripts import sbatch_options
 from slurm_cluster import SlurmCluster, slurm_installed
 from test_remote import ledger, wait_for
 from test_two_phase import SCRIPT, assert_carries_the_stored_base, generate, trainings
@@ -142,9 +144,9 @@ def test_dry_run_prints_the_arrays_and_their_dependencies(tmp_path, capsys, monk
 
 
 def test_the_shipped_example_config_is_valid():
-    settings, script = slurm_backend.load_slurm_config(ROOT / "examples" / "slurm_cluster.json")
+    settings, script = load_slurm_config(ROOT / "examples" / "slurm_cluster.json")
     assert script == "oct1_train.py" and settings["workdir"] == "/shared/me/personalization"
-    assert slurm_backend.sbatch_options(settings, timeout=90) == [
+    assert sbatch_options(settings, timeout=90) == [
         "--partition=gpu", "--account=mylab", "--cpus-per-task=4", "--mem=16G", "--time=2", "--gres=gpu:1",
         "--constraint=a100|v100"]
 
@@ -165,7 +167,7 @@ def test_six_fine_tuning_jobs_share_two_base_models(cluster, tmp_path, capsys, m
     assert "report: python summarize_results.py" in out
     assert re.search(r"target_data_pct=0\.34: .*F1 [0-9.]+ -> [0-9.]+", out)  # the report's headline
     report = json.loads((tmp_path / "runs" / "jobs" / "run_log.json").read_text())
-    assert report["totals"]["ok"] == 8 and len(report["arrays"]) == 3
+    assert report["totals"]["done"] == 6 and report["base_models"]["trained"] == 2 and len(report["arrays"]) == 3
 
     records = ledger(tmp_path / "runs" / "jobs")
     submitted = {r["job_id"]: r["slurm_job"] for r in records if r["status"] == "submitted"}
@@ -283,7 +285,7 @@ def test_detach_leaves_jobs_queued_and_a_rerun_watches_them(cluster, runner, tmp
     _, err = first.communicate(timeout=60)
     assert first.returncode == 0 and "detached: 2 jobs queued" in err
     submitted = [r["slurm_job"] for r in ledger(tmp_path / "runs" / "jobs")]
-    assert set(submitted) <= set(cluster.queue()) | set(slurm_backend.final_states(submitted))
+    assert set(submitted) <= set(cluster.queue()) | set(slurm_queue.final_states(submitted))
 
     second = runner(tmp_path, *argv)
     _, err = second.communicate(timeout=60)
@@ -337,7 +339,7 @@ def test_bad_settings_fail_at_submit_with_one_line(cluster, tmp_path, fake_scrip
 def test_sacct_lines_are_read_like_scontrol_ones():
     # The test cluster has no accounting database; this is sacct's format where one runs.
     text = "41_0|COMPLETED|0:0\n41_1|FAILED|1:0\n41_2|CANCELLED by 0|0:15\n41_[3-5]|PENDING|0:0\n"
-    assert slurm_backend.parse_sacct(text) == {
+    assert slurm_queue.parse_sacct(text) == {
         "41_0": ("COMPLETED", 0), "41_1": ("FAILED", 1), "41_2": ("CANCELLED", 0)}
 
 
@@ -352,5 +354,5 @@ def test_with_accounting_ended_jobs_are_read_from_sacct(tmp_path, fake_script, c
         ended = {r["slurm_job"]: (r["state"], r["exit_status"]) for r in records if r["status"] != "submitted"}
         sacct = cluster.run("sacct", "-n", "-P", "-X", "-o", "JobID,State,ExitCode")
         assert sacct.returncode == 0  # so final_states() asked sacct, not scontrol
-        assert slurm_backend.parse_sacct(sacct.stdout) == ended
+        assert slurm_queue.parse_sacct(sacct.stdout) == ended
     assert sorted(ended.values()) == [("COMPLETED", 0), ("COMPLETED", 0), ("FAILED", 1)]

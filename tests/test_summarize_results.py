@@ -17,7 +17,12 @@ from matplotlib.text import Text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import summarize_results as sr  # noqa: E402
+import summarize_results as sr
+from report import plots as report_plots
+from report import runs as report_runs
+from report import stats as report_stats
+from report import tables as report_tables
+from report import text as report_text
 
 SCRIPT = ROOT / "summarize_results.py"
 PARTICIPANTS = ["p1", "p2", "p3", "p4"]
@@ -25,7 +30,7 @@ PARTICIPANTS = ["p1", "p2", "p3", "p4"]
 
 def write_run(prefix_dir, fold, mode, base_f1, personalized_f1, base_epoch=None, target_epoch=None,
               participants=PARTICIPANTS, n_base="all", drop_metric=None, extra_metrics=None, **settings):
-    """One fold folder as experiment.py writes it (only the keys that matter here)."""
+    """One fold folder as engine.fold writes it (only the keys that matter here)."""
     target = participants[fold]
     others = [p for p in participants if p != target]
     base_names = [] if mode == "target_only" else (others if n_base == "all" else others[:n_base])
@@ -86,7 +91,7 @@ def experiments(tmp_path):
 
 
 def summary(exp, pattern="*"):
-    return sr.summarize(sr.load_runs(sr.expand_inputs([str(exp / pattern)])))
+    return report_tables.summarize(report_runs.load_runs(report_runs.expand_inputs([str(exp / pattern)])))
 
 
 def rows_of(rows, **match):
@@ -102,7 +107,7 @@ def only(rows, **match):
 # ---------------------------------------------------------------- loading
 
 def test_incomplete_folders_are_skipped_with_a_warning_that_names_them(experiments, capsys):
-    runs = sr.load_runs(sr.expand_inputs([str(experiments / "*")]))
+    runs = report_runs.load_runs(report_runs.expand_inputs([str(experiments / "*")]))
     err = capsys.readouterr().err
     assert len(runs) == 4 + 4 + 2 + 3
     for name in ["fold8_p8", "fold9_p9", "fold3_p4"]:
@@ -155,7 +160,7 @@ def test_per_fold_values(experiments):
         (0.4, 0.5, None, 0.1, 25.0, 1 / 6, 10, 13),  # p4's target_only run is incomplete
     ]
     for row, values in zip(ft, expected):
-        got = tuple(row[f] for f, _ in sr.FIGURES)
+        got = tuple(row[f] for f, _ in report_tables.FIGURES)
         assert got == pytest.approx(values), row["participant"]
 
 
@@ -259,48 +264,44 @@ def test_per_config_zero_gain_single_values_and_unpaired_modes(experiments):
     ([0.0, 0.0], 0.0, 1.0, 0),
 ])
 def test_wilcoxon_exact(differences, w, p, n):
-    assert sr.wilcoxon(differences) == (w, pytest.approx(p), n)
+    assert report_stats.wilcoxon(differences) == (w, pytest.approx(p), n)
 
 
 def test_wilcoxon_exact_middle_of_distribution():
     # ranks 1..6, W- = 2 + 3 = 5. Subsets of {1..6} by sum 0..5: {}, {1}, {2}, {3} {1,2},
     # {4} {1,3}, {5} {1,4} {2,3} -> 1+1+1+2+2+3 = 10 of 64 -> p = 2 * 10/64
-    assert sr.wilcoxon([1, -2, -3, 4, 5, 6]) == (5.0, pytest.approx(20 / 64), 6)
+    assert report_stats.wilcoxon([1, -2, -3, 4, 5, 6]) == (5.0, pytest.approx(20 / 64), 6)
 
 
 def test_wilcoxon_normal_approximation_with_tie_correction():
     # n = 25 without ties: W- = 1 + 2 + 3 = 6, mean 25*26/4 = 162.5, var 25*26*51/24 = 1381.25
     d = [-1, -2, -3] + list(range(4, 26))
-    w, p, n = sr.wilcoxon(d)
+    w, p, n = report_stats.wilcoxon(d)
     assert (w, n) == (6.0, 25)
     assert p == pytest.approx(math.erfc(156.5 / math.sqrt(1381.25) / math.sqrt(2)))
     # n = 22 with |d| = 1, 1, 2..21: ranks 1.5, 1.5, 3..22; W- = 1.5 + 3 (the second 1 and the 2)
     # var = 22*23*45/24 - (2**3 - 2)/48 = 948.75 - 0.125
     d = [1, -1, -2] + list(range(3, 22))
-    w, p, n = sr.wilcoxon(d)
+    w, p, n = report_stats.wilcoxon(d)
     assert (w, n) == (4.5, 22)
     assert p == pytest.approx(math.erfc((126.5 - 4.5) / math.sqrt(948.625) / math.sqrt(2)))
 
 
-def test_average_ranks():
-    assert list(sr.average_ranks(np.array([0.3, 0.1, 0.2, 0.1, 0.3, 0.3]))) == [5.0, 1.5, 3.0, 1.5, 5.0, 5.0]
-
-
 def test_wilcoxon_agrees_with_scipy():
-    import scipy.stats as stats  # a test-only dependency (requirements.txt)
+    import scipy.stats as stats
     rng = np.random.default_rng(0)
     exact = rng.normal(0.05, 0.1, 12)  # continuous: no ties, no zeros
     ref = stats.wilcoxon(exact, method="exact")
-    assert sr.wilcoxon(exact)[:2] == (pytest.approx(ref.statistic), pytest.approx(ref.pvalue))
+    assert report_stats.wilcoxon(exact)[:2] == (pytest.approx(ref.statistic), pytest.approx(ref.pvalue))
     tied = np.round(rng.normal(0.02, 0.1, 40), 2)
     ref = stats.wilcoxon(tied, method="approx", zero_method="wilcox", correction=False)
-    assert sr.wilcoxon(tied)[:2] == (pytest.approx(ref.statistic), pytest.approx(ref.pvalue))
+    assert report_stats.wilcoxon(tied)[:2] == (pytest.approx(ref.statistic), pytest.approx(ref.pvalue))
 
 
 # ---------------------------------------------------------------- headline
 
 def test_headline(experiments, capsys):
-    text = sr.headline([experiments / "ft", experiments / "ft_half", str(experiments / "t*")])
+    text = report_text.headline([experiments / "ft", experiments / "ft_half", str(experiments / "t*")])
     assert text.splitlines() == [
         "target_only, target_data_pct=1.0: macro F1 0.667 (n=3)",
         "target_only_fine_tuning, target_data_pct=1.0: macro F1 0.500 -> 0.700 (gain +0.200), responders 1/2, "
@@ -311,9 +312,9 @@ def test_headline(experiments, capsys):
         "Wilcoxon p=0.375",
     ]
     # One prefix alone: nothing varies, so the label is the mode.
-    assert sr.headline([experiments / "ft"]) == ("full_fine_tuning: macro F1 0.575 -> 0.700 (gain +0.125), "
+    assert report_text.headline([experiments / "ft"]) == ("full_fine_tuning: macro F1 0.575 -> 0.700 (gain +0.125), "
                                                 "responders 3/4, Wilcoxon p=0.375")
-    assert sr.headline([experiments / "nothing_here"]).startswith("summary: no complete results in ")
+    assert report_text.headline([experiments / "nothing_here"]).startswith("summary: no complete results in ")
 
 
 # ---------------------------------------------------------------- CLI
@@ -359,7 +360,7 @@ def test_cli_markdown_csv_files_and_plots(experiments, tmp_path):
     assert [row["target_only_f1"] for row in per_fold if row["prefix"] == "ft_half"] == [""] * 4
     with open(out / "per_config.csv") as f:
         per_config = list(csv.DictReader(f))
-    assert list(per_config[0])[:10] == ["config", "mode", "target_data_pct"] + sr.TEST_COLUMNS
+    assert list(per_config[0])[:10] == ["config", "mode", "target_data_pct"] + report_tables.TEST_COLUMNS
     ft = per_config[3]
     assert (ft["mode"], ft["responders"], ft["wilcoxon_w"], ft["wilcoxon_p"]) == ("full_fine_tuning", "3", "1.5",
                                                                                   "0.375")
@@ -437,7 +438,7 @@ def test_metric_f1_pos_reports_the_positive_class_and_the_default_names_macro_f1
     assert "F1 = positive-class F1 on the target's test split." in out
     assert "| 1 | ft | 0 | p1 | full_fine_tuning | 0.400 | 0.600 |" in out
     assert "| 1 | ft | 1 | p2 | full_fine_tuning | 0.300 | 0.200 |" in out
-    assert sr.headline([exp / "ft"]).startswith("full_fine_tuning: macro F1 0.650 -> 0.750")
+    assert report_text.headline([exp / "ft"]).startswith("full_fine_tuning: macro F1 0.650 -> 0.750")
 
 
 def test_best_epochs_are_counted_within_their_phase(tmp_path):
@@ -445,11 +446,11 @@ def test_best_epochs_are_counted_within_their_phase(tmp_path):
     # Fine-tuning: 30 base epochs, so global target epoch 45 is epoch 15 of the target phase.
     write_run(exp / "ft", 0, "full_fine_tuning", 0.5, 0.6, 25, 45, extra_metrics={"transition_epoch": 30})
     write_run(exp / "to", 0, "target_only", None, 0.6, None, 20, extra_metrics={"transition_epoch": None})
-    fold_rows, _, _ = sr.summarize(sr.load_runs([exp / "ft", exp / "to"]))
+    fold_rows, _, _ = report_tables.summarize(report_runs.load_runs([exp / "ft", exp / "to"]))
     assert only(fold_rows, mode="full_fine_tuning")["best_target_epoch"] == 15
     assert only(fold_rows, mode="full_fine_tuning")["best_base_epoch"] == 25
     assert only(fold_rows, mode="target_only")["best_target_epoch"] == 20
-    assert [name for key, name in sr.FIGURES if key == "best_target_epoch"] == ["best target epoch (of its phase)"]
+    assert [name for key, name in report_tables.FIGURES if key == "best_target_epoch"] == ["best target epoch (of its phase)"]
 
 
 def test_a_grid_prefix_finds_its_configurations_and_reports_never_clobber(tmp_path, capsys, monkeypatch):
@@ -485,12 +486,12 @@ def test_report_plots_have_fixed_axes_separate_labels_and_target_only_too(tmp_pa
         write_run(exp / "ft", fold, "full_fine_tuning", base, pers)
     for fold in range(3):
         write_run(exp / "to", fold, "target_only", None, 0.46 + fold / 1000)
-    fold_rows, config_rows, varying = sr.summarize(sr.load_runs([exp / "ft", exp / "to"]))
-    paired = sr.paired_figure(config_rows[1], rows_of(fold_rows, config=2), varying)
+    fold_rows, config_rows, varying = report_tables.summarize(report_runs.load_runs([exp / "ft", exp / "to"]))
+    paired = report_plots.paired_figure(config_rows[1], rows_of(fold_rows, config=2), varying)
     assert paired.get_ylim() == (0.0, 1.0)
     heights = sorted(text.xyann[1] for text in paired.texts)
     assert len(heights) == 4
-    assert min(b - a for a, b in zip(heights, heights[1:])) >= sr.LABEL_GAP - 1e-9
+    assert min(b - a for a, b in zip(heights, heights[1:])) >= report_plots.LABEL_GAP - 1e-9
     assert max(heights) <= 1.0
     # The labels' drawn boxes do not overlap either.
     paired.figure.canvas.draw()  # places the texts
@@ -502,7 +503,7 @@ def test_report_plots_have_fixed_axes_separate_labels_and_target_only_too(tmp_pa
     assert status == 0, err
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["paired_config2.png", "scores_config1.png"]
     assert_drawn(tmp_path / "out" / "scores_config1.png")
-    scores = sr.scores_figure(config_rows[0], rows_of(fold_rows, config=1), varying, (0.4, 0.6))
+    scores = report_plots.scores_figure(config_rows[0], rows_of(fold_rows, config=1), varying, (0.4, 0.6))
     assert scores.get_ylim() == (0.4, 0.6) and len(scores.texts) == 3
 
 

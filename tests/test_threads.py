@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import experiment
 import run_distributed_training as rdt
 from conftest import write_json
+from engine import cli as engine_cli
+from engine.device import apply_threads
 
 
 def seen_threads(tmp_path, fake_script, **server):
@@ -55,12 +56,12 @@ def test_the_dry_run_shows_the_per_slot_rule(fake_script, tmp_path, capsys, monk
 
 
 def test_threads_flag_sets_torch_threads_and_rejects_zero(capsys):
-    args = experiment.build_parser().parse_args(["--threads", "2"])
-    experiment.apply_threads(args)
+    args = engine_cli.build_parser().parse_args(["--threads", "2"])
+    apply_threads(args)
     assert torch.get_num_threads() == 2  # the autouse fixture puts the old value back
     before = torch.get_num_threads()
-    experiment.apply_threads(experiment.build_parser().parse_args([]))  # default: leave torch's choice
+    apply_threads(engine_cli.build_parser().parse_args([]))  # default: leave torch's choice
     assert torch.get_num_threads() == before
     with pytest.raises(SystemExit) as exit_info:
-        experiment.build_parser().parse_args(["--threads", "0"])
+        engine_cli.build_parser().parse_args(["--threads", "0"])
     assert exit_info.value.code == 2 and "--threads" in capsys.readouterr().err

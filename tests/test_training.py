@@ -1,6 +1,6 @@
 """The training engine through its two CLIs (train.py, oct1_train.py) on tiny data.
 
-Most runs call experiment.main() in-process (what both scripts do); a few run
+Most runs call engine_cli.main() in-process (what both scripts do); a few run
 the scripts as subprocesses for exit statuses, stderr and signals.
 """
 import functools
@@ -20,9 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import experiment
-import make_dataset
-import models
+from dataset import synthetic
+from engine import cli as engine_cli
+from engine import metrics as engine_metrics
+from engine import models
+from engine.flags import DEMO_DATA_PATH
 from tiny_data import write_tiny_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,7 +78,7 @@ def flags(data_path, exp, *extra, epochs=2):
 
 
 def run(argv, capsys=None, enhanced=False):
-    rc = experiment.main(argv, enhanced=enhanced)
+    rc = engine_cli.main(argv, enhanced=enhanced)
     if capsys is None:
         return rc, "", ""
     out, err = capsys.readouterr()
@@ -155,7 +157,7 @@ def check_outputs(folder, data_path, mode, enhanced=False, target="a", fold=0):
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]
     hyper, metrics, losses, state = read(folder)
 
-    defaults = vars(experiment.build_parser(enhanced).parse_args([]))
+    defaults = vars(engine_cli.build_parser(enhanced).parse_args([]))
     assert set(defaults) <= set(hyper)
     assert hyper["mode"] == mode and hyper["data_path"] == str(data_path)
     assert hyper["participants"] == ["a", "b", "c"]
@@ -186,7 +188,7 @@ def check_outputs(folder, data_path, mode, enhanced=False, target="a", fold=0):
     model = models.build_model(hyper["model"], 3)
     model.load_state_dict(state)
     X, y = torch.load(Path(data_path) / f"{target}_test.pt", weights_only=True)
-    loss, f1 = experiment.evaluate(model, X, y.float().view(-1), torch.device("cpu"))
+    loss, f1 = engine_metrics.evaluate(model, X, y.float().view(-1), torch.device("cpu"))
     assert loss == pytest.approx(metrics["best_target_model_target_test_loss"], rel=1e-5, abs=1e-7)
     assert f1 == pytest.approx(metrics["best_target_model_target_test_f1"], abs=1e-9)
 
@@ -412,7 +414,7 @@ def test_bad_flag_combination_is_a_one_line_error(enhanced, argv, fragment, clea
 ])
 def test_bad_flag_value_exits_2(enhanced, argv, clean, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
-        experiment.main(flags(clean, tmp_path / "exp", *argv), enhanced=enhanced)
+        engine_cli.main(flags(clean, tmp_path / "exp", *argv), enhanced=enhanced)
     assert info.value.code == 2
     assert "error" in capsys.readouterr().err
     assert not (tmp_path / "exp").exists()
@@ -425,7 +427,7 @@ def test_target_batch_pct_giving_an_empty_side_is_a_flag_error(pct, clean, tmp_p
     argv = flags(clean, tmp_path / "exp", "--mode", "full_fine_tuning", "--target_batch_pct", pct,
                  "--no_base_cache")
     try:
-        rc = experiment.main(argv, enhanced=True)
+        rc = engine_cli.main(argv, enhanced=True)
     except ValueError as err:
         pytest.fail(f"uncaught {err!r} instead of exit status 2")
     err = capsys.readouterr().err
@@ -446,21 +448,21 @@ def test_target_data_pct_subsamples_the_target_train_split(clean, tmp_path, caps
 
 
 def test_demo_data_is_created_on_first_use(tmp_path, monkeypatch, capsys):
-    assert callable(make_dataset.write_synthetic_dataset)
-    small = functools.partial(make_dataset.write_synthetic_dataset, n_participants=3,
+    assert callable(synthetic.write_synthetic_dataset)
+    small = functools.partial(synthetic.write_synthetic_dataset, n_participants=3,
                               window_size=WINDOW, n_train=8, n_val=4, n_test=4)
-    monkeypatch.setattr(make_dataset, "write_synthetic_dataset", small)
+    monkeypatch.setattr(synthetic, "write_synthetic_dataset", small)
     monkeypatch.chdir(tmp_path)
     argv = ["--mode", "target_only", "--max_epochs", "1", "--device", "cpu",
             "--experiments_dir", str(tmp_path / "exp")]
     rc, out, err = run(argv, capsys)
     assert rc == 0, err
-    assert f"{experiment.DEMO_DATA_PATH} not found" in out
-    demo = tmp_path / experiment.DEMO_DATA_PATH
+    assert f"{DEMO_DATA_PATH} not found" in out
+    demo = tmp_path / DEMO_DATA_PATH
     assert len(list(demo.glob("*_train.pt"))) == 3 and len(list(demo.glob("*.pt"))) == 9
     result = Path(out.strip().splitlines()[-1].split(" ", 1)[1])
     hyper = json.loads((result / "hyperparameters.json").read_text())
-    assert hyper["data_path"] == experiment.DEMO_DATA_PATH and hyper["window_size"] == WINDOW
+    assert hyper["data_path"] == DEMO_DATA_PATH and hyper["window_size"] == WINDOW
     # Second run: the demo data is there, nothing is regenerated.
     stamp = (demo / "p01_train.pt").stat().st_mtime_ns
     rc, out, err = run(argv + ["--prefix", "again"], capsys)

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-import base_cache
 import generate_jobs
 import run_distributed_training as rdt
 from conftest import write_json, write_known_hosts
-from run_config import BASE_CACHE_DIR
+from engine import base_cache
+from runner.jobs import BASE_CACHE_DIR
 from test_remote import ledger, wait_for, write_cluster
 from tiny_data import write_tiny_dataset
 

@@ -1,0 +1,155 @@
+"""Training and evaluation steps captured as CUDA graphs and replayed.
+
+The `test` CNN is far too small to fill a GPU: an eager step is bound by kernel
+launches and Python. Capturing the whole step (forward, loss, backward,
+optimizer step, the batch's metric counts) once per phase and replaying it for
+every full batch removes that cost without changing what is computed.
+
+What stays as the engine has it: the loader's batch order and composition (each
+batch is gathered as before, then copied into the graph's static input), the
+augmentation (applied to the gathered batch before the copy, with the same
+generator), and the last partial batch of an epoch (run eagerly, so it is scored
+on its real windows only). Nothing here syncs with the host per batch.
+"""
+import torch
+from torch import nn
+
+from engine.metrics import batch_counts
+
+WARMUP_STEPS = 3  # on a side stream before capture, as torch.cuda.graphs' docs ask
+
+
+class CaptureError(Exception):
+    """Capturing a step failed; the message is one line saying why."""
+
+
+def _on_side_stream(work):
+    """Run work() on a side stream (the warm-up torch.cuda.graph needs), then rejoin."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        work()
+    torch.cuda.current_stream().wait_stream(stream)
+
+
+def _describe(error):
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".strip()
+
+
+def capture(step, what, before_capture=None):
+    """step() as a CUDA graph to replay: run WARMUP_STEPS times on a side stream, then
+    before_capture() if given, then captured. CaptureError (one line, naming `what`)
+    when an op cannot be captured. engine.packed_step captures its packed step with it too."""
+    graph = torch.cuda.CUDAGraph()
+    try:
+        _on_side_stream(lambda: [step() for _ in range(WARMUP_STEPS)])
+        if before_capture is not None:
+            before_capture()
+        with torch.cuda.graph(graph):
+            step()
+    except Exception as error:  # any op that cannot be captured
+        raise CaptureError(f"{what}: {_describe(error)}") from None
+    return graph
+
+
+class GraphedTraining:
+    """One phase's training step as a CUDA graph over batches of exactly `batch_size`.
+
+    Built once per phase, before its first step: warm-up steps change the model and
+    the optimizer, so both are put back exactly as they were (a fresh optimizer state)
+    before the first real batch.
+    """
+
+    def __init__(self, model, optimizer, example, batch_size, device):
+        X, y = example
+        self.model, self.optimizer, self.batch_size = model, optimizer, batch_size
+        self.loss_fn = nn.BCEWithLogitsLoss()
+        self.x = torch.zeros((batch_size, *X.shape[1:]), dtype=X.dtype, device=device)
+        self.y = torch.zeros((batch_size, *y.shape[1:]), dtype=y.dtype, device=device)
+        self.x.copy_(X[:batch_size])  # from host memory when the data did not fit on the device
+        self.y.copy_(y[:batch_size])
+        self.counts = torch.zeros(5, device=device)  # summed over the epoch inside the graph
+        saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        try:
+            model.train()
+            # set_to_none before the capture: the graph allocates its own gradients.
+            self.graph = capture(self._step, "training step", lambda: optimizer.zero_grad(set_to_none=True))
+        finally:
+            with torch.no_grad():
+                for k, v in model.state_dict().items():
+                    v.copy_(saved[k])
+            for state in optimizer.state.values():  # as if no step had been taken
+                for value in state.values():
+                    if torch.is_tensor(value):
+                        value.zero_()
+            self.counts.zero_()
+
+    def _step(self):
+        logits = self.model(self.x)
+        loss = self.loss_fn(logits, self.y)
+        loss.backward()
+        self.optimizer.step()
+        self.counts.add_(batch_counts(logits.detach(), self.y, loss.detach()))
+
+    def epoch(self, loader, augment):
+        """One epoch: full batches replay the graph; a partial one runs eagerly. Returns
+        (counts on the device, windows seen)."""
+        self.model.train()
+        self.counts.zero_()
+        n = 0
+        for xb, yb in loader:
+            xb, yb = xb.to(self.x.device, non_blocking=True), yb.to(self.x.device, non_blocking=True)
+            if augment is not None:
+                xb = augment(xb)
+            if len(yb) == self.batch_size:
+                self.x.copy_(xb)
+                self.y.copy_(yb)
+                self.graph.replay()
+            else:
+                # The graph's gradients stay in place; zero them so backward writes fresh ones.
+                self.optimizer.zero_grad(set_to_none=False)
+                logits = self.model(xb)
+                loss = self.loss_fn(logits, yb)
+                loss.backward()
+                self.optimizer.step()
+                self.counts.add_(batch_counts(logits.detach(), yb, loss.detach()))
+            n += len(yb)
+        return self.counts, n
+
+
+class GraphedEvaluation:
+    """Evaluation passes replayed from one graph per batch size (the model's weights are
+    read where they live, so loading a state dict in place keeps the graphs valid)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.loss_fn = nn.BCEWithLogitsLoss()
+        self.graphs = {}  # batch size: (graph, x, y, counts)
+
+    def _capture(self, xb, yb):
+        x, y = xb.clone(), yb.clone()
+        counts = torch.zeros(5, device=x.device)
+
+        def forward():
+            logits = self.model(x)
+            counts.add_(batch_counts(logits, y, self.loss_fn(logits, y)))
+
+        with torch.no_grad():
+            graph = capture(forward, "evaluation step")  # the warm-up's counts are zeroed before each replay
+        return graph, x, y, counts
+
+    @torch.no_grad()
+    def counts(self, batches):
+        """Summed [loss * n, tp, fp, fn, tn] over (X, y) batches on the device."""
+        self.model.eval()
+        total = None
+        for xb, yb in batches:
+            if len(yb) not in self.graphs:
+                self.graphs[len(yb)] = self._capture(xb, yb)
+            graph, x, y, counts = self.graphs[len(yb)]
+            x.copy_(xb)
+            y.copy_(yb)
+            counts.zero_()
+            graph.replay()
+            total = counts.clone() if total is None else total + counts
+        return total

@@ -1,0 +1,321 @@
+"""Every training flag once: its parser definition, its role and the modes it applies to.
+
+No torch and no paramiko, so anything that plans runs can read it. The training
+parser (engine.cli.build_parser), the base-model key (base_cache.key_settings),
+the grid's collapse rules (runner.grid), the report's configuration columns
+(report.runs) and the flags a base_only job leaves out all derive from
+FLAGS: adding a flag here with role "base" puts it in the base key, nothing else
+to edit. A job (an object of flags, as in a jobs JSON) becomes command-line tokens
+here too (job_argv), and the flags the members of a pack may differ in are named
+here (MAY_DIFFER).
+
+Roles:
+- base: decides the base model, so it is part of the base key (the target phase
+  may read it too). participants, fold and n_base_participants enter the key as
+  the resolved, sorted base participants; preset through the values it resolves to.
+- target: only the target phase (or which phases run); a base_only job leaves it out.
+- output: where results go and bookkeeping; never part of a configuration.
+- runtime: device and progress display; the numbers do not depend on it.
+"""
+import argparse
+from dataclasses import dataclass, field
+
+from engine.fileio import ConfigError
+
+ROLES = ("base", "target", "output", "runtime")
+MODES = ("target_only", "full_fine_tuning", "target_only_fine_tuning")
+BASE_MODES = ("full_fine_tuning", "target_only_fine_tuning", "base_only")
+ALL_MODES = MODES + ("base_only",)
+EPOCH_RULES = ("target_pass", "shortest")
+COUNT_RULES = ("round", "floor")
+DEMO_DATA_PATH = "data/demo"
+NOT_FLAGS = ("job_id", "base_key")  # what a jobs JSON adds to a job's flags
+# Flags in which the members of one pack (engine.pack) may differ; every other flag must be equal.
+MAY_DIFFER = {"fold", "seed", "lr", "mode", "target_data_pct", "target_batch_pct", "n_base_participants",
+              "early_stopping_patience", "early_stopping_patience_target", "prefix", "overwrite"}
+
+# Flags whose default depends on --preset: without one they keep this project's
+# values; `--preset original` gives every behaviour of the original's oct1_train.py.
+PROJECT_DEFAULTS = {
+    "lr": 1e-3, "early_stopping_patience": 10, "early_stopping_patience_target": 10,
+    "base_val_pct": 1.0, "target_val_pct": 1.0, "target_count": "round", "epoch_rule": "target_pass",
+    "augmentation": "window", "jitter_std": 0.03, "magnitude_range": [0.9, 1.1], "aug_prob": 0.5,
+}
+PRESETS = {"original": {
+    "lr": 3e-4, "early_stopping_patience": 40, "early_stopping_patience_target": 40,
+    "base_val_pct": 0.5, "target_val_pct": 0.1, "target_count": "floor", "epoch_rule": "shortest",
+    "augmentation": "batch", "jitter_std": 0.005, "magnitude_range": [0.98, 1.02], "aug_prob": 0.3,
+}}
+
+
+# ---------------------------------------------------------------- argparse types
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def fraction(text):
+    """A share in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share in (0, 1] such as 0.25, got {text!r}") from None
+    if not 0 < value <= 1:
+        hint = f" (write {text}% as {value / 100:g})" if 1 < value <= 100 else ""
+        raise argparse.ArgumentTypeError(f"expected a share in (0, 1], got {text!r}{hint}")
+    return value
+
+
+def n_base(text):
+    """--n_base_participants: 'all' or a positive integer."""
+    if text == "all":
+        return text
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected 'all' or a whole number >= 1, got {text!r}") from None
+
+
+def share_count(pct, n, rule):
+    """How many of n windows a share pct is: Python's round (halves to even), or
+    "floor", the original pipeline's int(pct * n)."""
+    if rule not in COUNT_RULES:
+        raise ValueError(f"unknown count rule {rule!r}; choose one of {COUNT_RULES}")
+    return int(pct * n) if rule == "floor" else round(pct * n)
+
+
+def target_windows_per_batch(args):
+    """Target windows in every fine-tuning batch under --target_batch_pct, None without it."""
+    pct = getattr(args, "target_batch_pct", None)
+    return None if pct is None else share_count(pct, args.batch_size, args.target_count)
+
+
+# ---------------------------------------------------------------- when a flag matters
+
+def _augmenting(settings):
+    return bool(settings["use_augmentation"])
+
+
+def _composing(settings):
+    return settings["target_batch_pct"] is not None
+
+
+def _counting(settings):
+    # The count rule turns target shares into counts: target_batch_pct, or target_data_pct below 1.
+    return _composing(settings) or settings["target_data_pct"] < 1
+
+
+# ---------------------------------------------------------------- the registry
+
+@dataclass(frozen=True)
+class Flag:
+    name: str
+    role: str
+    help: str
+    default: object = None
+    default_text: str = ""  # how help shows the default, where str(default) would not say it
+    modes: tuple = ALL_MODES  # the modes whose work it can change
+    needs: object = None  # settings -> bool: it matters only when this holds
+    keyed: bool = True  # role base: enters the base key as its own value
+    enhanced: bool = False  # oct1_train.py only
+    base_job: bool = None  # kept in a base_only job's flags (default: role is base or runtime)
+    options: dict = field(default_factory=dict)  # the rest of add_argument's keywords
+
+    def kept_by_base_job(self):
+        return self.role in ("base", "runtime") if self.base_job is None else self.base_job
+
+
+def _preset_default(name):
+    def text(value):
+        return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+    return f"{text(PROJECT_DEFAULTS[name])}; {text(PRESETS['original'][name])} with --preset original"
+
+
+def _preset_flag(name, role, help, **more):
+    """A flag whose default --preset decides (None until resolve_preset fills it)."""
+    return Flag(name, role, help, default_text=_preset_default(name), **more)
+
+
+FLAGS = (
+    Flag("preset", "base", "original: every behaviour of the original pipeline at once (lr, patience, validation "
+         "subsets, batch composition, augmentation); explicit flags override it", default_text="none",
+         keyed=False, options={"choices": sorted(PRESETS)}),
+    Flag("data_path", "base", "folder of NAME_{train,val,test}.pt files; the demo dataset is created on first use",
+         default=DEMO_DATA_PATH),
+    Flag("participants", "base", "participants to use, in order", default_text="all found, sorted",
+         keyed=False, options={"nargs": "+"}),
+    Flag("fold", "base", "index of the target participant", default=0, keyed=False, options={"type": int}),
+    Flag("n_base_participants", "base", "use the first N other participants as the base", default="all",
+         keyed=False, modes=BASE_MODES, options={"type": n_base}),
+    Flag("mode", "target", "which phases run and on what the target phase trains", default="full_fine_tuning",
+         base_job=True, options={"choices": MODES}),
+    Flag("model", "base", "model architecture (models.py)", default="test"),
+    Flag("window_size", "base", "must equal the data's window length when given", default_text="the data's",
+         options={"type": positive_int}),
+    Flag("batch_size", "base", "windows per batch", default=64, options={"type": positive_int}),
+    _preset_flag("lr", "base", "AdamW learning rate", options={"type": float}),
+    Flag("max_epochs", "base", "bound on the epochs of each phase", default=500, options={"type": positive_int}),
+    _preset_flag("early_stopping_patience", "base", "base phase's early-stopping patience, in epochs",
+                 modes=BASE_MODES, options={"type": positive_int}),
+    _preset_flag("early_stopping_patience_target", "target", "target phase's early-stopping patience, in epochs",
+                 modes=MODES, options={"type": positive_int}),
+    _preset_flag("base_val_pct", "base", "share of the base participants' test split the base phase "
+                 "early-stops on, seeded", modes=BASE_MODES, options={"type": fraction}),
+    _preset_flag("target_val_pct", "target", "share of the target's val split the target phase early-stops on, "
+                 "seeded", modes=MODES, options={"type": fraction}),
+    Flag("target_data_pct", "target", "share of the target's train split used (seeded)", default=1.0,
+         modes=MODES, options={"type": fraction}),
+    _preset_flag("target_count", "target", "how a share of target windows becomes a count, for "
+                 "--target_data_pct and --target_batch_pct: round to nearest, or floor like the original's int()",
+                 modes=MODES, needs=_counting, options={"choices": COUNT_RULES}),
+    Flag("use_augmentation", "base", "jitter, magnitude scaling and time warp", default=False,
+         default_text="off", options={"action": "store_true"}),
+    _preset_flag("augmentation", "base", "window: each transform touches each window with probability "
+                 "--aug_prob; batch (the original's): with probability --aug_prob one transform, picked at "
+                 "random, touches the whole batch", needs=_augmenting, options={"choices": ("window", "batch")}),
+    _preset_flag("jitter_std", "base", "standard deviation of the jitter", needs=_augmenting,
+                 options={"type": float}),
+    _preset_flag("magnitude_range", "base", "range of the magnitude scaling factor", needs=_augmenting,
+                 options={"type": float, "nargs": 2, "metavar": ("LOW", "HIGH")}),
+    _preset_flag("aug_prob", "base", "chance of augmentation", needs=_augmenting, options={"type": float}),
+    Flag("seed", "base", "seeds every draw; a CPU run repeats to the bit", default=42, options={"type": int}),
+    Flag("device", "runtime", "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or N", default="auto"),
+    Flag("prefix", "output", "results go to EXPERIMENTS_DIR/PREFIX/fold{k}_{target}/", default="experiment"),
+    Flag("experiments_dir", "output", "folder of all result folders", default="experiments"),
+    Flag("overwrite", "output", "replace an existing result folder", default=False, default_text="off",
+         options={"action": "store_true"}),
+    Flag("progress_every", "runtime", "without a terminal, print an epoch line at most this often "
+         "(always the first epoch)", default=30.0, options={"type": float, "metavar": "SECONDS"}),
+    # Speed only: neither flag changes what is computed (beyond float rounding on CUDA).
+    Flag("cuda_graphs", "runtime", "replay each training and evaluation step from a captured CUDA graph (auto: on "
+         "for CUDA, off for the CPU; a failed capture falls back to eager with a log line, unless 'on')",
+         default="auto", options={"choices": ("auto", "on", "off")}),
+    Flag("threads", "runtime", "torch's intra-op CPU threads", default_text="torch's choice, which follows "
+         "OMP_NUM_THREADS", options={"type": positive_int}),
+    Flag("target_batch_pct", "target", "exact share of target windows in every fine-tuning batch",
+         default_text="none: batches mix base and target windows as they come",
+         modes=("full_fine_tuning",), enhanced=True, options={"type": fraction}),
+    _preset_flag("epoch_rule", "target", "with --target_batch_pct: an epoch is one pass over the target windows, "
+                 "or ends when the shorter side runs out, like the original", modes=("full_fine_tuning",),
+                 needs=_composing, enhanced=True, options={"choices": EPOCH_RULES}),
+    Flag("base_cache_dir", "output", "the shared base-model cache", default="experiments/base_models",
+         enhanced=True, base_job=True),
+    Flag("no_base_cache", "output", "always train the base model, store nothing", default=False,
+         default_text="off", enhanced=True, options={"action": "store_true"}),
+    Flag("print_base_key", "output", "print the base-model key of these settings and exit (needs no data when "
+         "--participants is given)", default=False, default_text="off", enhanced=True,
+         options={"action": "store_true"}),
+)
+BY_NAME = {flag.name: flag for flag in FLAGS}
+
+
+def flags_of(enhanced):
+    """The flags of train.py, or with `enhanced` of oct1_train.py."""
+    return [flag for flag in FLAGS if enhanced or not flag.enhanced]
+
+
+def add_arguments(parser, enhanced, choices=None):
+    """Add the training flags to an argparse parser. choices: {flag: allowed values} known
+    only where torch is (the model names)."""
+    for flag in flags_of(enhanced):
+        options = dict(flag.options)
+        if flag.name in (choices or {}):
+            options["choices"] = choices[flag.name]
+        if flag.name == "mode" and enhanced:
+            options["choices"] = ALL_MODES
+        shown = flag.default_text or str(flag.default)
+        parser.add_argument(f"--{flag.name}", default=flag.default, help=f"{flag.help} (default {shown})",
+                            **options)
+
+
+def resolve_preset(args):
+    """Fill every preset-dependent flag the command line left unset (explicit flags win)."""
+    chosen = PRESETS.get(args.preset, {})
+    for name, default in PROJECT_DEFAULTS.items():
+        if hasattr(args, name) and getattr(args, name) is None:
+            value = chosen.get(name, default)
+            setattr(args, name, list(value) if isinstance(value, list) else value)
+    return args
+
+
+def check_args(args):
+    """The flag combinations argparse cannot check by itself; ConfigError in one line."""
+    if args.magnitude_range[0] > args.magnitude_range[1] or args.magnitude_range[0] <= 0:
+        raise ConfigError(f"--magnitude_range {args.magnitude_range}: need 0 < LOW <= HIGH")
+    if not 0 <= args.aug_prob <= 1:
+        raise ConfigError(f"--aug_prob {args.aug_prob}: must be within [0, 1]")
+    pct = getattr(args, "target_batch_pct", None)
+    if pct is not None and args.mode != "full_fine_tuning":
+        raise ConfigError(f"--target_batch_pct works only with --mode full_fine_tuning, not {args.mode}")
+    if pct is not None:
+        k = target_windows_per_batch(args)
+        if not 0 < k < args.batch_size:
+            raise ConfigError(f"--target_batch_pct {pct} of --batch_size {args.batch_size} gives {k} target "
+                              f"windows per batch (--target_count {args.target_count}); both sides need at least one")
+    if args.mode == "base_only" and args.no_base_cache:
+        raise ConfigError("--mode base_only stores the base model in the cache; it cannot run with --no_base_cache")
+
+
+def job_argv(job):
+    """A job's flags as command-line tokens, e.g. ['--fold', '0', '--participants', 'a', 'b'].
+
+    job_id and base_key are not flags; true is a bare flag; false and null are left
+    out; a list gives its values after the flag (an empty list is left out);
+    anything else is str(value). The grid validates jobs through this too.
+    """
+    args = []
+    for key, value in job.items():
+        if key in NOT_FLAGS or value is None or value is False or value == []:
+            continue
+        args.append(f"--{key}")
+        if value is not True:
+            values = value if isinstance(value, list) else [value]
+            args.extend(str(v) for v in values)
+    return args
+
+
+# ---------------------------------------------------------------- what derives from the roles
+
+def settings_with_defaults(flags):
+    """A job's flags with every registry default filled in (preset-dependent ones resolved)."""
+    settings = {flag.name: flag.default for flag in FLAGS}
+    settings.update({name: value for name, value in PROJECT_DEFAULTS.items()})
+    settings.update(PRESETS.get(flags.get("preset"), {}))
+    settings.update(flags)
+    return settings
+
+
+def matters(name, mode, settings):
+    """Whether flag `name` can change the work of a `mode` job with these settings
+    (settings: every flag's value, as settings_with_defaults gives)."""
+    flag = BY_NAME[name]
+    return mode in flag.modes and (flag.needs is None or flag.needs(settings))
+
+
+def base_key_values(settings):
+    """The keyed base-phase flags' values; None for one that does not matter
+    (augmentation parameters without augmentation)."""
+    return {flag.name: settings[flag.name] if flag.needs is None or flag.needs(settings) else None
+            for flag in FLAGS if flag.role == "base" and flag.keyed}
+
+
+def not_in_base_job():
+    """The flags a base_only job leaves out: the target phase's and where results go."""
+    return tuple(flag.name for flag in FLAGS if not flag.kept_by_base_job())
+
+
+def not_settings():
+    """Flags that are not part of an experiment's configuration (output and runtime ones, and fold,
+    which says which fold of the configuration a run is)."""
+    return {flag.name for flag in FLAGS if flag.role in ("output", "runtime")} | {"fold"}
+
+
+def base_phase_only():
+    """Flags that mean nothing without a base phase (a target_only run leaves them blank)."""
+    return {flag.name for flag in FLAGS if "target_only" not in flag.modes}

@@ -1,0 +1,304 @@
+"""Several folds trained in one process at once ("a pack"), each exactly as it would run alone
+(pack_train.py is its CLI; the step itself is engine.packed_step).
+
+Every job is parsed by oct1_train.py's parser. Members share the model, the data
+folder (so the channels and window length), the batch size and every other flag,
+except those in MAY_DIFFER. Their parameters are stacked and trained together
+with torch.func (functional_call + vmap); each member draws its own batches (its
+solo run's loaders, over indices into one copy of the data on the device), has
+its own AdamW state and learning rate, early stopping, best checkpoint and curves.
+A member that stops no longer changes; the pack ends when all have stopped.
+With --cuda_graphs (auto: on CUDA devices) every packed step, partial batches
+included, replays one captured CUDA graph.
+
+Base models missing from the cache are trained as a pack first, each stored in
+the cache as soon as it stops, then the target phases. Each member's result
+folder is published (atomically) as soon as it finishes, with pack_size and
+pack_id added to hyperparameters.json; a member whose folder exists is skipped
+unless it passes --overwrite (then it is trained again and replaces it), so
+rerunning a pack after a crash trains only the unfinished ones.
+
+Output lines (stdout, flushed at once; the runner reads them as they come): when a
+member finishes, its solo run's lines (`RESULT_DIR <folder>`, or `BASE_KEY <key>`
+and `BASE_MODEL <path>` for base_only), then `MEMBER_DONE <i>`, i its 0-based
+position in the jobs list (a base_only member finishes once its base model is in
+the cache). A skipped member prints no MEMBER_DONE; no other line starts with
+MEMBER_DONE. A folder that cannot be published ends the whole pack (exit 2 for a one-line error, 1 for
+an OS error): the
+members finished before keep their folders and MEMBER_DONE lines, the others print
+none (the SSH runner then runs those alone).
+"""
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from composed_loader import TensorBatchLoader
+from dataset.synthetic import ensure_demo_data
+from engine import base_cache, provenance
+from engine.augment import make_augmenter
+from engine.cli import build_parser, run_cli
+from engine.data import check_participants, load_participants, resolve_fold
+from engine.device import apply_threads, graphs_wanted, place, resolve_device
+from engine.fileio import ConfigError, read_json
+from engine.flags import MAY_DIFFER, check_args, job_argv
+from engine.fold import check_composition, concat, finish_fold, result_dir, subsample, target_loader
+from engine.models import build_model
+from engine.packed_step import PhaseJob, train_pack
+from engine.phase import phase_generators
+from engine.runlog import setup_logging
+
+log = logging.getLogger("experiment")
+
+
+# ---------------------------------------------------------------- members
+
+def parse_json_text(text):
+    """The jobs given with --json, or ConfigError in one line."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--json: not valid JSON (line {e.lineno} column {e.colno}: {e.msg})") from None
+
+
+def read_jobs(path, text):
+    """The members' parsed flags, one argparse.Namespace per job of the JSON list: of the file
+    at path, or of the JSON text (--json) when path is None. Errors name where the jobs came from."""
+    jobs = read_json(path, "jobs file") if path is not None else parse_json_text(text)
+    where = path if path is not None else "--json"
+    if not isinstance(jobs, list) or not jobs or not all(isinstance(job, dict) for job in jobs):
+        raise ConfigError(f"{where}: expected a non-empty JSON list of jobs (objects of flags)")
+    parser = build_parser(enhanced=True)
+    members = []
+    for i, job in enumerate(jobs):
+        try:
+            args, rest = parser.parse_known_args(job_argv(job))
+        except SystemExit:
+            raise ConfigError(f"{where}: job {i} has invalid flags ({' '.join(job_argv(job))})") from None
+        if rest:
+            raise ConfigError(f"{where}: job {i} has unknown flags {' '.join(rest)}")
+        check_args(args)
+        members.append(args)
+    return members
+
+
+def check_compatible(members):
+    """One line naming the first setting a member does not share with member 0."""
+    first = vars(members[0])
+    for i, args in enumerate(members[1:], start=1):
+        for flag, value in vars(args).items():
+            if flag not in MAY_DIFFER and value != first[flag]:
+                raise ConfigError(
+                    f"pack member {i} has --{flag} {value}, member 0 has {first[flag]}; "
+                    f"a pack shares every setting but {', '.join(sorted(MAY_DIFFER))}")
+    if any(m.print_base_key for m in members):
+        raise ConfigError("--print_base_key is not a training run; it cannot be packed")
+
+
+def pack_id(members):
+    text = json.dumps([vars(m) for m in members], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+class Store:
+    """All participants' splits concatenated once (on the device when it fits);
+    a member's windows are index tensors into it."""
+
+    def __init__(self, data, device):
+        parts, self.ranges, start = [], {}, 0
+        for name, splits in data.items():
+            for split, (X, y) in splits.items():
+                self.ranges[name, split] = torch.arange(start, start + len(X))
+                parts.append((X, y))
+                start += len(X)
+        self.X, self.y = place(list(concat(parts)), device)
+        self.ranges = {key: index.to(self.X.device) for key, index in self.ranges.items()}
+        self.device = device
+
+    def indices(self, names, splits):
+        """(index, index): the pair a loader takes in place of (X, y), so it yields indices."""
+        index = torch.cat([self.ranges[p, s] for p in names for s in splits])
+        return index, index
+
+    def gather(self, index):
+        return (self.X[index].to(self.device, non_blocking=True),
+                self.y[index].to(self.device, non_blocking=True))
+
+
+# ---------------------------------------------------------------- the pack
+
+def seeded_start(args, seed, n_channels, device):
+    """A phase's generators and initial weights, drawn in the solo run's order."""
+    loader_gen, augment_gen = phase_generators(seed, device)
+    model = build_model(args.model, n_channels)
+    return loader_gen, make_augmenter(args, augment_gen), model.state_dict()
+
+
+def run_pack(members, size, identity):
+    """Train the members whose result folders are missing (or that pass --overwrite);
+    returns the folders published."""
+    first = members[0]
+    device = resolve_device(first.device)
+    graphs_wanted(first.cuda_graphs, device)  # --cuda_graphs on without CUDA: refused now
+    participants = check_participants(first.data_path, first.participants)
+    model = build_model(first.model, 1)
+    if any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
+        raise ConfigError(f"--model {first.model} uses dropout, whose random masks a pack cannot "
+                                     "draw as the solo runs do; run its jobs with oct1_train.py")
+    todo, finals = [], set()
+    for member, args in enumerate(members):
+        target_name, base_names = resolve_fold(participants, args.fold, args.n_base_participants)
+        base_names = [] if args.mode == "target_only" else base_names
+        final = result_dir(args, args.fold, target_name)
+        if args.mode != "base_only":  # base_only publishes no result folder
+            if final in finals:
+                raise ConfigError(f"{final}: two members of the pack would write this result folder")
+            finals.add(final)
+        if args.mode != "base_only" and final.exists() and not args.overwrite:
+            print(f"{final}: exists; member skipped (delete it or pass --overwrite to train it again)", flush=True)
+            continue
+        todo.append((member, args, target_name, base_names, final))
+    if not todo:
+        return []
+    data = load_participants(first.data_path, participants, first.window_size)
+    store = Store(data, device)
+    n_channels = store.X.shape[1]
+    model = build_model(first.model, n_channels).to(device)
+    started, started_at = time.perf_counter(), provenance.now()
+    # Hashed once per participant set: many members share their base participants.
+    fingerprint = functools.cache(lambda names: base_cache.data_fingerprint(first.data_path, names))
+
+    folds = []
+    for member, args, target_name, base_names, final in todo:
+        target_train = subsample(*store.indices([target_name], ["train"]), args.target_data_pct,
+                                            args.seed, args.target_count)
+        target_val = subsample(*store.indices([target_name], ["val"]), args.target_val_pct,
+                                          args.seed + 3)
+        base_train = store.indices(base_names, ["train", "val"]) if base_names else None
+        check_composition(args, len(target_train[0]), len(base_train[0]) if base_train else 0)
+        folds.append({"member": member, "args": args, "target": target_name, "base_names": base_names,
+                      "final": final, "fingerprint": fingerprint(frozenset([target_name, *base_names])),
+                      "target_train": target_train, "target_val": store.gather(target_val[0]),
+                      "base_train": base_train})
+
+    bases = obtain_bases(folds, model, store, n_channels, fingerprint)
+    published = []
+    jobs, fold_of_job = [], []
+    for fold in folds:
+        args = fold["args"]
+        base, entry = bases.get(id(fold), (None, None))
+        fold["base"], fold["entry"] = base, entry
+        if args.mode == "base_only":  # finished: obtain_bases announced it once its base model was cached
+            continue
+        loader_gen, augment, state = seeded_start(args, args.seed + 1000, n_channels, device)
+        if base is not None:
+            state = base["state"]
+        loader = target_loader(args, fold["base_train"], fold["target_train"], loader_gen)
+        jobs.append(PhaseJob(f"fold{args.fold}_{fold['target']}", state, loader, fold["target_val"],
+                             args.early_stopping_patience_target, augment,
+                             (base["epochs_run"] if base else 0) + 1, args.lr))
+        fold_of_job.append(fold)
+
+    def finish(i, target):
+        fold = fold_of_job[i]
+        finish_fold(fold["args"], model, device, fold["final"], participants, fold["target"],
+                               fold["base_names"], fold["target_val"], data[fold["target"]]["test"], fold["base"],
+                               fold["entry"], target, started, fold["fingerprint"], started_at,
+                               {"pack_size": size, "pack_id": identity})
+        announce(fold["member"], f"RESULT_DIR {fold['final']}")
+        published.append(fold["final"])
+
+    if jobs:
+        log.info(f"target phase: a pack of {len(jobs)}")
+        train_pack("target", jobs, model, store, first.batch_size, first.max_epochs, first.cuda_graphs, finish)
+    return published
+
+
+def announce(member, *lines):
+    """Member `member` has finished: its solo run's lines, then MEMBER_DONE, flushed (the runner reads them live)."""
+    for line in (*lines, f"MEMBER_DONE {member}"):
+        print(line, flush=True)
+
+
+def obtain_bases(folds, model, store, n_channels, fingerprint):
+    """{id(fold): (base result, cache entry or None)}: reused from the cache, or trained as one pack
+    whose members are each stored in the cache as soon as they stop, so a crash loses only the
+    unfinished ones. A base_only fold is announced as soon as its base model is in the cache.
+    fingerprint(frozenset of participants): their data fingerprint."""
+    first = folds[0]["args"]
+    cached = first.base_cache_dir and not first.no_base_cache  # settings every member shares
+    found, missing = {}, {}
+
+    def settle(fold, result, entry):
+        found[id(fold)] = (result, entry)
+        if fold["args"].mode == "base_only":
+            announce(fold["member"], f"BASE_KEY {entry.key}", f"BASE_MODEL {entry.path}")
+
+    for fold in folds:
+        args, names = fold["args"], fold["base_names"]
+        if not names:
+            continue
+        key = base_cache.base_key(args, names)
+        fold["key"] = key
+        if cached:
+            folder = Path(first.base_cache_dir) / key
+            result, _ = base_cache.read_entry(folder, fingerprint(frozenset(names)))
+            if result is not None:
+                log.info(f"base model {key}: reused from {folder}")
+                settle(fold, result, base_cache.Entry(key, folder, result, True))
+                continue
+        missing.setdefault(key, []).append(fold)
+    if not missing:
+        return found
+    started, keys = provenance.now(), list(missing)
+
+    def store_base(i, trained):
+        group = missing[keys[i]]
+        args, names = group[0]["args"], group[0]["base_names"]
+        base_files = fingerprint(frozenset(names))
+        trained["provenance"] = provenance.record(store.device, base_files, started)
+        entry = None
+        if cached:
+            entry = base_cache.get_or_train(first.base_cache_dir, keys[i], base_files,
+                                            base_cache.key_settings(args, names), lambda: trained)
+        for n, fold in enumerate(group):
+            # As in solo runs one after another: the first trained it, the others reuse it.
+            shared = entry and dataclasses.replace(entry, reused=entry.reused or n > 0)
+            settle(fold, entry.result if entry else trained, shared)
+
+    jobs = [base_job(missing[key][0], store, n_channels) for key in keys]
+    log.info(f"base phase: a pack of {len(jobs)} base model(s)")
+    train_pack("base", jobs, model, store, first.batch_size, first.max_epochs, first.cuda_graphs, store_base)
+    return found
+
+
+def base_job(fold, store, n_channels):
+    """The base phase of engine.fold.train_base_model, over indices."""
+    args, names = fold["args"], fold["base_names"]
+    stop = subsample(*store.indices(names, ["test"]), args.base_val_pct, args.seed + 2)
+    loader_gen, augment, state = seeded_start(args, args.seed, n_channels, store.device)
+    loader = TensorBatchLoader(*store.indices(names, ["train", "val"]), args.batch_size, shuffle=True,
+                               generator=loader_gen)
+    return PhaseJob(f"base {fold['key']}", state, loader, store.gather(stop[0]), args.early_stopping_patience,
+                    augment, 1, args.lr)
+
+
+def main(jobs_path, json_text, prog="pack_train.py"):
+    """pack_train.py: the jobs of a jobs file (or of JSON text) as one pack; returns the exit status."""
+    def work(log_path):
+        if (jobs_path is None) == (json_text is None):
+            raise ConfigError("give the jobs as a file or as --json TEXT (exactly one of them)")
+        members = read_jobs(jobs_path, json_text)
+        check_compatible(members)
+        apply_threads(members[0])
+        ensure_demo_data(members[0].data_path)
+        setup_logging(log_path)
+        run_pack(members, len(members), pack_id(members))
+        return 0
+    return run_cli(prog, work, "finished members stay published, the others are not")

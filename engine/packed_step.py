@@ -1,0 +1,225 @@
+"""The packed training step: every member of a pack trained at once, each exactly as alone.
+
+The members' parameters are stacked and trained in one step (torch.func.functional_call +
+vmap) with StackedAdamW, torch.optim.AdamW over stacked parameters with one learning rate
+and step count per member. PackedStep runs over fixed buffers, so one CUDA graph can replay
+every step, partial batches included; train_pack drives the epochs and early stopping of
+each member as engine.phase.train_phase does for a solo run.
+"""
+import logging
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, vmap
+
+from engine.device import graphs_wanted
+from engine.fileio import ConfigError
+from engine.metrics import evaluate, loss_and_f1
+from engine.phase import CURVES
+
+log = logging.getLogger("experiment")
+# torch.optim.AdamW's defaults, which the solo runs use.
+BETAS, EPS, WEIGHT_DECAY = (0.9, 0.999), 1e-8, 1e-2
+
+
+class PhaseJob:
+    """What one member trains in one phase: its start, batches, validation set and patience."""
+
+    def __init__(self, label, state, loader, val, patience, augment, first_epoch, lr):
+        self.label, self.state, self.loader, self.val = label, state, loader, val
+        self.patience, self.augment, self.first_epoch, self.lr = patience, augment, first_epoch, lr
+
+
+class StackedAdamW:
+    """torch.optim.AdamW over stacked parameters, one learning rate and one step count per
+    member; a member outside `active` keeps its parameters and optimizer state. Everything
+    lives on the parameters' device and is updated in place, so a CUDA graph can replay it."""
+
+    def __init__(self, params, lrs, device):
+        self.params = params
+        self.lr = torch.tensor(lrs, dtype=torch.float64, device=device)
+        self.steps = torch.zeros(len(lrs), dtype=torch.float64, device=device)
+        self.exp_avg = {name: torch.zeros_like(p) for name, p in params.items()}
+        self.exp_avg_sq = {name: torch.zeros_like(p) for name, p in params.items()}
+
+    @torch.no_grad()
+    def step(self, active):
+        beta1, beta2 = BETAS
+        self.steps += active.double()
+        steps = self.steps.clamp(min=1)
+        # Bias corrections in double precision, as the solo optimizer computes them in Python floats.
+        decay = 1 - self.lr * WEIGHT_DECAY
+        step_size = self.lr / (1 - beta1 ** steps)
+        correction2_sqrt = (1 - beta2 ** steps).sqrt()
+        for name, p in self.params.items():
+            shape = (-1,) + (1,) * (p.dim() - 1)
+
+            def per_member(values):
+                return values.to(p.dtype).view(shape)
+
+            keep = active.view(shape)
+            m = self.exp_avg[name].lerp(p.grad, 1 - beta1)
+            v = self.exp_avg_sq[name] * beta2 + (1 - beta2) * p.grad * p.grad
+            denom = v.sqrt() / per_member(correction2_sqrt) + EPS
+            new = p * per_member(decay) - per_member(step_size) * m / denom
+            p.copy_(torch.where(keep, new, p))
+            self.exp_avg[name].copy_(torch.where(keep, m, self.exp_avg[name]))
+            self.exp_avg_sq[name].copy_(torch.where(keep, v, self.exp_avg_sq[name]))
+            p.grad = None
+
+
+def member_counts(logits, y, losses, real):
+    """engine.metrics.batch_counts of every member (one row each) over its real windows only."""
+    pred, truth = logits > 0, y > 0.5
+    return torch.stack([losses * real.sum(dim=1), (pred & truth & real).sum(dim=1),
+                        (pred & ~truth & real).sum(dim=1), (~pred & truth & real).sum(dim=1),
+                        (~pred & ~truth & real).sum(dim=1)], dim=1).float()
+
+
+class PackedStep:
+    """One training step of every member at once, over fixed buffers, so that it can be
+    captured as one CUDA graph and replayed for every step, partial batches included.
+
+    load() copies each stepping member's batch into x and y, zero-padded to batch_size;
+    sizes holds its window count (0 for a member not stepping now). The loss weighs the
+    padding out and the optimizer leaves members outside `active` as they are. Each
+    member's [loss * n, tp, fp, fn, tn] adds up in counts (a row per member).
+    """
+
+    def __init__(self, model, stacked, optimizer, batch_size, window_shape, device):
+        k = len(optimizer.lr)
+        self.model, self.stacked, self.optimizer = model, stacked, optimizer
+        self.x = torch.zeros((k, batch_size, *window_shape), device=device)
+        self.y = torch.zeros((k, batch_size), device=device)
+        self.sizes = torch.zeros(k, dtype=torch.long, device=device)
+        self.active = torch.zeros(k, dtype=torch.bool, device=device)
+        self.positions = torch.arange(batch_size, device=device)
+        self.counts = torch.zeros((k, 5), device=device)
+        self.graph = None
+
+    def _forward(self, member_tensors, x):
+        return functional_call(self.model, member_tensors, (x,))
+
+    def _compute(self):
+        logits = vmap(self._forward)(self.stacked, self.x)
+        real = self.positions < self.sizes.view(-1, 1)
+        per_window = F.binary_cross_entropy_with_logits(logits, self.y, reduction="none") * real.to(logits.dtype)
+        losses = per_window.sum(dim=1) / self.sizes.clamp(min=1).to(logits.dtype)
+        losses.sum().backward()
+        self.optimizer.step(self.active)
+        self.counts += member_counts(logits.detach(), self.y, losses.detach(), real)
+
+    def capture(self, setting):
+        """Replay the step from a CUDA graph from now on; when capture fails, run eagerly
+        (--cuda_graphs auto, saying so in the log) or raise (on). No member is active
+        before the first load(), so the warm-up steps change no parameter or optimizer state."""
+        from engine import cuda_step  # CUDA only
+        try:
+            self.graph = cuda_step.capture(self._compute, "packed training step")
+        except cuda_step.CaptureError as error:
+            if setting == "on":
+                raise ConfigError(f"--cuda_graphs on: capture failed: {error}") from None
+            log.warning(f"CUDA graph capture failed ({error}); this phase runs eagerly")
+            for p in self.optimizer.params.values():  # a capture cut short may leave gradients behind
+                p.grad = None
+        self.counts.zero_()
+
+    def load(self, batches):
+        """batches: {member: (x, y)} of the members that step now. Only device-side writes
+        (no copy from host memory), so nothing waits for the previous step to finish."""
+        for i in range(len(self.x)):
+            n = len(batches[i][1]) if i in batches else 0
+            if n:
+                self.x[i, :n], self.y[i, :n] = batches[i]
+            self.x[i, n:], self.y[i, n:] = 0, 0
+            self.sizes[i] = n
+        self.active.copy_(self.sizes > 0)
+
+    def run(self):
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._compute()
+
+
+def member_state(stacked, i):
+    return {name: tensor[i].detach().clone() for name, tensor in stacked.items()}
+
+
+def train_pack(phase, jobs, model, store, batch_size, max_epochs, cuda_graphs, on_done):
+    """Train every job's model together until each has stopped; on_done(i, result) is
+    called as job i stops, with what engine.phase.train_phase returns for a solo run.
+    cuda_graphs: --cuda_graphs auto|on|off."""
+    k, device = len(jobs), store.device
+    names = [name for name, _ in model.named_parameters()]
+    stacked = {name: torch.stack([job.state[name] for job in jobs]).to(device) for name in model.state_dict()}
+    params = {name: stacked[name].requires_grad_() for name in names}
+    optimizer = StackedAdamW(params, [job.lr for job in jobs], device)
+    model.eval()  # the same as train mode for models without dropout (checked before)
+    step = PackedStep(model, stacked, optimizer, batch_size, store.X.shape[1:], device)
+    if graphs_wanted(cuda_graphs, device):
+        step.capture(cuda_graphs)
+
+    tracks = [{"curves": {name: [] for name in CURVES}, "best": None, "best_f1": None,
+               "best_f1_epoch": None, "stale": 0, "windows": 0, "seconds": 0.0} for _ in jobs]
+    running = list(range(k))
+    for epoch in range(max_epochs):
+        start = time.perf_counter()
+        batches = {i: iter(jobs[i].loader) for i in running}
+        n_steps = max(len(jobs[i].loader) for i in running)
+        step.counts.zero_()
+        seen = {i: 0 for i in running}
+        for number in range(n_steps):
+            inputs = {}
+            for i in running:
+                if number < len(jobs[i].loader):
+                    index, _ = next(batches[i])
+                    x, y = store.gather(index)
+                    if jobs[i].augment is not None:
+                        x = jobs[i].augment(x)
+                    inputs[i] = (x, y)
+                    seen[i] += len(y)
+            step.load(inputs)
+            step.run()
+        counts = step.counts.cpu()  # waits for the epoch's steps (queued, on a GPU), so elapsed includes them
+        elapsed = time.perf_counter() - start
+        for i in list(running):
+            if end_epoch(phase, jobs[i], tracks[i], model, stacked, i, epoch, counts[i], seen[i], elapsed,
+                         max_epochs):
+                running.remove(i)
+                on_done(i, phase_result(tracks[i], step.graph is not None))
+        if not running:
+            break
+
+
+def end_epoch(phase, job, track, model, stacked, i, epoch, counts, n, elapsed, max_epochs):
+    """Record member i's epoch as train_phase does; True when it stops here."""
+    train_loss, train_f1 = loss_and_f1(counts, n)
+    state = member_state(stacked, i)
+    model.load_state_dict(state)
+    val_loss, val_f1 = evaluate(model, *job.val, job.val[0].device)
+    track["windows"] += n
+    track["seconds"] += elapsed
+    for name, value in zip(CURVES, (train_loss, val_loss, train_f1, val_f1)):
+        track["curves"][name].append(value)
+    number = job.first_epoch + epoch
+    if track["best"] is None or val_loss < track["best"]["val_loss"]:
+        track["best"] = {"epoch": number, "val_loss": val_loss, "val_f1": val_f1, "state": state}
+        track["stale"] = 0
+    else:
+        track["stale"] += 1
+    if track["best_f1"] is None or val_f1 > track["best_f1"]:
+        track["best_f1"], track["best_f1_epoch"] = val_f1, number
+    log.debug(f"{job.label} {phase} epoch {number}: train loss {train_loss:.4f} f1 {train_f1:.3f} | "
+              f"val loss {val_loss:.4f} f1 {val_f1:.3f}")
+    return track["stale"] >= job.patience or epoch + 1 == max_epochs
+
+
+def phase_result(track, cuda_graphs_used):
+    best = track["best"]
+    return {"best_epoch": best["epoch"], "best_val_loss": best["val_loss"], "val_f1_at_best_loss": best["val_f1"],
+            "best_val_f1": track["best_f1"], "best_val_f1_epoch": track["best_f1_epoch"], "state": best["state"],
+            "curves": track["curves"], "epochs_run": len(track["curves"]["train_loss"]),
+            "windows_per_s": track["windows"] / track["seconds"] if track["seconds"] else None,
+            "cuda_graphs": cuda_graphs_used}

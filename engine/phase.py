@@ -1,0 +1,144 @@
+"""One training phase: epochs of the training step until the validation loss stops improving.
+
+Both phases of a fold run it (the base phase in engine.fold.train_base_model, the target
+phase in engine.fold.run_fold); it keeps the best state by validation loss, the curves and
+the speed, and replays CUDA graphs where they were asked for and captured.
+"""
+import logging
+import math
+import sys
+import time
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from engine.device import graphs_wanted
+from engine.fileio import ConfigError
+from engine.metrics import batch_counts, evaluate, evaluation_counts, loss_and_f1
+
+CURVES = ("train_loss", "val_loss", "train_f1", "val_f1")
+
+log = logging.getLogger("experiment")
+
+
+def phase_generators(seed, device):
+    """Seed everything a phase draws from, so a phase depends on the seed alone
+    (a reused base model leaves the target phase unchanged)."""
+    torch.manual_seed(seed)
+    loader_generator = torch.Generator().manual_seed(seed)
+    augment_generator = torch.Generator(device=device).manual_seed(seed + 1)
+    return loader_generator, augment_generator
+
+
+def train_epoch(model, loader, optimizer, augment, device):
+    model.train()
+    loss_fn = nn.BCEWithLogitsLoss()
+    counts = torch.zeros(5, device=device)
+    n = 0
+    for xb, yb in loader:
+        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        if augment is not None:
+            xb = augment(xb)
+        logits = model(xb)
+        loss = loss_fn(logits, yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        counts += batch_counts(logits.detach(), yb, loss.detach())
+        n += len(yb)
+    train_loss, train_f1 = loss_and_f1(counts, n)
+    return train_loss, train_f1, n
+
+
+def make_optimizer(model, lr, device, graphs):
+    """AdamW: fused on CUDA, capturable when its step is replayed from a graph.
+    On the CPU exactly the engine's historic optimizer, so CPU runs repeat to the bit."""
+    if device.type != "cuda":
+        return torch.optim.AdamW(model.parameters(), lr=lr)
+    return torch.optim.AdamW(model.parameters(), lr=lr, fused=True, capturable=graphs)
+
+
+def capture_steps(model, optimizer, loader, val, device, setting):
+    """(training, evaluation) steps replayed from CUDA graphs, or (None, None) to run eagerly:
+    when no batch is full, or when capture fails (an error with --cuda_graphs on)."""
+    from engine import cuda_step  # CUDA only
+    if len(loader.X) < loader.batch_size:
+        log.info("CUDA graphs: no full batch to replay; running eagerly")
+        return None, None
+    try:
+        training = cuda_step.GraphedTraining(model, optimizer, (loader.X, loader.y), loader.batch_size,
+                                             device)
+        evaluation = cuda_step.GraphedEvaluation(model)
+        evaluation_counts(model, *val, device, evaluation)  # captures the validation batch sizes
+        return training, evaluation
+    except cuda_step.CaptureError as error:
+        if setting == "on":
+            raise ConfigError(f"--cuda_graphs on: capture failed: {error}") from None
+        log.warning(f"CUDA graph capture failed ({error}); this phase runs eagerly")
+        return None, None
+
+
+def train_phase(phase, model, loader, val, args, patience, device, augment, first_epoch):
+    """Train until the validation loss has not improved for `patience` epochs.
+
+    Returns the best state (by validation loss), its epoch and scores, the
+    best validation F1 over the epochs and its epoch (the first that reached
+    it), the per-epoch curves, and the windows seen per second.
+    """
+    graphs = graphs_wanted(getattr(args, "cuda_graphs", "auto"), device)
+    optimizer = make_optimizer(model, args.lr, device, graphs)
+    training, evaluation = None, None
+    if graphs:
+        training, evaluation = capture_steps(model, optimizer, loader, val, device, args.cuda_graphs)
+    curves = {name: [] for name in CURVES}
+    best = {"epoch": None, "val_loss": math.inf, "val_f1": None, "state": None}
+    best_f1, best_f1_epoch = None, None
+    windows, seconds = 0, 0.0
+    stale = 0
+    show_bar = sys.stderr.isatty()
+    shown_at = None  # when the console last got an epoch line (no terminal)
+    bar = tqdm(total=args.max_epochs, desc=phase, unit="epoch", leave=False, disable=not show_bar)
+    for epoch in range(args.max_epochs):
+        start = time.perf_counter()
+        if training is not None:
+            counts, n = training.epoch(loader, augment)
+            train_loss, train_f1 = loss_and_f1(counts, n)
+        else:
+            train_loss, train_f1, n = train_epoch(model, loader, optimizer, augment, device)
+        val_loss, val_f1 = evaluate(model, *val, device, evaluation)
+        elapsed = time.perf_counter() - start
+        windows, seconds = windows + n, seconds + elapsed
+        for name, value in zip(CURVES, (train_loss, val_loss, train_f1, val_f1)):
+            curves[name].append(value)
+        if val_loss < best["val_loss"]:
+            best = {"epoch": first_epoch + epoch, "val_loss": val_loss, "val_f1": val_f1,
+                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+            stale = 0
+        else:
+            stale += 1
+        if best_f1 is None or val_f1 > best_f1:
+            best_f1, best_f1_epoch = val_f1, first_epoch + epoch
+        line = (f"{phase} epoch {first_epoch + epoch}: train loss {train_loss:.4f} f1 {train_f1:.3f} | "
+                f"val loss {val_loss:.4f} f1 {val_f1:.3f} | {elapsed:.2f}s, {n / elapsed:.0f} windows/s")
+        # Every epoch goes to the log file; the console gets a bar or a line every progress_every seconds.
+        if show_bar:
+            bar.set_postfix(val_loss=f"{val_loss:.4f}", val_f1=f"{val_f1:.3f}")
+            bar.update()
+        every = getattr(args, "progress_every", 30)
+        due = not show_bar and (shown_at is None or time.monotonic() - shown_at >= every)
+        shown_at = time.monotonic() if due else shown_at
+        log.log(logging.INFO if due else logging.DEBUG, line)
+        if stale >= patience:
+            break
+    bar.close()
+    epochs_run = len(curves["train_loss"])
+    log.info(f"{phase}: {epochs_run} epochs, best epoch {best['epoch']} "
+             f"(val loss {best['val_loss']:.4f}, f1 {best['val_f1']:.3f})")
+    if best["epoch"] == first_epoch + epochs_run - 1:
+        log.warning(f"{phase}: the best epoch is the last one, so early stopping never fired: "
+                    f"may be under-trained: raise --max_epochs (now {args.max_epochs})")
+    return {"best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
+            "val_f1_at_best_loss": best["val_f1"], "best_val_f1": best_f1, "best_val_f1_epoch": best_f1_epoch,
+            "state": best["state"], "curves": curves, "epochs_run": epochs_run,
+            "windows_per_s": windows / seconds if seconds else None, "cuda_graphs": training is not None}

@@ -1,0 +1,143 @@
+"""What produced a result: code version, libraries, device, host, times, command line, data.
+
+    python -m engine.provenance --needs '{"data/demo": ["p01", "p02"]}'    # JSON, for the runner's check
+
+A fold writes `provenance.json` beside `hyperparameters.json` (record()), and a
+base-model cache entry keeps one too. The runner runs this module on every host
+before it dispatches a grid and compares the answer (code hash and data
+fingerprint) with its own checkout.
+
+The code hash covers the project's own Python files that a fold can run: those at
+the top of the project folder (the CLIs and the design card's two modules) and every
+one in the packages a fold imports (CODE_PACKAGES), by name and content, so a checkout
+without .git, or a copy made with scp, still identifies itself; the git commit and a
+dirty flag are added where git can tell.
+"""
+import argparse
+import hashlib
+import json
+import platform
+import posixpath
+import socket
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+CODE_PACKAGES = ("engine", "dataset")  # what a fold imports besides the top-level modules
+
+
+def code_files(root=PROJECT_DIR):
+    """The project's Python files a fold runs, as paths relative to root: every *.py at the top
+    of the folder and in CODE_PACKAGES (and their sub-packages)."""
+    root = Path(root)
+    files = [p for p in root.glob("*.py") if p.is_file()]
+    for package in CODE_PACKAGES:
+        files += [p for p in (root / package).rglob("*.py") if p.is_file()]
+    return sorted(p.relative_to(root).as_posix() for p in files)
+
+
+def file_sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def code_hash(root=PROJECT_DIR):
+    """One hash of the names (paths relative to root) and contents of code_files(root)."""
+    digest = hashlib.sha256()
+    for name in code_files(root):
+        digest.update(f"{name}\0{file_sha256(Path(root, name))}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def git_version(root=PROJECT_DIR):
+    """(commit, dirty) where git knows the folder, else (None, None)."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return None, None
+        status = git("status", "--porcelain", "--untracked-files=no")
+        return head.stdout.strip(), bool(status.stdout.strip()) if status.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def code_version(root=PROJECT_DIR):
+    commit, dirty = git_version(root)
+    return {"code_hash": code_hash(root), "git_commit": commit, "git_dirty": dirty}
+
+
+def device_name(device):
+    """The GPU model for a CUDA device, else the CPU model."""
+    import torch
+    if getattr(device, "type", str(device)).startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def libraries():
+    import numpy
+    import torch
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+            "cuda": torch.version.cuda, "cudnn": cudnn}
+
+
+def now():
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def record(device, data_fingerprint, started, argv=None):
+    """The provenance of a run that started at `started` (an ISO time from now()) and ends now."""
+    return {**code_version(), **libraries(), "device": str(device), "device_name": device_name(device),
+            "hostname": socket.gethostname(), "started": started, "ended": now(),
+            "command": [Path(sys.executable).name, *(sys.argv if argv is None else argv)],
+            "data_fingerprint": data_fingerprint}
+
+
+def data_files(data_path, participants=None):
+    """The paths of the participants' split files (every participant in the folder by default);
+    ValueError in one line when the folder has none."""
+    from engine.data import SPLITS, DataError, discover_participants
+    try:
+        names = participants or discover_participants(data_path)
+    except DataError as e:
+        raise ValueError(str(e)) from None
+    return [posixpath.join(str(data_path), f"{name}_{split}.pt") for name in names for split in SPLITS]
+
+
+def data_answer(data_path, participants=None):
+    """The fingerprint of participants' files (every participant in the folder by default), or
+    {"error": why} when it cannot be taken: a missing file is a difference, not a crash."""
+    from engine import base_cache
+    from engine.data import DataError, discover_participants
+    try:
+        return base_cache.data_fingerprint(data_path, participants or discover_participants(data_path))
+    except OSError as e:
+        return {"error": f"{e.filename}: {e.strerror}"}
+    except DataError as e:
+        return {"error": str(e)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m engine.provenance", description="Print this checkout's code hash and "
+                                "the fingerprints of data files as JSON (for the runner's check).")
+    p.add_argument("--needs", type=json.loads, default={},
+                   help='JSON {data folder: [participants] or null for all}, e.g. \'{"data/demo": null}\'')
+    args = p.parse_args(argv)
+    data = {path: data_answer(path, names) for path, names in args.needs.items()}
+    print(json.dumps({"code_hash": code_hash(), "data": data}, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""A training process's output, read as it streams (SSH) or from its log (Slurm): the lines the
+runner acts on (RESULT_DIR, BASE_KEY, BASE_MODEL), the base models it trained (BASE_TRAINED),
+argparse's usage line, and a pack's MEMBER_DONE lines (engine.pack prints them)."""
+from collections import deque
+
+from runner.packing import MEMBER_DONE
+
+
+class OutputLines:
+    """A job's output, read as it streams: its last lines, the base models it trained
+    (BASE_TRAINED <key>) and the lines the runner acts on (RESULT_DIR, BASE_KEY, BASE_MODEL).
+    In a pack's output, MEMBER_DONE <i> ends member i's lines: on_member_done(i, its lines)."""
+
+    TAGS = ("RESULT_DIR ", "BASE_KEY ", "BASE_MODEL ")
+
+    def __init__(self, on_member_done=None):
+        self.on_member_done = on_member_done
+        self.pending, self.tagged, self.trained, self.last = b"", [], set(), deque(maxlen=20)
+        self.usage = False  # argparse printed its usage line (before an error and exit status 2)
+
+    def feed(self, chunk):
+        self.pending += chunk
+        *complete, self.pending = self.pending.split(b"\n")
+        for raw in complete:
+            self._line(raw.decode(errors="replace").rstrip("\r"))
+
+    def close(self):
+        """The output ended: its last line may lack a newline."""
+        if self.pending:
+            self._line(self.pending.decode(errors="replace"))
+            self.pending = b""
+
+    def _line(self, line):
+        self.last.append(line)
+        self.usage = self.usage or line.startswith("usage: ")
+        if line.startswith("BASE_TRAINED "):
+            self.trained.add(line.split(" ", 1)[1].strip())
+        elif line.startswith(self.TAGS):
+            self.tagged.append(line)
+        elif line.startswith(f"{MEMBER_DONE} ") and self.on_member_done:
+            index, text, self.tagged = line.split(" ", 1)[1].strip(), self.text(), []
+            if index.isdigit():
+                self.on_member_done(int(index), text)
+
+    def text(self):
+        return "\n".join(self.tagged)
+
+    def tail(self):
+        return "\n".join(self.last)
+
+
+def printed(output, tag):
+    """The value a training CLI printed last as `TAG value` (RESULT_DIR, BASE_KEY, BASE_MODEL)."""
+    for line in reversed(output.splitlines()):
+        if line.startswith(f"{tag} "):
+            return line[len(tag) + 1:].strip()
+    return None

@@ -1,0 +1,109 @@
+"""What a run shows, whichever backend ran it: progress lines, the end-of-run summary, the
+--log-file JSON report, and the personalization report's headline for the run's prefixes."""
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from engine import fileio
+from runner.commands import job_counts
+
+
+class Say:
+    """Progress lines on stderr, printed above a progress bar; quiet keeps the important ones only."""
+
+    def __init__(self, quiet=False):
+        self.quiet = quiet
+
+    def __call__(self, message, important=False):
+        if important or not self.quiet:
+            tqdm.write(message, file=sys.stderr)
+
+
+def task_counts(tasks):
+    n_base = sum(bool(task.builds) for task in tasks)
+    return job_counts(len(tasks) - n_base, n_base)
+
+
+def totals(plan, skipped):
+    """The run in figures. Jobs are the jobs file's; base-model jobs are counted apart, except
+    among the failed (listed by their job ids)."""
+    jobs = [task for task in plan.tasks if not task.builds]
+    ended = set(map(id, plan.ok + plan.failed + plan.cancelled + plan.blocked))
+    return {"jobs": len(jobs) + skipped, "skipped": skipped,
+            "done": sum(not task.builds for task in plan.ok), "failed": len(plan.failed),
+            "cancelled": len(plan.cancelled), "blocked": len(plan.blocked),
+            "not_run": sum(id(task) not in ended for task in jobs),
+            "base_not_run": sum(id(task) not in ended for task in plan.tasks if task.builds),
+            "attempts": len(plan.records), "requeued": sum(r["status"] == "requeued" for r in plan.records)}
+
+
+def summary_lines(plan, skipped, wall, before=(), base_extra=""):
+    """The closing summary. before: the backend's lines first (the per-slot table);
+    base_extra: the end of the base-model line (copies made)."""
+    n = totals(plan, skipped)
+    lines = list(before)
+    lines.append(f"{n['done']} done, {n['failed']} failed, {n['cancelled']} cancelled, {n['blocked']} blocked, "
+                 f"{skipped} skipped (finished earlier), {n['not_run']} not run"
+                 + (f" (and {n['base_not_run']} base-model jobs)" if n["base_not_run"] else "") + f"; {wall:.1f} s")
+    base = plan.base_counts()
+    if base["distinct_keys"]:
+        lines.append(f"base models: {base['trained']} trained for {base['distinct_keys']} distinct keys "
+                     f"({base['cached']} already in the cache), against {base['without_sharing']} without "
+                     f"sharing{base_extra}")
+    for title, tasks in (("failed jobs:", plan.failed), ("cancelled jobs:", plan.cancelled)):
+        if tasks:
+            lines.append(title)
+        for task in tasks:
+            last = task.last
+            why = last.get("error") or f"exit {last.get('exit_status')}"
+            lines.append(f"  {task.job_id}  {last.get('state') or last['status']} ({why})  {last['log']}")
+            if last.get("output_tail"):
+                lines.append(f"    {last['output_tail'].splitlines()[-1]}")
+    if plan.blocked:
+        lines.append("blocked jobs (their base model failed; a rerun tries again):")
+        for key in dict.fromkeys(task.needs for task in plan.blocked):
+            count = sum(task.needs == key for task in plan.blocked)
+            lines.append(f"  {count} blocked by base {key}  {plan.log_dir / f'base-{key}.log'}")
+    return lines
+
+
+def write_log_file(path, plan, args, skipped, run, **extra):
+    """The --log-file JSON: totals, base models, each job's last attempt; extra: the backend's
+    own parts (slots and devices, or Slurm arrays). run: started, ended, interrupted, aborted."""
+    jobs = []
+    for task in plan.tasks:
+        last = dict(task.last or {})
+        tail = last.pop("output_tail", "")
+        duration = last["end"] - last["start"] if last.get("start") and last.get("end") else None
+        jobs.append({**last, "job_id": task.job_id, "status": last.get("status", "not run"),
+                     "attempts": task.attempt, "duration_s": duration, "stderr_tail": tail})
+    report = {"backend": run["backend"], "cluster_config": args.cluster_config, "jobs_config": args.jobs_config,
+              "started": run["started"], "ended": run["ended"], "wall_s": run["ended"] - run["started"],
+              "totals": dict(totals(plan, skipped), interrupted=bool(run.get("interrupted")),
+                             aborted=run.get("aborted")),
+              "base_models": dict(plan.base_counts(), **run.get("copies", {})), **extra, "jobs": jobs}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fileio.write_atomic(path, json.dumps(report, indent=1))
+
+
+def print_report_headline(jobs, max_lines=10):
+    """The personalization report's headline for the prefixes these jobs write, and its command."""
+    patterns = set()
+    for job in jobs:
+        if job.get("prefix") is None or job.get("mode") == "base_only":
+            continue
+        top, _, rest = str(job["prefix"]).partition("/")
+        root = Path(job.get("experiments_dir") or "experiments") / top
+        # generate_jobs.py puts each configuration in its own folder under the grid's prefix.
+        patterns.add(str(root / "*") if rest else str(root))
+    if not patterns:
+        return
+    from report.text import headline  # numpy and matplotlib, only once there is something to report
+    lines = headline(sorted(patterns)).splitlines()
+    print("report: " + shlex.join(["python", "summarize_results.py", *sorted(patterns)]))
+    print("\n".join(lines[:max_lines]))
+    if len(lines) > max_lines:
+        print(f"... {len(lines) - max_lines} more configurations in the full report")

@@ -1,0 +1,138 @@
+"""A run of a jobs file, whichever backend runs it: the input read and checked, the tasks planned
+(phase 1 base jobs for the base models missing from the cache, then the jobs; what the ledger
+shows finished is skipped), then the SSH hosts or the Slurm cluster of the cluster config, and
+the personalization report's headline at the end. run_distributed_training.py is its CLI.
+
+Exit status: 0 all jobs done, 1 some failed, were cancelled or blocked, 2 bad input, the run dir
+in use or nothing usable as configured, 3 no host (or no Slurm controller) reachable, or a run
+stopped on an unexpected error, 130 interrupted.
+"""
+import contextlib
+import signal
+import sys
+from pathlib import Path
+
+from engine import base_cache
+from engine.fileio import ConfigError
+from runner.config import PROG, is_slurm_config, load_cluster_config
+from runner.jobs import cache_entry, needed_base, plan_jobs, validate_jobs
+from runner.ledger import Ledger, run_dir_lock
+from runner.packing import PACK_SCRIPT, pack_group, trainer_path
+from runner.plan import Plan, Task
+from runner.report import Say, print_report_headline
+
+SSH_ONLY = ("sync_code", "sync_data", "allow_mismatch", "accept_new_hosts")
+
+
+def raise_interrupt(signum, frame):
+    """A SIGTERM handler: `kill <runner>` stops the run as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+def error(message):
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(args):
+    """The runner with its parsed arguments; returns the exit status."""
+    if args.backend is not None:
+        return error("--backend: the cluster config chooses the backend; give it a \"slurm\" section for "
+                     "Slurm (see examples/slurm_cluster.json)")
+    slurm = is_slurm_config(args.cluster_config)
+    ssh_only = [f"--{name.replace('_', '-')}" for name in SSH_ONLY if getattr(args, name)]
+    if slurm and ssh_only:
+        return error(f"{', '.join(ssh_only)}: for SSH servers only (a Slurm cluster config names one shared "
+                     f"workdir)")
+    if args.detach and not slurm:
+        return error("--detach needs a Slurm cluster config (SSH jobs end with the runner)")
+    run_dir = Path(args.run_dir or Path("runs", Path(args.jobs_config).stem))
+    if slurm:  # the compute nodes write there from the workdir: an absolute path
+        run_dir = run_dir.absolute()
+    if args.dry_run:
+        return plan_and_run(args, run_dir, slurm)
+    try:
+        with run_dir_lock(run_dir):  # one runner per run dir, whichever backend
+            return plan_and_run(args, run_dir, slurm)
+    except ConfigError as e:
+        return error(e)
+
+
+def load_config(args, slurm):
+    """(cluster config, script, workdir here): a "slurm" section's settings, or the SSH servers."""
+    if slurm:
+        from runner.slurm.config import load_slurm_config
+        settings, script = load_slurm_config(args.cluster_config)
+        return settings, args.script_path or script, Path(settings["workdir"])
+    cluster = load_cluster_config(args.cluster_config)
+    script = args.script_path or cluster["script_path"]
+    packs = [s["name"] for s in cluster["servers"] if s["pack"] != "auto" and s["pack"] > 1]
+    if packs and not trainer_path(script):
+        raise ConfigError(f"{args.cluster_config}: servers {', '.join(packs)} set \"pack\", but only "
+                          f"{PACK_SCRIPT} jobs can be packed (the script is {script})")
+    return cluster, script, Path(".")
+
+
+def make_tasks(todo, bases, cached, history, packs):
+    """Phase 1 (a base job per key missing from the cache) first, then the jobs, each with its
+    attempts so far; packs: whether jobs get a pack group."""
+    earlier = Ledger.attempts(history)
+
+    def group(job, phase):
+        return pack_group(job, phase) if packs else None
+    tasks = [Task(job, attempt=earlier[job["job_id"]], builds=key, pack_key=group(job, "base"))
+             for key, job in bases.items() if key not in cached]
+    return tasks + [Task(job, attempt=earlier[job["job_id"]], needs=needed_base(job), pack_key=group(job, "target"))
+                    for job in todo]
+
+
+def plan_and_run(args, run_dir, slurm):
+    """main() after the arguments: the plan from the files and the ledger, then the run."""
+    history = Ledger.read(run_dir / "ledger.jsonl")
+    try:
+        config, script, workdir = load_config(args, slurm)
+        jobs, todo, bases = plan_jobs(args.jobs_config, run_dir / "ledger.jsonl", history, args.resume)
+        note = validate_jobs(jobs, args.jobs_config, str(workdir / script))
+    except ConfigError as e:
+        return error(e)
+    say = Say(args.quiet)
+    if note:
+        say(note)
+    # A base model already complete in the local cache is not trained again, only sent.
+    cached = {key: job for key, job in bases.items() if base_cache.entry_intact(workdir / cache_entry(job, key))}
+    tasks = make_tasks(todo, bases, cached, history, packs=not slurm and trainer_path(script) is not None)
+    skipped = len(jobs) - len(todo)
+    if args.dry_run:
+        plan = Plan(tasks, None, run_dir / "logs", cached=cached)
+        if slurm:
+            from runner.slurm.scripts import print_plan
+            print_plan(plan, config, script, run_dir, args.timeout)
+        else:
+            from runner.ssh.dry_run import print_plan
+            print_plan(config["servers"], tasks, script, trainer_path(script), cached)
+        return 0
+    if not tasks:
+        print("nothing to do", file=sys.stderr)
+        status = 0
+    else:
+        status = run(args, config, tasks, cached, skipped, run_dir, script, history, slurm, say)
+    if status in (0, 1):
+        with contextlib.chdir(workdir):  # the jobs' result folders are relative to it
+            print_report_headline(jobs)
+    return status
+
+
+def run(args, config, tasks, cached, skipped, run_dir, script, history, slurm, say):
+    """The planned tasks on the config's backend; returns the exit status."""
+    ledger = Ledger(run_dir / "ledger.jsonl")
+    plan = Plan(tasks, ledger, run_dir / "logs", retries=args.retries, cached=cached, say=say)
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)  # `kill <runner>` stops like Ctrl-C
+    try:
+        if slurm:
+            from runner.slurm.run import run as run_on
+            return run_on(args, config, plan, script, skipped, run_dir, history, say)
+        from runner.ssh.run import run as run_on  # paramiko, only for SSH
+        return run_on(args, config, plan, script, skipped, run_dir, say)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        ledger.close()

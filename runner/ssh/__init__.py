@@ -1,0 +1,7 @@
+"""The SSH backend: hosts as objects (shell.py, connection.py), reaching and checking them
+(hosts.py, hostsync.py), their GPUs (gpu_watch.py), copies home and out (transfer.py), and the
+slots that run the planner's tasks (backend.py); run.py ties them into one run.
+
+It imports the runner's shared parts (commands, config, jobs, output, packing, plan, report)
+and paramiko; the Slurm backend never imports it.
+"""

@@ -1,0 +1,168 @@
+"""One attempt on one slot: a job alone, or the members of a pack in one process (pack_train.py).
+
+It writes the members' start lines, sends them the base models they need, runs the command with
+its output streamed into every member's log, brings each finished member home as the pack prints
+its MEMBER_DONE (a thread of its own, so a pack that holds the host's last SSH session does not
+wait for itself), and tells the planner how each member ended.
+"""
+import queue
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+from runner.output import OutputLines
+from runner.ssh.shell import HostDown, HostRefused
+from runner.ssh.transfer import CopyError
+
+
+@dataclass
+class Context:
+    """What every attempt of a run shares."""
+    plan: object  # runner.plan.Plan
+    transfer: object  # runner.ssh.transfer.HostTransfer
+    health: dict  # host name: runner.ssh.hosts.Health
+    say: object  # runner.report.Say
+    stop: threading.Event  # set when the run stops: what ends now is interrupted, not failed
+    timeout: float = None  # --timeout, seconds per process
+
+
+def lost(errors):
+    """The first error that says the host is lost or refused, or None."""
+    return next((e for e in errors if isinstance(e, (HostDown, HostRefused))), None)
+
+
+def what_ended(exit_status, timed_out, timeout):
+    return f"timed out after {timeout:g} s" if timed_out else f"exit status {exit_status}"
+
+
+def run_logged(host, command, shown, log_paths, header, on_output, timeout):
+    """Run the command, appending a header, the command as shown (secrets masked) and then
+    its output to each job's log (every member of a pack gets the pack's output)."""
+    with ExitStack() as stack:
+        logs = [stack.enter_context(open(path, "ab")) for path in log_paths]
+        for log in logs:
+            log.write(f"=== {header} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n$ {shown}\n".encode())
+            log.flush()
+
+        def stream(chunk):
+            for log in logs:
+                log.write(chunk)
+                log.flush()  # so `tail -f` shows it now
+            on_output(chunk)
+
+        return host.run(command, stream=stream, timeout=timeout)
+
+
+def attempt(context, slot, tasks, command, shown):
+    """Run the tasks (one job, or a pack) as one process on the slot; every member's end goes to
+    the planner."""
+    plan = context.plan
+    packed = len(tasks) > 1
+    plan.start(tasks, host=slot.host.name, device=str(slot.device), slot=slot.label, start=time.time(),
+               end=None, exit_status=None)
+    left = list(range(len(tasks)))  # members not finished yet
+    counted = set()  # base keys whose training this attempt has counted
+    started = time.time()
+
+    def count_trainings(keys):
+        new = (set(keys) & output.trained) - counted
+        counted.update(new)
+        plan.count_trainings(new)
+
+    def member_done(i, text):
+        """Member i printed its last line: its folder home, then its ledger line."""
+        if i not in left:
+            return  # an index printed twice, or out of range
+        task = tasks[i]
+        count_trainings([task.builds])
+        try:
+            bring = (context.transfer.bring_base_home if task.job.get("mode") == "base_only"
+                     else context.transfer.bring_home)
+            result_dir = bring(slot, task.job, text)
+        except (CopyError, OSError) as e:
+            failed(context, slot, task, output.tail(), 0, False, str(e))
+        else:
+            plan.succeeded(task, output.tail(), exit_status=0, result_dir=result_dir)
+            slot.ok += 1
+        left.remove(i)
+
+    # A pack's finished members are copied home by a thread of their own while it trains the
+    # others: a copy needs a session of the host, and the pack may hold the last free one.
+    copies, copy_errors = queue.Queue(), []
+
+    def copy_members():
+        for i, text in iter(copies.get, None):
+            try:
+                if not lost(copy_errors):  # after a lost host the rest are requeued, below
+                    member_done(i, text)
+            except Exception as e:
+                copy_errors.append(e)
+
+    output = OutputLines((lambda i, text: copies.put((i, text))) if packed else None)
+    result = error = None
+    try:
+        for task in tasks:
+            if task.needs:
+                context.transfer.send_base(slot, task.job, task.needs)
+        header = f"attempt {tasks[0].attempt} on {slot.label}" if not packed else \
+            f"{slot.label}: a pack of {len(tasks)} ({', '.join(t.job_id for t in tasks)})"
+        copier = threading.Thread(target=copy_members, daemon=True, name=f"{slot.label} copies")
+        copier.start()
+        try:
+            result = run_logged(slot.host, command, shown, [plan.log_path(t) for t in tasks], header,
+                                output.feed, context.timeout)
+            output.close()
+        finally:
+            copies.put(None)
+            copier.join()
+        if copy_errors:
+            raise lost(copy_errors) or copy_errors[0]
+        if result.ok and not packed:
+            member_done(0, output.text())
+    except (HostDown, HostRefused) as e:
+        # Not the jobs' fault: back to the front of the queue, no retry spent. A job may have
+        # published its folder before the host went, so the next attempt replaces it.
+        for i in left:
+            plan.requeue(tasks[i], error=str(e))
+        health = context.health[slot.host.name]
+        health.lost(slot.host, e, context.say) if isinstance(e, HostDown) else health.refuse(e, context.say)
+        return
+    except Exception as e:  # a copy that failed, or anything unforeseen: the jobs left fail, not the run
+        error = str(e) if isinstance(e, (CopyError, OSError)) else f"{type(e).__name__}: {e}"
+    finally:
+        slot.busy_s += time.time() - started
+        count_trainings([task.builds or task.needs for task in tasks])
+    exit_status, timed_out = (result.exit_status, result.timed_out) if result else (None, False)
+    for i in list(left):
+        if packed and not context.stop.is_set():
+            # The failure may be another member's, or the pack's size (GPU memory, --timeout):
+            # not charged; the member runs alone next.
+            why = error or ("exit status 0 but no MEMBER_DONE for it: skipped, its folder exists there?"
+                            if exit_status == 0 else what_ended(exit_status, timed_out, context.timeout))
+            plan.requeue(tasks[i], output.tail(), alone=True, exit_status=exit_status,
+                         error=f"its pack ended without finishing it ({why}); it runs alone next")
+        else:
+            failed(context, slot, tasks[i], output.tail(), exit_status, timed_out, error, output.usage)
+
+
+def failed(context, slot, task, tail, exit_status, timed_out, error, usage=False):
+    """A job that did not finish: interrupted, retried, or failed for good. usage: its output
+    had argparse's usage line."""
+    plan = context.plan
+    if context.stop.is_set():
+        plan.interrupted(task, tail, exit_status=exit_status)
+        return
+    fields = {"error": error} if error else {}
+    what = error or what_ended(exit_status, timed_out, context.timeout)
+    # An argparse error fails the same way on every slot: never retried.
+    bad_flags = exit_status == 2 and not error and usage
+    if bad_flags:
+        what += " (bad flags: not retried)"
+    again = plan.fail(task, "timeout" if timed_out else "failed", tail, retry=not bad_flags,
+                      exit_status=exit_status, **fields)
+    if again:
+        context.say(f"{task.job_id}: {what} on {slot.label}; retry {task.failures}/{plan.retries}")
+    else:
+        context.say(f"{task.job_id}: {what} on {slot.label}; log: {task.record['log']}")
+        slot.failed += 1

@@ -1,0 +1,193 @@
+"""Every host runs the same code on the same data: checked before a run, copied on request.
+
+check(): each host runs `python -m engine.provenance` in its workdir and answers its code hash
+and the fingerprint of the data files the jobs read; any difference from this
+checkout is one line naming the host, what differs, and both values.
+sync(): copies the files that differ (by content hash) to a host's workdir: into
+a hidden folder first, then each renamed into place, so a file on the host is
+always either the old one or the new one, whole.
+"""
+import json
+import os
+import posixpath
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from engine import flags, provenance
+from engine.provenance import PROJECT_DIR
+from runner.commands import module_command, shell_path
+from runner.ssh.shell import HostRefused
+
+
+def project_files(root=PROJECT_DIR):
+    """The files --sync-code sends: the files git tracks, and the new ones it does not ignore (so
+    the code hash there equals the one here); without git, the code and requirements."""
+    try:
+        listed = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others",
+                                 "--exclude-standard"], capture_output=True, timeout=30)
+        if listed.returncode == 0 and listed.stdout:
+            names = [n for n in listed.stdout.decode().split("\0") if n]
+            return [n for n in names if os.path.isfile(os.path.join(root, n))]  # deleted, not committed
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return provenance.code_files(root) + ["requirements.txt"]
+
+
+def data_needs(jobs):
+    """{data_path: sorted participants, or None for every participant in the folder}."""
+    needs = {}
+    for job in jobs:
+        path = str(job.get("data_path") or flags.DEMO_DATA_PATH)
+        names = job.get("participants")
+        if not names or needs.get(path, ()) is None:
+            needs[path] = None
+        else:
+            needs[path] = sorted(set(needs.get(path) or ()) | set(map(str, names)))
+    return needs
+
+
+def local_answer(needs):
+    """What this checkout answers: its code hash, {data_path: fingerprint or None when absent}."""
+    data = {path: provenance.data_answer(path, names) for path, names in needs.items()}
+    # Data not here cannot be compared (the planning machine may hold none); the hosts have it.
+    return {"code_hash": provenance.code_hash(),
+            "data": {path: None if "error" in answer else answer for path, answer in data.items()}}
+
+
+def ask_host(host, server, script, needs):
+    """The host's answer (as local_answer's), or (None, why not)."""
+    result = host.run(module_command(server, script, "engine.provenance", ["--needs", json.dumps(needs)]))
+    try:
+        return json.loads(result.stdout.strip().splitlines()[-1]), None
+    except (ValueError, IndexError):
+        last = (result.stdout.strip().splitlines() or [f"exit status {result.exit_status}"])[-1]
+        return None, (f"cannot tell its code version (python -m engine.provenance: {last[:200]}); --sync-code "
+                      f"copies this checkout there")
+
+
+def differences(name, local, remote):
+    """One line per thing that differs between this checkout and a host's answer."""
+    lines = []
+    if remote["code_hash"] != local["code_hash"]:
+        lines.append(f"{name}: code differs (code hash here {local['code_hash']}, there {remote['code_hash']}); "
+                     f"--sync-code copies this checkout there")
+    for path, here in local["data"].items():
+        there = remote["data"].get(path) or {"error": "no answer"}
+        if here is None or there == here:
+            continue
+        if "error" in there:
+            lines.append(f"{name}: data {path}: {there['error']}; --sync-data copies it there")
+            continue
+        changed = sorted(f for f in set(here) | set(there) if here.get(f) != there.get(f))
+        first = changed[0]
+        lines.append(f"{name}: data {path}/{first} differs (here {str(here.get(first))[:12]}, there "
+                     f"{str(there.get(first))[:12]}; {len(changed)} files differ); --sync-data copies it there")
+    return lines
+
+
+def in_folder(server, line):
+    """A shell line run in the server's workdir without its setup (which a fresh workdir may
+    not support yet); a missing workdir makes the line fail, as an empty one would answer."""
+    return f"cd {shell_path(server['workdir'])} && {line}"
+
+
+def remote_hashes(host, server, names):
+    """{name: sha256} of the files among names that exist in the host's workdir."""
+    found = {}
+    for start in range(0, len(names), 200):  # keep each command line short
+        quoted = " ".join(shlex.quote(n) for n in names[start:start + 200])
+        result = host.run(in_folder(server, f'for f in {quoted}; do [ -f "$f" ] && sha256sum -- "$f"; done; true'))
+        for line in result.stdout.splitlines():
+            digest, _, name = line.partition("  ")
+            if len(digest) == 64:
+                found[name] = digest
+    return found
+
+
+def local_hashes(names, local_root="."):
+    """{name: sha256} of files relative to local_root."""
+    return {n: provenance.file_sha256(os.path.join(local_root, n)) for n in names}
+
+
+def sync(host, server, names, local_root=".", here=None):
+    """Copy the files among names (relative to local_root) whose content differs on the host.
+    here: their local_hashes, when already known (one hashing for many hosts).
+    Returns how many were copied."""
+    here = here or local_hashes(names, local_root)
+    there = remote_hashes(host, server, names)
+    changed = [n for n in names if there.get(n) != here[n]]
+    if not changed:
+        return 0
+    staging = f".sync-{os.getpid()}-{host.name}".replace("/", "_")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in changed:
+            os.makedirs(os.path.dirname(os.path.join(tmp, name)), exist_ok=True)
+            shutil.copy2(os.path.join(local_root, name), os.path.join(tmp, name))
+        host.put_dir(tmp, posixpath.join(server["workdir"], staging))
+    folders = sorted({posixpath.dirname(n) for n in changed} - {""})
+    moves = [f"mkdir -p -- {' '.join(map(shlex.quote, folders))}"] if folders else []
+    moves += [f"mv -f -- {shlex.quote(posixpath.join(staging, n))} {shlex.quote(n)}" for n in changed]
+    placed = host.run(in_folder(server, f"{{ {' && '.join(moves)}; }}; status=$?; rm -rf -- "
+                                         f"{shlex.quote(staging)}; exit $status"))
+    if not placed.ok:
+        raise OSError(f"{host.name}: could not put the copied files in place: {placed.stdout.strip()[-200:]}")
+    return len(changed)
+
+
+def data_files(needs):
+    """The files --sync-data sends for data_needs(jobs): relative paths of this checkout."""
+    files = []
+    for path, names in needs.items():
+        if os.path.isabs(path) or ".." in path.split("/"):
+            raise ValueError(f"--sync-data copies data folders inside the project only; {path} is not")
+        try:
+            files += provenance.data_files(path, names)
+        except ValueError as e:
+            raise ValueError(f"--sync-data: {e}") from None
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        raise ValueError(f"--sync-data: {missing[0]} not found here ({len(missing)} files missing)")
+    return files
+
+
+class Checker:
+    """What the runner does on each host as it is reached: copy what was asked for, then
+    compare the host's code and data with this checkout's.
+
+    Raises ValueError (one line) when a copy asked for cannot be made from here."""
+
+    def __init__(self, jobs, script, sync_code=False, sync_data=False, allow_mismatch=False):
+        self.needs, self.script, self.allow_mismatch = data_needs(jobs), script, allow_mismatch
+        self.code_files = project_files() if sync_code else []
+        self.data_files = data_files(self.needs) if sync_data else []
+        # Hashed once here, not once per host.
+        self.code_hashes = local_hashes(self.code_files, PROJECT_DIR)
+        self.data_hashes = local_hashes(self.data_files)
+        self.local = local_answer(self.needs)
+        self.copied = {}  # host name: files copied
+
+    def prepare(self, host, server):
+        """Copy, then check. Raises HostRefused naming every difference unless allow_mismatch,
+        which prints them as warnings instead."""
+        try:
+            self.copied[host.name] = (sync(host, server, self.code_files, PROJECT_DIR, self.code_hashes)
+                                      + sync(host, server, self.data_files, here=self.data_hashes))
+        except OSError as e:  # what stopped the copy happens on every try
+            raise HostRefused(f"{host.name}: copying to {server['workdir']} failed ({e})") from None
+        answer, why = ask_host(host, server, self.script, self.needs)
+        lines = [f"{host.name}: {why}"] if why else differences(host.name, self.local, answer)
+        if lines and not self.allow_mismatch:
+            raise Mismatch("; ".join(lines), lines)
+        for line in lines:
+            print(f"warning: {line} (--allow-mismatch)", file=sys.stderr)
+
+
+class Mismatch(HostRefused):
+    """A host runs other code, or reads other data, than this checkout."""
+
+    def __init__(self, message, lines):
+        super().__init__(message)
+        self.lines = lines
