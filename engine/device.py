@@ -1,5 +1,5 @@
-"""Where a run computes: the device --device names, whether it replays CUDA graphs, whether
-its data fits on the device, and torch's CPU threads."""
+"""Where a run computes: the device --device names, whether it replays CUDA graphs or runs the
+fast CPU kernels, whether its data fits on the device, and torch's CPU threads."""
 import logging
 
 import torch
@@ -12,6 +12,11 @@ log = logging.getLogger("experiment")
 def apply_threads(args):
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+
+
+def fast_kernels(args, device):
+    """Whether the model runs its fast CPU kernels (--cpu_kernels fast, on the CPU only)."""
+    return device.type == "cpu" and getattr(args, "cpu_kernels", "fast") == "fast"
 
 
 def graphs_wanted(setting, device):

@@ -192,10 +192,14 @@ FLAGS = (
          options={"action": "store_true"}),
     Flag("progress_every", "runtime", "without a terminal, print an epoch line at most this often "
          "(always the first epoch)", default=30.0, options={"type": float, "metavar": "SECONDS"}),
-    # Speed only: neither flag changes what is computed (beyond float rounding on CUDA).
+    # Speed only: these flags change what is computed by float rounding at most.
     Flag("cuda_graphs", "runtime", "replay each training and evaluation step from a captured CUDA graph (auto: on "
          "for CUDA, off for the CPU; a failed capture falls back to eager with a log line, unless 'on')",
          default="auto", options={"choices": ("auto", "on", "off")}),
+    Flag("cpu_kernels", "runtime", "fast: on the CPU the model's blocks run as channels-last Conv2d with a "
+         "LayerNorm over contiguous rows (the same model and math, faster); reference: the engine's historic "
+         "Conv1d and transposed LayerNorm, bit for bit the results of earlier releases (CUDA always uses these)",
+         default="fast", options={"choices": ("fast", "reference")}),
     Flag("threads", "runtime", "torch's intra-op CPU threads", default_text="torch's choice, which follows "
          "OMP_NUM_THREADS", options={"type": positive_int}),
     Flag("target_batch_pct", "target", "exact share of target windows in every fine-tuning batch",

@@ -18,7 +18,7 @@ from composed_loader import ComposedBatchDataLoader, TensorBatchLoader
 from engine import base_cache, provenance
 from engine.augment import make_augmenter
 from engine.data import check_participants, load_participants, resolve_fold
-from engine.device import graphs_wanted, place, resolve_device
+from engine.device import fast_kernels, graphs_wanted, place, resolve_device
 from engine.fileio import ConfigError, publish_folder, staged_folder
 from engine.flags import check_args, share_count, target_windows_per_batch
 from engine.metrics import evaluate, positive_class_scores
@@ -48,7 +48,7 @@ def train_base_model(args, base_data, n_channels, device):
                                args.seed + 2)
     X_train, y_train, X_stop, y_stop = place([X_train, y_train, X_stop, y_stop], device)
     loader_gen, augment_gen = phase_generators(args.seed, device)
-    model = build_model(args.model, n_channels).to(device)
+    model = build_model(args.model, n_channels, fast_kernels(args, device)).to(device)
     loader = TensorBatchLoader(X_train, y_train, args.batch_size, shuffle=True, generator=loader_gen)
     log.info(f"base phase: {len(X_train)} windows from {', '.join(base_data)}, "
              f"early stopping on their test split ({len(X_stop)} windows)")
@@ -189,7 +189,7 @@ def run_fold(args):
                                  device))
     # The target phase has its own seed so it is the same whether the base was trained or reused.
     loader_gen, augment_gen = phase_generators(args.seed + 1000, device)
-    model = build_model(args.model, n_channels).to(device)
+    model = build_model(args.model, n_channels, fast_kernels(args, device)).to(device)
     if base is not None:
         model.load_state_dict(base["state"])
     loader = target_loader(args, base_train, target_train, loader_gen)

@@ -45,7 +45,7 @@ from engine import base_cache, provenance
 from engine.augment import make_augmenter
 from engine.cli import build_parser, run_cli
 from engine.data import check_participants, load_participants, resolve_fold
-from engine.device import apply_threads, graphs_wanted, place, resolve_device
+from engine.device import apply_threads, fast_kernels, graphs_wanted, place, resolve_device
 from engine.fileio import ConfigError, read_json
 from engine.flags import MAY_DIFFER, check_args, job_argv
 from engine.fold import check_composition, concat, finish_fold, result_dir, subsample, target_loader
@@ -169,7 +169,7 @@ def run_pack(members, size, identity):
     data = load_participants(first.data_path, participants, first.window_size)
     store = Store(data, device)
     n_channels = store.X.shape[1]
-    model = build_model(first.model, n_channels).to(device)
+    model = build_model(first.model, n_channels, fast_kernels(first, device)).to(device)
     started, started_at = time.perf_counter(), provenance.now()
     # Hashed once per participant set: many members share their base participants.
     fingerprint = functools.cache(lambda names: base_cache.data_fingerprint(first.data_path, names))

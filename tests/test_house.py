@@ -73,9 +73,11 @@ def test_a_fold_gives_what_it_gave_before_the_move_bit_for_bit(before, tmp_path)
     write_tiny_dataset(data, sizes=(30, 10, 10))
     argv = ["--data_path", data, "--fold", "1", "--mode", "full_fine_tuning", "--target_batch_pct", "0.25",
             "--use_augmentation", "--prefix", "f", *[x for k, v in FIXED.items() for x in (f"--{k}", v)]]
-    for code, out in ((before, tmp_path / "old"), (REPO, tmp_path / "new")):
+    # This checkout with the engine's historic kernels, which the commit before had (the fast ones
+    # compute the same model with other rounding: tests/test_fast_kernels.py).
+    for code, out, extra in ((before, tmp_path / "old", []), (REPO, tmp_path / "new", ["--cpu_kernels", "reference"])):
         out.mkdir()
-        run(code, "oct1_train.py", *argv, cwd=out)
+        run(code, "oct1_train.py", *argv, *extra, cwd=out)
     old, new = results(tmp_path / "old" / "experiments"), results(tmp_path / "new" / "experiments")
     assert any(rel.endswith("best_target_model.pt") for rel in old) and any("base_models" in rel for rel in old)
     assert_same(old, new)
@@ -86,10 +88,10 @@ def test_a_small_grid_gives_what_it_gave_before_the_move_bit_for_bit(before, tmp
     data = tmp_path / "data"
     write_tiny_dataset(data)
     outcomes = []
-    for code, out in ((before, tmp_path / "old"), (REPO, tmp_path / "new")):
+    for code, out, extra in ((before, tmp_path / "old", {}), (REPO, tmp_path / "new", {"cpu_kernels": "reference"})):
         out.mkdir()
         grid = write_json(out / "grid.json", {"grid": {"mode": ["full_fine_tuning", "target_only"]},
-                                              "fixed": dict(FIXED, data_path=str(data)), "folds": [0, 2],
+                                              "fixed": dict(FIXED, data_path=str(data), **extra), "folds": [0, 2],
                                               "prefix": "g"})
         run(code, "generate_jobs.py", grid, "-o", out / "jobs.json", "--script", code / "oct1_train.py", cwd=out)
         cluster = write_json(out / "cluster.json", {"servers": [{"host": "here", "local": True, "gpus": 0}],
@@ -97,7 +99,9 @@ def test_a_small_grid_gives_what_it_gave_before_the_move_bit_for_bit(before, tmp
         run(code, "run_distributed_training.py", "--cluster-config", cluster, "--jobs-config", out / "jobs.json",
             "--quiet", cwd=out)
         ledger = [json.loads(line) for line in (out / "runs" / "jobs" / "ledger.jsonl").read_text().splitlines()]
-        outcomes.append(sorted((r["job_id"], r["status"]) for r in ledger))
+        # Job ids hash every flag (cpu_kernels too); base jobs are named by their keys, which agree.
+        outcomes.append(sorted((r["job_id"] if r["job_id"].startswith("base-") else "job", r["status"])
+                               for r in ledger))
     assert outcomes[0] == outcomes[1] and sum(status == "ok" for _, status in outcomes[0]) == 6  # 4 jobs, 2 bases
     assert_same(results(tmp_path / "old" / "experiments"), results(tmp_path / "new" / "experiments"))
 
