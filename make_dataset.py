@@ -74,6 +74,13 @@ def _fractions(text):
     return values
 
 
+def _labels(text):
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected label values separated by commas, got {text!r}")
+    return values
+
+
 def add_check_flags(command):
     command.add_argument("--batch_size", type=positive_int, default=64,
                          help="the training batch size: a train split with fewer windows is "
@@ -126,6 +133,13 @@ def build_parser():
     raw.add_argument("--positive_label", default=None,
                      help="label value that means 1 (everything else is 0); without it "
                           "labels must be 0/1 (default none)")
+    labels = raw.add_mutually_exclusive_group()
+    labels.add_argument("--keep_labels", type=_labels, default=None, metavar="A,B",
+                        help="window only the rows with these label values, before anything else "
+                             "(default: every row)")
+    labels.add_argument("--drop_labels", type=_labels, default=None, metavar="A,B",
+                        help="leave out the rows with these label values (transitions, unlabelled rows) "
+                             "before windowing: no window spans them (default: none)")
     raw.add_argument("--window_size", type=positive_int, default=3000,
                      help="samples per window (default 3000)")
     raw.add_argument("--stride", type=positive_int, default=None,
@@ -155,7 +169,7 @@ def main(argv=None):
                 raise DatasetError("--channels names no column")
             return csv_import.csv_splits(args.input_dir, channels, args.label_column, args.positive_label,
                                          args.window_size, args.stride, args.label_rule, args.split,
-                                         args.split_by, warnings, notes)
+                                         args.split_by, warnings, notes, args.keep_labels, args.drop_labels)
     try:
         made = splits.make(build, args.output_dir, args.overwrite, args.batch_size, args.strict)
     except DatasetError as e:

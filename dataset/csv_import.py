@@ -13,6 +13,8 @@ import torch
 from dataset.splits import DatasetError
 from engine.data import SPLITS
 
+DROPPED = 255  # the label of a row --keep_labels or --drop_labels leaves out: no window holds it
+
 
 def _column_index(path, header, name):
     if name not in header:
@@ -43,10 +45,11 @@ def _cell_value(where, text):
     return value
 
 
-def read_recording(path, channels, label_column, positive_label=None, label_counts=None):
+def read_recording(path, channels, label_column, positive_label=None, label_counts=None, kept=None):
     """(data (L, C) float32, labels (L,) uint8) of one CSV recording.
 
-    label_counts, a Counter, when given, counts each raw label text seen.
+    label_counts, a Counter, when given, counts each raw label text seen. kept(text), when
+    given, says whether a row with that label is kept; a row it drops gets the label DROPPED.
     """
     with open(path, newline="") as f:
         rows = csv.reader(f)
@@ -66,7 +69,9 @@ def read_recording(path, channels, label_column, positive_label=None, label_coun
             data.append([_cell_value(f"{line}, column '{name}'", row[i])
                          for name, i in zip(channels, columns)])
             text = row[label_index].strip()
-            labels.append(_cell_label(f"{line}, column '{label_column}'", text, positive_label))
+            dropped = kept is not None and not kept(text)
+            labels.append(DROPPED if dropped else _cell_label(f"{line}, column '{label_column}'", text,
+                                                              positive_label))
             if label_counts is not None:
                 label_counts[text] += 1
     data = np.array(data, dtype=np.float32).reshape(len(data), len(channels))
@@ -97,6 +102,37 @@ def make_windows(data, labels, window_size, stride, rule):
     X = np.lib.stride_tricks.sliding_window_view(data, window_size, axis=0)[::stride]
     sample_labels = np.lib.stride_tricks.sliding_window_view(labels, window_size)[::stride]
     return np.ascontiguousarray(X), window_labels(sample_labels, rule).astype(np.float32)
+
+
+def kept_runs(data, labels):
+    """The stretches of a recording (part) between dropped rows: windows never span a dropped row."""
+    runs, start = [], 0
+    for stop in [*np.flatnonzero(labels == DROPPED), len(labels)]:
+        if stop > start:
+            runs.append((data[start:stop], labels[start:stop]))
+        start = stop + 1
+    return runs
+
+
+def label_filter(positive_label, keep=None, drop=None):
+    """kept(text) for --keep_labels / --drop_labels (lists of raw label texts), or None without
+    them; one that leaves out --positive_label is an error."""
+    if not (keep or drop):
+        return None
+    kept = (lambda text: text in keep) if keep else (lambda text: text not in drop)
+    if positive_label is not None and not kept(positive_label):
+        flag = "--keep_labels" if keep else "--drop_labels"
+        raise DatasetError(f"{flag} {','.join(keep or drop)} leaves out --positive_label '{positive_label}'")
+    return kept
+
+
+def check_labels_found(input_dir, label_column, label_counts, names, flag):
+    """Every label value a flag names must be on some row (the labels are case-sensitive)."""
+    found = ", ".join(f"'{text}' ({n})" for text, n in label_counts.most_common())
+    for text in names or ():
+        if text not in label_counts:
+            raise DatasetError(f"{input_dir}: {flag} '{text}': no row has this label in column '{label_column}' "
+                               f"(labels are case-sensitive; found: {found})")
 
 
 def split_bounds(n, fractions):
@@ -147,16 +183,19 @@ def _split_segments(recordings, fractions, split_by):
 
 def csv_splits(input_dir, channels, label_column, positive_label=None, window_size=3000,
                stride=None, label_rule="majority", fractions=(0.6, 0.2, 0.2),
-               split_by="block", warnings=None, notes=None):
+               split_by="block", warnings=None, notes=None, keep_labels=None, drop_labels=None):
     """{(participant, split): (X, y)} windowed from the CSV recordings.
 
     Recordings shorter than one window are skipped with a line appended to
     `warnings`; the samples that fall in no window, per participant, go to
-    `notes` (both lists, when given).
+    `notes` (both lists, when given). keep_labels / drop_labels (raw label texts):
+    only rows with those labels, or all but them, are windowed; the splits are cut
+    first, then each part is windowed within its stretches of kept rows.
     """
     stride = stride or window_size
     warnings = [] if warnings is None else warnings
     notes = [] if notes is None else notes
+    kept = label_filter(positive_label, keep_labels, drop_labels)
     splits, label_counts = {}, Counter()
     for participant in _participant_folders(input_dir):
         folder = os.path.join(input_dir, participant)
@@ -166,7 +205,7 @@ def csv_splits(input_dir, channels, label_column, positive_label=None, window_si
                                f"found {len(paths)} (use --split_by block)")
         recordings, n_samples = [], 0
         for path in paths:
-            data, labels = read_recording(path, channels, label_column, positive_label, label_counts)
+            data, labels = read_recording(path, channels, label_column, positive_label, label_counts, kept)
             n_samples += len(data)
             if len(data) < window_size:
                 warnings.append(f"{path}: {len(data)} samples, shorter than one window "
@@ -177,8 +216,10 @@ def csv_splits(input_dir, channels, label_column, positive_label=None, window_si
             raise DatasetError(f"{folder}: --split_by recording needs >= 3 recordings of at least "
                                f"one window, found {len(recordings)}")
         n_windowed = 0
+        n_dropped = sum(int((labels == DROPPED).sum()) for _, labels in recordings)
         for split, parts in _split_segments(recordings, fractions, split_by).items():
-            windows = [make_windows(d, l, window_size, stride, label_rule) for d, l in parts]
+            windows = [make_windows(d, l, window_size, stride, label_rule)
+                       for part in parts for d, l in kept_runs(*part)]
             X = np.concatenate([w[0] for w in windows] or [np.zeros((0, len(channels), window_size))])
             if len(X) == 0:
                 raise DatasetError(f"{folder}: no windows in the {split} split (recordings "
@@ -186,9 +227,13 @@ def csv_splits(input_dir, channels, label_column, positive_label=None, window_si
             y = np.concatenate([w[1] for w in windows])
             n_windowed += sum(samples_in_windows(len(w[1]), window_size, stride) for w in windows)
             splits[(participant, split)] = (torch.from_numpy(X), torch.from_numpy(y))
-        if n_windowed < n_samples:
-            notes.append(f"{participant}: {n_samples - n_windowed} of {n_samples} samples fall in "
+        if n_dropped:
+            notes.append(f"{participant}: {n_dropped} of {n_samples} samples dropped by their label")
+        if n_windowed + n_dropped < n_samples:
+            notes.append(f"{participant}: {n_samples - n_windowed - n_dropped} of {n_samples} samples fall in "
                          f"no window (short recordings, recording and block ends) and were dropped")
+    check_labels_found(input_dir, label_column, label_counts, keep_labels, "--keep_labels")
+    check_labels_found(input_dir, label_column, label_counts, drop_labels, "--drop_labels")
     if positive_label is not None and positive_label not in label_counts:
         found = ", ".join(f"'{text}' ({n})" for text, n in label_counts.most_common())
         raise DatasetError(f"{input_dir}: no row has label '{positive_label}' in column "

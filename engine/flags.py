@@ -248,8 +248,21 @@ def resolve_preset(args):
     return args
 
 
+def prefix_problem(prefix):
+    """Why a --prefix would put results outside --experiments_dir (absolute, or climbing out with
+    '..'), or None."""
+    parts = str(prefix).replace("\\", "/").split("/")
+    if str(prefix).startswith("/") or ".." in parts:
+        return (f"--prefix {prefix!r}: results must stay inside --experiments_dir; give a relative path "
+                f"without '..'")
+    return None
+
+
 def check_args(args):
     """The flag combinations argparse cannot check by itself; ConfigError in one line."""
+    problem = prefix_problem(args.prefix)
+    if problem:
+        raise ConfigError(problem)
     if args.magnitude_range[0] > args.magnitude_range[1] or args.magnitude_range[0] <= 0:
         raise ConfigError(f"--magnitude_range {args.magnitude_range}: need 0 < LOW <= HIGH")
     if not 0 <= args.aug_prob <= 1:

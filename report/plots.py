@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 import plotting
 from report.runs import as_number
-from report.tables import MODE_ORDER
+from report.tables import MODE_ORDER, final_f1
 from report.text import label
 
 MODE_COLORS = dict(zip(MODE_ORDER, ["tab:blue", "tab:orange", "tab:green", "tab:purple"]))
@@ -76,14 +76,13 @@ def paired_figure(row, rows, varying, ylim=(0.0, 1.0)):
 def scores_figure(row, rows, varying, ylim=(0.0, 1.0)):
     """The final F1 of each participant, for a configuration with nothing to pair (target_only, base_only)."""
     figure, ax = new_axes(4.0, 4.5)
-    scores = [(r["personalized_f1"] if r["personalized_f1"] is not None else r["base_f1"], r["participant"])
-              for r in rows]
+    scores = [(final_f1(r), r["participant"]) for r in rows]
     scores = [(f1, name) for f1, name in scores if f1 is not None]
     ax.plot([0] * len(scores), [f1 for f1, _ in scores], "o", color=MODE_COLORS.get(row["mode"]), alpha=0.7,
             clip_on=False)
     ax.set_ylim(*ylim)
     label_participants(ax, [0] * len(scores), [f1 for f1, _ in scores], [name for _, name in scores], ylim)
-    mean = row["personalized_f1_mean"] if row["personalized_f1_mean"] is not None else row["base_f1_mean"]
+    mean = final_f1(row, "_mean")
     ax.plot([-0.15, 0.15], [mean, mean], "-", color="black", lw=2.5, label="mean")
     ax.set_xticks([0], [row["mode"]])
     ax.set_xlim(-0.4, 0.8)
@@ -97,7 +96,7 @@ def plot_against(setting, rows, path, ylim=(0.0, 1.0), f1_name="macro F1"):
     points = {}
     for row in rows:
         x = as_number(row[setting])
-        f1 = row["base_f1"] if row["personalized_f1"] is None else row["personalized_f1"]
+        f1 = final_f1(row)
         if x is not None:
             points.setdefault(row["mode"], {}).setdefault(x, {}).setdefault(row["participant"], []).append(f1)
     figure, ax = new_axes()

@@ -69,9 +69,19 @@ def under_trained(metrics):
     return ", ".join(phases) or None
 
 
+def final_f1(row, stat=""):
+    """The F1 of the model a run ends with: the personalized one, the target-only one (a
+    target_only run), or the base model (base_only). stat: "_mean" for a configuration row."""
+    return next((row[f"{key}{stat}"] for key in ("personalized_f1", "target_only_f1", "base_f1")
+                 if row[f"{key}{stat}"] is not None), None)
+
+
 def fold_row(config, run, varying, target_only_f1s):
     metrics = run["metrics"]
     base, personalized = run["base_f1"], run["personalized_f1"]
+    target_only = run["mode"] == "target_only"  # its own model is a target-only one, not a personalized one
+    if target_only:
+        personalized, own = None, personalized
     gain = None if base is None or personalized is None else round(personalized - base, 12)
     row = {"config": config, "prefix": run["prefix"], "fold": run["fold"], "participant": run["participant"],
            "mode": run["mode"]}
@@ -79,7 +89,7 @@ def fold_row(config, run, varying, target_only_f1s):
     row.update({
         "base_f1": base,
         "personalized_f1": personalized,
-        "target_only_f1": None if run["mode"] == "target_only" else
+        "target_only_f1": own if target_only else
         target_only_f1s.get(target_only_key(run["participant"], run["settings"])),
         "gain": gain,
         "gain_pct": None if gain is None or base == 0 else gain / base * 100,

@@ -4,7 +4,7 @@ import csv
 import json
 
 from report.runs import METRICS, expand_inputs, find_prefixes, load_runs
-from report.tables import FIGURES, STATS, TEST_COLUMNS, summarize
+from report.tables import FIGURES, STATS, TEST_COLUMNS, final_f1, summarize
 
 FOLD_KEYS = ["config", "prefix", "fold", "participant", "mode"]
 
@@ -81,8 +81,7 @@ def config_markdown(rows, varying, metric="f1"):
 def headline_line(row, varying, metric="f1"):
     name, f1_name = label(row, varying), METRICS[metric][2]
     if row["n_paired"] == 0:
-        f1 = row["personalized_f1_mean"] if row["personalized_f1_mean"] is not None else row["base_f1_mean"]
-        return f"{name}: {f1_name} {f1:.3f} (n={row['n']})"
+        return f"{name}: {f1_name} {final_f1(row, '_mean'):.3f} (n={row['n']})"
     return (f"{name}: {f1_name} {row['base_f1_mean']:.3f} -> {row['personalized_f1_mean']:.3f} "
             f"(gain {row['gain_mean']:+.3f}), responders {row['responders']}/{row['n_paired']}, "
             f"Wilcoxon p={row['wilcoxon_p']:.3g}")

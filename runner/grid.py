@@ -26,7 +26,8 @@ from dataset.synthetic import ensure_demo_data
 from engine import base_cache
 from engine.data import DataError, check_participants
 from engine.fileio import ConfigError, read_json, write_atomic
-from engine.flags import BASE_MODES, BY_NAME, check_args, job_argv, matters, settings_with_defaults
+from engine.flags import (BASE_MODES, BY_NAME, check_args, job_argv, matters, prefix_problem,
+                          settings_with_defaults)
 from runner.commands import job_counts
 
 GRID_KEYS = {"grid", "fixed", "folds", "prefix"}
@@ -118,6 +119,8 @@ def check_entries(spec, parser):
         raise GridError('"grid" and "fixed" must be objects of flag: values')
     if not isinstance(spec["prefix"], str) or not spec["prefix"].strip("/"):
         raise GridError(f'"prefix" must be a non-empty string, got {spec["prefix"]!r}')
+    if prefix_problem(spec["prefix"]):
+        raise GridError(f'"prefix": {prefix_problem(spec["prefix"])}')
     for section, entries in (("fixed", spec["fixed"]), ("grid", spec["grid"])):
         for flag, values in entries.items():
             if flag not in known:

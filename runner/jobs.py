@@ -49,6 +49,8 @@ def load_jobs(path):
                                                                             else [value])):
                 raise ConfigError(f"{where}.{key}: {json.dumps(value)} holds a control character "
                                   f"(NUL, newline, tab, ...); job values cannot")
+        if "prefix" in job and flags.prefix_problem(job["prefix"]):
+            raise ConfigError(f"{where}.prefix: {flags.prefix_problem(job['prefix'])}")
         if "job_id" not in job:
             settings = {k: v for k, v in job.items() if k not in NOT_FLAGS}
             job["job_id"] = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]

@@ -14,6 +14,7 @@ from engine import cli as engine_cli
 from engine.flags import job_argv
 from report import runs as report_runs
 from runner import grid
+from tiny_data import write_tiny_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 KEY_FLAGS = ["--participants", "a", "b", "c", "d"]
@@ -178,3 +179,13 @@ def test_main_restores_sigterm_and_logging_and_says_when_it_trained_a_base(tmp_p
     finally:
         signal.signal(signal.SIGTERM, previous)
         logger.removeHandler(own)
+
+
+@pytest.mark.parametrize("prefix", ["../../x", "/tmp/x", "a/../../b"])
+def test_a_prefix_that_leaves_the_experiments_folder_is_refused_in_one_line(prefix, tmp_path, capsys):
+    write_tiny_dataset(tmp_path / "data")
+    status = engine_cli.main(["--data_path", str(tmp_path / "data"), "--prefix", prefix, "--max_epochs", "1",
+                              "--experiments_dir", str(tmp_path / "exp")], enhanced=True)
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and len(err.splitlines()) == 1 and "results must stay inside --experiments_dir" in err
+    assert not (tmp_path / "exp").exists() and not list(tmp_path.glob("x*"))

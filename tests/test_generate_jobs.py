@@ -240,3 +240,10 @@ def test_generator_and_runner_count_jobs_alike(demo_cwd, capsys):
         {"servers": [{"host": "here", "local": True, "gpus": [0]}], "script_path": OCT1}))
     assert rdt.main(["--cluster-config", "cluster.json", "--jobs-config", "jobs.json", "--dry-run"]) == 0
     assert "# 12 jobs + 6 base-model jobs over 1 slot: here:0" in capsys.readouterr().out
+
+
+def test_a_grid_prefix_that_leaves_experiments_is_one_line(tmp_path):
+    for prefix in ("/abs", "../up"):
+        result = run_cli("--set", f"prefix={prefix}", "--print", "--script", OCT1, cwd=tmp_path)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1
+        assert "results must stay inside --experiments_dir" in result.stderr

@@ -329,3 +329,55 @@ def test_csv_missing_positive_label_lists_the_labels_found(tmp_path, capsys):
     assert status == 2 and err.count("\n") == 1, err
     assert "no row has label 'smoking'" in err
     assert "found: 'none' (30), 'Smoking' (10)" in err
+
+
+# ---------------------------------------------------------------- keeping and dropping labels
+
+
+def labelled_recording(path, labels):
+    """A recording whose channels are the sample index; labels are class names."""
+    return write_csv(path, ["t", "rec", "acc_x", "activity"], [(i, 0, 0.5 * i, text) for i, text in enumerate(labels)])
+
+
+LABELS = ["walk"] * 10 + ["transition"] * 5 + ["smoking"] * 10 + ["unlabelled"] * 5 + ["walk"] * 10
+NAMED = ["--channels", "t,rec,acc_x", "--label_column", "activity", "--positive_label", "smoking",
+         "--window_size", "4", "--stride", "2", "--split", "0.5,0.25,0.25", "--batch_size", "1"]
+
+
+def windows_of(folder):
+    """Every window of every split, as the sample indices (channel t) it holds."""
+    return [X[k, 0].tolist() for split in SPLITS for X in [load(folder, "p1", split)[0]] for k in range(len(X))]
+
+
+@pytest.mark.parametrize("flag, value", [("--drop_labels", "transition,unlabelled"),
+                                         ("--keep_labels", "walk,smoking")])
+def test_dropped_labels_leave_no_window_and_none_spans_them(tmp_path, capsys, flag, value):
+    labelled_recording(tmp_path / "raw" / "p1" / "r.csv", LABELS)
+    status, out, err = run_main(capsys, "csv", "--input_dir", tmp_path / "raw", "--output_dir", tmp_path / "out",
+                                *NAMED, flag, value)
+    assert status == 0, err
+    dropped = {i for i, text in enumerate(LABELS) if text in ("transition", "unlabelled")}
+    windows = windows_of(tmp_path / "out")
+    assert windows and not [w for w in windows if dropped & set(w)]
+    # A window holds consecutive samples only: none bridges the rows left out.
+    assert all(w == list(range(int(w[0]), int(w[0]) + 4)) for w in windows)
+    assert "p1: 10 of 40 samples dropped by their label" in err
+
+    # Without the flag the same recording has windows over those rows.
+    status, _, err = run_main(capsys, "csv", "--input_dir", tmp_path / "raw", "--output_dir", tmp_path / "all",
+                              *NAMED)
+    assert status == 0 and [w for w in windows_of(tmp_path / "all") if dropped & set(w)]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--drop_labels", "Transition"], "--drop_labels 'Transition': no row has this label in column 'activity'"),
+    (["--keep_labels", "walk"], "--keep_labels walk leaves out --positive_label 'smoking'"),
+    (["--keep_labels", "walk", "--drop_labels", "smoking"], "not allowed with argument"),
+])
+def test_a_label_value_not_present_or_leaving_out_the_positive_one_is_one_line(tmp_path, capsys, args, message):
+    labelled_recording(tmp_path / "raw" / "p1" / "r.csv", LABELS)
+    status, _, err = run_main(capsys, "csv", "--input_dir", tmp_path / "raw", "--output_dir", tmp_path / "out",
+                              *NAMED, *args)
+    errors = [line for line in err.splitlines() if "error:" in line]  # argparse prints its usage first
+    assert status == 2 and len(errors) == 1 and message in errors[0]
+    assert not (tmp_path / "out").exists()

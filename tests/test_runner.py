@@ -20,7 +20,7 @@ from runner import ledger as run_ledger
 from runner.config import PROG, check_server, load_cluster_config
 from runner.jobs import load_jobs
 from runner.plan import Plan, Task
-from runner.report import print_report_headline
+from runner.report import print_report_headline, summary_lines
 from runner.ssh import hosts, shell
 from runner.ssh.transfer import HostTransfer
 
@@ -375,3 +375,23 @@ def test_a_timed_out_job_gets_time_to_clean_up_and_nothing_after_it_runs(tmp_pat
     finally:
         host.close()
     assert result.timed_out and (tmp_path / "cleaned").exists() and "never" not in result.stdout
+
+
+def test_a_prefix_that_leaves_experiments_is_refused_before_anything_runs(fake_script, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    jobs = write_json(tmp_path / "jobs.json", [{"prefix": "../../out", "fold": 0, "job_id": "up"}])
+    assert rdt.main(["--cluster-config", local_cluster(tmp_path, fake_script), "--jobs-config", jobs]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "job 0.prefix" in err and "inside --experiments_dir" in err
+    assert not (tmp_path / "runs" / "jobs" / "ledger.jsonl").exists()
+
+
+def test_the_summary_counts_base_model_jobs_apart_from_the_jobs_not_run(tmp_path):
+    tasks = [Task({"job_id": "b"}), Task({"job_id": "base-k"}, builds="k"), Task({"job_id": "a"}, needs="k")]
+    plan = Plan(tasks, run_ledger.Ledger(tmp_path / "ledger.jsonl"), tmp_path)
+    [b] = plan.take()
+    plan.start([b])
+    plan.succeeded(b)  # then Ctrl-C: the base model and its dependent never ran
+    line = summary_lines(plan, 0, 1.0)[0]
+    assert line.startswith("1 done, 0 failed, 0 cancelled, 0 blocked, 0 skipped (finished earlier), 1 not run "
+                           "(and 1 base-model jobs)")

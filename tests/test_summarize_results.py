@@ -179,10 +179,10 @@ def test_per_fold_edge_cases(experiments):
     # Zero gain is 0, not blank, and the gain is free of float noise (0.85 - 0.8 is not 0.05 in floats).
     half = rows_of(fold_rows, target_data_pct=0.5)
     assert [r["gain"] for r in half] == [0.1, 0.0, 0.05, 0.05]
-    # target_only rows: no base, no gain, their own F1 is the personalized one.
+    # target_only rows: no base, no gain, and their own F1 under target-only, not under personalized.
     to = rows_of(fold_rows, mode="target_only")
     assert [(r["base_f1"], r["personalized_f1"], r["gain"], r["target_only_f1"]) for r in to] == [
-        (None, 0.6, None, None), (None, 0.65, None, None), (None, 0.75, None, None)]
+        (None, None, None, 0.6), (None, None, None, 0.65), (None, None, None, 0.75)]
 
 
 def test_target_only_match_needs_equal_settings_except_base_phase_ones(tmp_path):
@@ -244,7 +244,7 @@ def test_per_config_zero_gain_single_values_and_unpaired_modes(experiments):
     assert (tft["wilcoxon_w"], tft["wilcoxon_p"], tft["responders"]) == (1.0, 1.0, 1)
     to = only(config_rows, mode="target_only")
     assert (to["n"], to["n_paired"], to["responders"], to["wilcoxon_p"]) == (3, 0, None, None)
-    assert to["personalized_f1_mean"] == pytest.approx(2 / 3)
+    assert to["target_only_f1_mean"] == pytest.approx(2 / 3) and to["personalized_f1_mean"] is None
     assert to["best_target_epoch_sd"] == 0.0
 
 
