@@ -102,11 +102,11 @@ def build_parser():
                     "gyr_x..z in rad/s. Positive windows: repeated puffs.")
     syn.add_argument("--output_dir", required=True, help="folder to write (required, no default)")
     syn.add_argument("--n_participants", type=positive_int, default=6, help="participants (default 6)")
-    syn.add_argument("--window_size", type=positive_int, default=3000,
-                     help="samples per window (default 3000 = 60 s at 50 Hz)")
-    syn.add_argument("--n_train", type=positive_int, default=120, help="train windows per participant (default 120)")
-    syn.add_argument("--n_val", type=positive_int, default=40, help="val windows per participant (default 40)")
-    syn.add_argument("--n_test", type=positive_int, default=40, help="test windows per participant (default 40)")
+    syn.add_argument("--window_size", type=positive_int, default=synthetic.DEMO_WINDOW,
+                     help=f"samples per window (default {synthetic.DEMO_WINDOW} = 10 s at 50 Hz)")
+    for split, n in zip(("train", "val", "test"), synthetic.DEMO_SIZES):
+        syn.add_argument(f"--n_{split}", type=positive_int, default=n,
+                         help=f"{split} windows per participant (default {n})")
     syn.add_argument("--seed", type=int, default=0, help="seeds every draw (default 0)")
     syn.add_argument("--overwrite", action="store_true",
                      help="replace a non-empty output folder (default off)")

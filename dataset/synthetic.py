@@ -15,6 +15,8 @@ from engine.data import SPLITS
 from engine.flags import DEMO_DATA_PATH
 
 FS = 50  # samples per second of the synthetic sensor
+DEMO_WINDOW = 500  # 10 s windows
+DEMO_SIZES = (240, 80, 80)  # train, val and test windows per participant
 
 # A gesture's style: peak pitch of the forearm (deg), forearm roll at the top
 # (deg), hold at the top (s), time to raise and to lower (s), time between
@@ -23,10 +25,11 @@ FS = 50  # samples per second of the synthetic sensor
 STYLE_SCALE = np.array([20.0, 35.0, 0.5, 0.35, 0.3])
 IS_TIME = np.array([False, False, True, True, True])
 # A puff is held longer, with more roll, slower and less often than the
-# eating-like confounder: about 2.4 style units apart.
-PUFF_STYLE = np.array([55.0, 60.0, 1.6, 0.9, 12.0])
-CONFOUNDER_STYLE = np.array([50.0, 30.0, 0.7, 0.7, 8.0])
-DRINK_STYLE = np.array([80.0, 70.0, 2.5, 1.0, 25.0])
+# eating-like confounder: about 3.6 style units apart. Repetitions come every few
+# seconds, so a 10 s window of a session holds one to three of them.
+PUFF_STYLE = np.array([55.0, 70.0, 2.0, 0.9, 5.0])
+CONFOUNDER_STYLE = np.array([50.0, 20.0, 0.5, 0.7, 3.5])
+DRINK_STYLE = np.array([80.0, 70.0, 2.5, 1.0, 10.0])
 FIDGET_STYLE = np.array([15.0, 10.0, 0.4, 0.5, 7.0])
 # Each participant moves all their gestures by a personal style offset with
 # this standard deviation per style unit: a third of the puff-confounder
@@ -44,6 +47,10 @@ KIND_STYLES = np.array([FIDGET_STYLE, PUFF_STYLE, CONFOUNDER_STYLE, DRINK_STYLE,
 NEGATIVE_KINDS = [NONE, CONFOUNDER, DRINK, FIDGET]
 NEGATIVE_CHANCES = [0.2, 0.4, 0.15, 0.25]
 WALK_CHANCE = 0.35  # any window may include a stretch of walking
+# The share of positive windows whose content is a negative one, and the same number of negative
+# windows holding puffs: what coarse annotations do. The loss cannot reach zero, so early stopping
+# fires once the model has learnt what can be learnt (tens of epochs, not hundreds of slow creep).
+MISLABELLED = 0.15
 
 
 def participant_names(n_participants):
@@ -189,8 +196,8 @@ def _n_positive(rate, n):
     return min(max(k, 1), n - 1) if n >= 2 else k
 
 
-def synthetic_splits(n_participants=6, window_size=3000, n_train=120, n_val=40,
-                     n_test=40, seed=0):
+def synthetic_splits(n_participants=6, window_size=DEMO_WINDOW, n_train=DEMO_SIZES[0], n_val=DEMO_SIZES[1],
+                     n_test=DEMO_SIZES[2], seed=0):
     """{(participant, split): (X, y)} of the synthetic dataset, in memory."""
     if n_participants < 2:
         raise DatasetError(f"--n_participants must be >= 2, got {n_participants}")
@@ -211,13 +218,18 @@ def synthetic_splits(n_participants=6, window_size=3000, n_train=120, n_val=40,
             rng.shuffle(y)
             kinds = rng.choice(NEGATIVE_KINDS, p=NEGATIVE_CHANCES, size=n)
             kinds[y == 1] = PUFF
+            # Coarse annotations: some labelled windows hold no puff, as many unlabelled ones do.
+            positives, negatives = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+            k = min(int(round(MISLABELLED * len(positives))), len(negatives))
+            kinds[rng.choice(positives, k, replace=False)] = rng.choice(NEGATIVE_KINDS, p=NEGATIVE_CHANCES, size=k)
+            kinds[rng.choice(negatives, k, replace=False)] = PUFF
             X = synthetic_windows(profile, kinds, window_size, rng)
             splits[(name, split)] = (torch.from_numpy(X), torch.from_numpy(y))
     return splits
 
 
-def write_synthetic_dataset(output_dir, n_participants=6, window_size=3000, n_train=120,
-                            n_val=40, n_test=40, seed=0, overwrite=False):
+def write_synthetic_dataset(output_dir, n_participants=6, window_size=DEMO_WINDOW, n_train=DEMO_SIZES[0],
+                            n_val=DEMO_SIZES[1], n_test=DEMO_SIZES[2], seed=0, overwrite=False):
     """Write the synthetic dataset to output_dir; return the participant names."""
     splits = synthetic_splits(n_participants, window_size, n_train, n_val, n_test, seed)
     write_splits(splits, output_dir, overwrite)

@@ -231,8 +231,9 @@ def finish_fold(args, model, device, final, participants, target_name, base_name
                  base_participants=base_names, n_channels=int(n_channels), window_size=int(window_size),
                  device=str(device), script=Path(sys.argv[0]).name, cuda_graphs_used=target["cuda_graphs"],
                  **(extra_hyper or {}))
-    log.info(f"base model on {target_name}'s test: "
-             + (f"f1 {base_test[1]:.3f}" if base_test else "none") + f"; personalized: f1 {personal_test[1]:.3f}")
+    gain = f" (gain {personal_test[1] - base_test[1]:+.3f})" if base_test else ""
+    log.info(f"base model on {target_name}'s test: " + (f"f1 {base_test[1]:.3f}" if base_test else "none")
+             + f"; personalized: f1 {personal_test[1]:.3f}{gain}")
     files = {"hyperparameters.json": hyper, "metrics.json": metrics, "losses.json": curve_axis(base, target),
              "provenance.json": provenance.record(device, fingerprint, started_at)}
     publish(final, files, target["state"], args.overwrite)

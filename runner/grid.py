@@ -35,7 +35,7 @@ GRID_KEYS = {"grid", "fixed", "folds", "prefix"}
 RESERVED_FLAGS = {"fold", "prefix", "print_base_key"}
 DEFAULT_GRID = {
     "grid": {"mode": ["full_fine_tuning", "target_only"]},
-    "fixed": {"max_epochs": 100},
+    "fixed": {},
     "folds": "all",
     "prefix": "demo_grid",
 }
