@@ -23,13 +23,36 @@ class CaptureError(Exception):
     """Capturing a step failed; the message is one line saying why."""
 
 
-def _on_side_stream(work):
-    """Run work() on a side stream (the warm-up torch.cuda.graph needs), then rejoin."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        work()
-    torch.cuda.current_stream().wait_stream(stream)
+class CudaGraphs:
+    """The CUDA side of a capture: a side stream for the warm-up and a graph to capture into.
+    Everything else here is plain torch; tests put an eager stand-in in GRAPHS to run it all on
+    the CPU (tests/test_cuda_graphs.py)."""
+
+    def warm_up(self, work):
+        """work() on a side stream, as torch.cuda.graphs' docs ask; rejoined however it ends."""
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        try:
+            with torch.cuda.stream(stream):
+                work()
+        finally:
+            torch.cuda.current_stream().wait_stream(stream)
+
+    def capture(self, work, before):
+        """A graph whose replay() does what before() then work() do: before() runs once, eagerly,
+        and work() is captured."""
+        before()
+        graph, stream = torch.cuda.CUDAGraph(), torch.cuda.current_stream()
+        try:
+            with torch.cuda.graph(graph):
+                work()
+        finally:  # a failed capture must not leave the eager fallback on the capture stream
+            torch.cuda.set_stream(stream)
+            torch.cuda.synchronize()
+        return graph
+
+
+GRAPHS = CudaGraphs()
 
 
 def _describe(error):
@@ -37,19 +60,14 @@ def _describe(error):
 
 
 def capture(step, what, before_capture=None):
-    """step() as a CUDA graph to replay: run WARMUP_STEPS times on a side stream, then
-    before_capture() if given, then captured. CaptureError (one line, naming `what`)
-    when an op cannot be captured. engine.packed_step captures its packed step with it too."""
-    graph = torch.cuda.CUDAGraph()
+    """step() as a graph to replay: run WARMUP_STEPS times on a side stream, then before_capture()
+    if given, then captured. CaptureError (one line, naming `what`) when an op cannot be captured.
+    engine.packed_step captures its packed step with it too."""
     try:
-        _on_side_stream(lambda: [step() for _ in range(WARMUP_STEPS)])
-        if before_capture is not None:
-            before_capture()
-        with torch.cuda.graph(graph):
-            step()
+        GRAPHS.warm_up(lambda: [step() for _ in range(WARMUP_STEPS)])
+        return GRAPHS.capture(step, before_capture or (lambda: None))
     except Exception as error:  # any op that cannot be captured
         raise CaptureError(f"{what}: {_describe(error)}") from None
-    return graph
 
 
 class GraphedTraining:

@@ -27,6 +27,7 @@ def graphs_wanted(setting, device):
 
 
 def resolve_device(spec):
+    """The torch.device --device names (checked; a CUDA one made the current device)."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec.isdigit():
@@ -40,6 +41,8 @@ def resolve_device(spec):
             raise ConfigError(f"--device {spec}: CUDA is not available on this machine")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) visible")
+        if device.index is not None:  # side streams and graphs go to the current device: make it this one
+            torch.cuda.set_device(device)
     elif device.type != "cpu":
         raise ConfigError(f"--device {spec!r}: expected auto, cpu, cuda, cuda:N or N")
     return device

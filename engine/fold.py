@@ -122,7 +122,7 @@ def obtain_base(args, base_names, base_data, n_channels, device, fingerprint):
     def train():
         started = provenance.now()
         result = train_base_model(args, base_data, n_channels, device)
-        return dict(result, provenance=provenance.record(device, fingerprint, started))
+        return dict(result, provenance=provenance.record(device, fingerprint, started, result))
     if not getattr(args, "base_cache_dir", None) or args.no_base_cache:
         return train(), None
     key = base_cache.base_key(args, base_names)
@@ -181,12 +181,11 @@ def run_fold(args):
         print(f"BASE_MODEL {base_entry.path}")
         return None
 
-    tensors = place([*target_train, *target_val], device)
-    target_train, target_val = tuple(tensors[:2]), tuple(tensors[2:])
-    base_train = None
-    if args.mode == "full_fine_tuning":
-        base_train = tuple(place(list(concat([base_data[p][s] for p in base_names for s in ("train", "val")])),
-                                 device))
+    # One decision for every tensor of the phase: the composed loader needs them on one device.
+    base_train = concat([base_data[p][s] for p in base_names for s in ("train", "val")]) \
+        if args.mode == "full_fine_tuning" else ()
+    tensors = place([*target_train, *target_val, *base_train], device)
+    target_train, target_val, base_train = tuple(tensors[:2]), tuple(tensors[2:4]), tuple(tensors[4:]) or None
     # The target phase has its own seed so it is the same whether the base was trained or reused.
     loader_gen, augment_gen = phase_generators(args.seed + 1000, device)
     model = build_model(args.model, n_channels, fast_kernels(args, device)).to(device)
@@ -235,7 +234,7 @@ def finish_fold(args, model, device, final, participants, target_name, base_name
     log.info(f"base model on {target_name}'s test: " + (f"f1 {base_test[1]:.3f}" if base_test else "none")
              + f"; personalized: f1 {personal_test[1]:.3f}{gain}")
     files = {"hyperparameters.json": hyper, "metrics.json": metrics, "losses.json": curve_axis(base, target),
-             "provenance.json": provenance.record(device, fingerprint, started_at)}
+             "provenance.json": provenance.record(device, fingerprint, started_at, target)}
     publish(final, files, target["state"], args.overwrite)
 
 

@@ -23,8 +23,9 @@ member finishes, its solo run's lines (`RESULT_DIR <folder>`, or `BASE_KEY <key>
 and `BASE_MODEL <path>` for base_only), then `MEMBER_DONE <i>`, i its 0-based
 position in the jobs list (a base_only member finishes once its base model is in
 the cache). A skipped member prints no MEMBER_DONE; no other line starts with
-MEMBER_DONE. A folder that cannot be published ends the whole pack (exit 2 for a one-line error, 1 for
-an OS error): the
+MEMBER_DONE. When the device runs out of memory, the pack prints `PACK_OUT_OF_MEMORY <size>` and exits 3
+(the runner runs its unfinished members again in packs half as big). A folder that cannot be published
+ends the whole pack (exit 2 for a one-line error, 1 for an OS error): the
 members finished before keep their folders and MEMBER_DONE lines, the others print
 none (the SSH runner then runs those alone).
 """
@@ -33,6 +34,7 @@ import functools
 import hashlib
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -55,6 +57,7 @@ from engine.phase import phase_generators
 from engine.runlog import setup_logging
 
 log = logging.getLogger("experiment")
+OUT_OF_MEMORY = "PACK_OUT_OF_MEMORY"  # printed, with the pack's size, when the device runs out of memory
 
 
 # ---------------------------------------------------------------- members
@@ -107,8 +110,9 @@ def pack_id(members):
 
 
 class Store:
-    """All participants' splits concatenated once (on the device when it fits);
-    a member's windows are index tensors into it."""
+    """The splits of the participants a pack needs, concatenated once (on the device when they
+    fit): one copy of the data for every member, base and target packs alike; a member's windows
+    are index tensors into it."""
 
     def __init__(self, data, device):
         parts, self.ranges, start = [], {}, 0
@@ -130,6 +134,17 @@ class Store:
         return (self.X[index].to(self.device, non_blocking=True),
                 self.y[index].to(self.device, non_blocking=True))
 
+    def gather_into(self, index, x, y):
+        """The windows at index (of any shape) into x and y, shaped index.shape + a window's: one
+        indexed read of the store (and one copy, when the store stays in host memory)."""
+        flat = index.reshape(-1)
+        if self.X.device == x.device:
+            torch.index_select(self.X, 0, flat, out=x.view(-1, *self.X.shape[1:]))
+            torch.index_select(self.y, 0, flat, out=y.view(-1))
+        else:
+            x.copy_(self.X[flat].view(x.shape), non_blocking=True)
+            y.copy_(self.y[flat].view(y.shape), non_blocking=True)
+
 
 # ---------------------------------------------------------------- the pack
 
@@ -150,7 +165,7 @@ def run_pack(members, size, identity):
     model = build_model(first.model, 1)
     if any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
         raise ConfigError(f"--model {first.model} uses dropout, whose random masks a pack cannot "
-                                     "draw as the solo runs do; run its jobs with oct1_train.py")
+                          "draw as the solo runs do; run its jobs with oct1_train.py")
     todo, finals = [], set()
     for member, args in enumerate(members):
         target_name, base_names = resolve_fold(participants, args.fold, args.n_base_participants)
@@ -166,7 +181,8 @@ def run_pack(members, size, identity):
         todo.append((member, args, target_name, base_names, final))
     if not todo:
         return []
-    data = load_participants(first.data_path, participants, first.window_size)
+    needed = [p for p in participants if any(p == target or p in bases for _, _, target, bases, _ in todo)]
+    data = load_participants(first.data_path, needed, first.window_size)
     store = Store(data, device)
     n_channels = store.X.shape[1]
     model = build_model(first.model, n_channels, fast_kernels(first, device)).to(device)
@@ -177,14 +193,13 @@ def run_pack(members, size, identity):
     folds = []
     for member, args, target_name, base_names, final in todo:
         target_train = subsample(*store.indices([target_name], ["train"]), args.target_data_pct,
-                                            args.seed, args.target_count)
-        target_val = subsample(*store.indices([target_name], ["val"]), args.target_val_pct,
-                                          args.seed + 3)
+                                 args.seed, args.target_count)
+        target_val = subsample(*store.indices([target_name], ["val"]), args.target_val_pct, args.seed + 3)
         base_train = store.indices(base_names, ["train", "val"]) if base_names else None
         check_composition(args, len(target_train[0]), len(base_train[0]) if base_train else 0)
         folds.append({"member": member, "args": args, "target": target_name, "base_names": base_names,
                       "final": final, "fingerprint": fingerprint(frozenset([target_name, *base_names])),
-                      "target_train": target_train, "target_val": store.gather(target_val[0]),
+                      "target_train": target_train, "target_val": target_val[0],
                       "base_train": base_train})
 
     bases = obtain_bases(folds, model, store, n_channels, fingerprint)
@@ -207,10 +222,9 @@ def run_pack(members, size, identity):
 
     def finish(i, target):
         fold = fold_of_job[i]
-        finish_fold(fold["args"], model, device, fold["final"], participants, fold["target"],
-                               fold["base_names"], fold["target_val"], data[fold["target"]]["test"], fold["base"],
-                               fold["entry"], target, started, fold["fingerprint"], started_at,
-                               {"pack_size": size, "pack_id": identity})
+        finish_fold(fold["args"], model, device, fold["final"], participants, fold["target"], fold["base_names"],
+                    store.gather(fold["target_val"]), data[fold["target"]]["test"], fold["base"], fold["entry"],
+                    target, started, fold["fingerprint"], started_at, {"pack_size": size, "pack_id": identity})
         announce(fold["member"], f"RESULT_DIR {fold['final']}")
         published.append(fold["final"])
 
@@ -262,7 +276,7 @@ def obtain_bases(folds, model, store, n_channels, fingerprint):
         group = missing[keys[i]]
         args, names = group[0]["args"], group[0]["base_names"]
         base_files = fingerprint(frozenset(names))
-        trained["provenance"] = provenance.record(store.device, base_files, started)
+        trained["provenance"] = provenance.record(store.device, base_files, started, trained)
         entry = None
         if cached:
             entry = base_cache.get_or_train(first.base_cache_dir, keys[i], base_files,
@@ -285,8 +299,8 @@ def base_job(fold, store, n_channels):
     loader_gen, augment, state = seeded_start(args, args.seed, n_channels, store.device)
     loader = TensorBatchLoader(*store.indices(names, ["train", "val"]), args.batch_size, shuffle=True,
                                generator=loader_gen)
-    return PhaseJob(f"base {fold['key']}", state, loader, store.gather(stop[0]), args.early_stopping_patience,
-                    augment, 1, args.lr)
+    return PhaseJob(f"base {fold['key']}", state, loader, stop[0], args.early_stopping_patience, augment, 1,
+                    args.lr)
 
 
 def main(jobs_path, json_text, prog="pack_train.py"):
@@ -299,6 +313,13 @@ def main(jobs_path, json_text, prog="pack_train.py"):
         apply_threads(members[0])
         ensure_demo_data(members[0].data_path)
         setup_logging(log_path)
-        run_pack(members, len(members), pack_id(members))
+        try:
+            run_pack(members, len(members), pack_id(members))
+        except torch.OutOfMemoryError:
+            # The runner runs the unfinished members again in smaller packs (CONTRACTS.md).
+            print(f"{OUT_OF_MEMORY} {len(members)}", flush=True)
+            print(f"{prog}: error: the device ran out of memory with {len(members)} members in one process; the "
+                  f"finished ones are published, run the others in smaller packs", file=sys.stderr)
+            return 3
         return 0
     return run_cli(prog, work, "finished members stay published, the others are not")

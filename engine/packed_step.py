@@ -15,7 +15,7 @@ from torch.func import functional_call, vmap
 
 from engine.device import graphs_wanted
 from engine.fileio import ConfigError
-from engine.metrics import evaluate, loss_and_f1
+from engine.metrics import loss_and_f1
 from engine.phase import CURVES
 
 log = logging.getLogger("experiment")
@@ -24,7 +24,8 @@ BETAS, EPS, WEIGHT_DECAY = (0.9, 0.999), 1e-8, 1e-2
 
 
 class PhaseJob:
-    """What one member trains in one phase: its start, batches, validation set and patience."""
+    """What one member trains in one phase: its start, batches (a loader over indices into the
+    pack's store), validation windows (indices into the store) and patience."""
 
     def __init__(self, label, state, loader, val, patience, augment, first_epoch, lr):
         self.label, self.state, self.loader, self.val = label, state, loader, val
@@ -81,17 +82,19 @@ class PackedStep:
     """One training step of every member at once, over fixed buffers, so that it can be
     captured as one CUDA graph and replayed for every step, partial batches included.
 
-    load() copies each stepping member's batch into x and y, zero-padded to batch_size;
-    sizes holds its window count (0 for a member not stepping now). The loss weighs the
-    padding out and the optimizer leaves members outside `active` as they are. Each
-    member's [loss * n, tp, fp, fn, tn] adds up in counts (a row per member).
+    load() gathers every stepping member's batch from the store into x and y in one indexed
+    operation (rows past a member's window count are padding); sizes holds its window count
+    (0 for a member not stepping now). The loss weighs the padding out and the optimizer leaves
+    members outside `active` as they are. Each member's [loss * n, tp, fp, fn, tn] adds up in
+    counts (a row per member).
     """
 
-    def __init__(self, model, stacked, optimizer, batch_size, window_shape, device):
-        k = len(optimizer.lr)
-        self.model, self.stacked, self.optimizer = model, stacked, optimizer
-        self.x = torch.zeros((k, batch_size, *window_shape), device=device)
+    def __init__(self, model, stacked, optimizer, batch_size, store):
+        k, device = len(optimizer.lr), store.device
+        self.model, self.stacked, self.optimizer, self.store = model, stacked, optimizer, store
+        self.x = torch.zeros((k, batch_size, *store.X.shape[1:]), device=device)
         self.y = torch.zeros((k, batch_size), device=device)
+        self.index = torch.zeros((k, batch_size), dtype=torch.long, device=store.X.device)
         self.sizes = torch.zeros(k, dtype=torch.long, device=device)
         self.active = torch.zeros(k, dtype=torch.bool, device=device)
         self.positions = torch.arange(batch_size, device=device)
@@ -125,15 +128,18 @@ class PackedStep:
                 p.grad = None
         self.counts.zero_()
 
-    def load(self, batches):
-        """batches: {member: (x, y)} of the members that step now. Only device-side writes
-        (no copy from host memory), so nothing waits for the previous step to finish."""
-        for i in range(len(self.x)):
-            n = len(batches[i][1]) if i in batches else 0
-            if n:
-                self.x[i, :n], self.y[i, :n] = batches[i]
-            self.x[i, n:], self.y[i, n:] = 0, 0
-            self.sizes[i] = n
+    def load(self, batches, augments):
+        """batches: {member: index tensor into the store} of the members that step now; augments:
+        {member: its augmenter}, applied to its real windows only, with its own generator."""
+        sizes = [0] * len(self.x)
+        for i, index in batches.items():
+            self.index[i, :len(index)] = index
+            sizes[i] = len(index)
+        self.store.gather_into(self.index, self.x, self.y)
+        for i, augment in augments.items():
+            if sizes[i]:
+                self.x[i, :sizes[i]] = augment(self.x[i, :sizes[i]])
+        self.sizes.copy_(torch.tensor(sizes))
         self.active.copy_(self.sizes > 0)
 
     def run(self):
@@ -143,6 +149,47 @@ class PackedStep:
             self._compute()
 
 
+class PackedValidation:
+    """Every member's validation windows scored in one vmapped pass per chunk of CHUNK windows
+    a member: [loss sum, tp, fp, fn, tn] per member, as engine.metrics.evaluation_counts gives a
+    solo run (the windows past a member's own count are padding, left out)."""
+
+    CHUNK = 512
+
+    def __init__(self, model, stacked, store, indices):
+        self.model, self.stacked, self.store = model, stacked, store
+        longest = max(len(index) for index in indices)
+        self.index = torch.zeros((len(indices), longest), dtype=torch.long, device=store.X.device)
+        for i, index in enumerate(indices):
+            self.index[i, :len(index)] = index
+        self.sizes = torch.tensor([len(index) for index in indices], device=store.device)
+
+    def _forward(self, member_tensors, x):
+        return functional_call(self.model, member_tensors, (x,))
+
+    @torch.no_grad()
+    def counts(self):
+        counts = torch.zeros((len(self.index), 5), device=self.store.device)
+        k, longest = self.index.shape
+        for start in range(0, longest, self.CHUNK):
+            index = self.index[:, start:start + self.CHUNK]
+            x = torch.empty((k, index.shape[1], *self.store.X.shape[1:]), device=self.store.device)
+            y = torch.empty(index.shape, device=self.store.device)
+            self.store.gather_into(index, x, y)
+            logits = vmap(self._forward)(self.stacked, x)
+            real = (start + torch.arange(index.shape[1], device=x.device)) < self.sizes.view(-1, 1)
+            per_window = F.binary_cross_entropy_with_logits(logits, y, reduction="none") * real
+            means = per_window.sum(dim=1) / real.sum(dim=1).clamp(min=1)  # member_counts scales them back
+            counts += member_counts(logits, y, means, real)
+        return counts
+
+
+def stack_states(states, device):
+    """{name: the members' tensors stacked} on the device. Each moves there first: a pack's starts
+    come from the cache (host memory), from its own base pack (the device) or are fresh."""
+    return {name: torch.stack([state[name].to(device) for state in states]) for name in states[0]}
+
+
 def member_state(stacked, i):
     return {name: tensor[i].detach().clone() for name, tensor in stacked.items()}
 
@@ -150,16 +197,16 @@ def member_state(stacked, i):
 def train_pack(phase, jobs, model, store, batch_size, max_epochs, cuda_graphs, on_done):
     """Train every job's model together until each has stopped; on_done(i, result) is
     called as job i stops, with what engine.phase.train_phase returns for a solo run.
-    cuda_graphs: --cuda_graphs auto|on|off."""
+    store: the pack's data (engine.pack.Store). cuda_graphs: --cuda_graphs auto|on|off."""
     k, device = len(jobs), store.device
-    names = [name for name, _ in model.named_parameters()]
-    stacked = {name: torch.stack([job.state[name] for job in jobs]).to(device) for name in model.state_dict()}
-    params = {name: stacked[name].requires_grad_() for name in names}
+    stacked = stack_states([job.state for job in jobs], device)
+    params = {name: stacked[name].requires_grad_() for name, _ in model.named_parameters()}
     optimizer = StackedAdamW(params, [job.lr for job in jobs], device)
     model.eval()  # the same as train mode for models without dropout (checked before)
-    step = PackedStep(model, stacked, optimizer, batch_size, store.X.shape[1:], device)
+    step = PackedStep(model, stacked, optimizer, batch_size, store)
     if graphs_wanted(cuda_graphs, device):
         step.capture(cuda_graphs)
+    validation = PackedValidation(model, stacked, store, [job.val for job in jobs])
 
     tracks = [{"curves": {name: [] for name in CURVES}, "best": None, "best_f1": None,
                "best_f1_epoch": None, "stale": 0, "windows": 0, "seconds": 0.0} for _ in jobs]
@@ -171,41 +218,35 @@ def train_pack(phase, jobs, model, store, batch_size, max_epochs, cuda_graphs, o
         step.counts.zero_()
         seen = {i: 0 for i in running}
         for number in range(n_steps):
-            inputs = {}
-            for i in running:
-                if number < len(jobs[i].loader):
-                    index, _ = next(batches[i])
-                    x, y = store.gather(index)
-                    if jobs[i].augment is not None:
-                        x = jobs[i].augment(x)
-                    inputs[i] = (x, y)
-                    seen[i] += len(y)
-            step.load(inputs)
+            stepping = [i for i in running if number < len(jobs[i].loader)]
+            indices = {i: next(batches[i])[0] for i in stepping}
+            for i in stepping:
+                seen[i] += len(indices[i])
+            step.load(indices, {i: jobs[i].augment for i in stepping if jobs[i].augment is not None})
             step.run()
-        counts = step.counts.cpu()  # waits for the epoch's steps (queued, on a GPU), so elapsed includes them
+        val_counts = validation.counts()
+        counts, val_counts = step.counts.cpu(), val_counts.cpu()  # waits for the epoch's work (queued, on a GPU)
         elapsed = time.perf_counter() - start
         for i in list(running):
-            if end_epoch(phase, jobs[i], tracks[i], model, stacked, i, epoch, counts[i], seen[i], elapsed,
+            if end_epoch(phase, jobs[i], tracks[i], stacked, i, epoch, counts[i], seen[i], val_counts[i], elapsed,
                          max_epochs):
                 running.remove(i)
-                on_done(i, phase_result(tracks[i], step.graph is not None))
+                on_done(i, phase_result(tracks[i], step.graph is not None, model.fast_kernels))
         if not running:
             break
 
 
-def end_epoch(phase, job, track, model, stacked, i, epoch, counts, n, elapsed, max_epochs):
+def end_epoch(phase, job, track, stacked, i, epoch, counts, n, val_counts, elapsed, max_epochs):
     """Record member i's epoch as train_phase does; True when it stops here."""
     train_loss, train_f1 = loss_and_f1(counts, n)
-    state = member_state(stacked, i)
-    model.load_state_dict(state)
-    val_loss, val_f1 = evaluate(model, *job.val, job.val[0].device)
+    val_loss, val_f1 = loss_and_f1(val_counts, len(job.val))
     track["windows"] += n
     track["seconds"] += elapsed
     for name, value in zip(CURVES, (train_loss, val_loss, train_f1, val_f1)):
         track["curves"][name].append(value)
     number = job.first_epoch + epoch
     if track["best"] is None or val_loss < track["best"]["val_loss"]:
-        track["best"] = {"epoch": number, "val_loss": val_loss, "val_f1": val_f1, "state": state}
+        track["best"] = {"epoch": number, "val_loss": val_loss, "val_f1": val_f1, "state": member_state(stacked, i)}
         track["stale"] = 0
     else:
         track["stale"] += 1
@@ -216,10 +257,10 @@ def end_epoch(phase, job, track, model, stacked, i, epoch, counts, n, elapsed, m
     return track["stale"] >= job.patience or epoch + 1 == max_epochs
 
 
-def phase_result(track, cuda_graphs_used):
+def phase_result(track, cuda_graphs_used, fast_kernels):
     best = track["best"]
     return {"best_epoch": best["epoch"], "best_val_loss": best["val_loss"], "val_f1_at_best_loss": best["val_f1"],
             "best_val_f1": track["best_f1"], "best_val_f1_epoch": track["best_f1_epoch"], "state": best["state"],
             "curves": track["curves"], "epochs_run": len(track["curves"]["train_loss"]),
             "windows_per_s": track["windows"] / track["seconds"] if track["seconds"] else None,
-            "cuda_graphs": cuda_graphs_used}
+            "cuda_graphs": cuda_graphs_used, "fast_kernels": fast_kernels}

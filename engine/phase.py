@@ -141,4 +141,5 @@ def train_phase(phase, model, loader, val, args, patience, device, augment, firs
     return {"best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
             "val_f1_at_best_loss": best["val_f1"], "best_val_f1": best_f1, "best_val_f1_epoch": best_f1_epoch,
             "state": best["state"], "curves": curves, "epochs_run": epochs_run,
-            "windows_per_s": windows / seconds if seconds else None, "cuda_graphs": training is not None}
+            "windows_per_s": windows / seconds if seconds else None, "cuda_graphs": training is not None,
+            "fast_kernels": getattr(model, "fast_kernels", False)}

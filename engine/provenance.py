@@ -96,12 +96,16 @@ def now():
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def record(device, data_fingerprint, started, argv=None):
-    """The provenance of a run that started at `started` (an ISO time from now()) and ends now."""
+def record(device, data_fingerprint, started, phase, argv=None):
+    """The provenance of a run that started at `started` (an ISO time from now()) and ends now.
+    phase: what engine.phase.train_phase returned for the phase that made the stored model, so
+    the record says which path computed it (CUDA graphs replayed or eager; the fast CPU kernels
+    or the historic ones), whatever the flags asked for."""
     return {**code_version(), **libraries(), "device": str(device), "device_name": device_name(device),
             "hostname": socket.gethostname(), "started": started, "ended": now(),
             "command": [Path(sys.executable).name, *(sys.argv if argv is None else argv)],
-            "data_fingerprint": data_fingerprint}
+            "data_fingerprint": data_fingerprint, "cuda_graphs_used": phase["cuda_graphs"],
+            "kernels": "fast" if phase["fast_kernels"] else "historic"}
 
 
 def data_files(data_path, participants=None):

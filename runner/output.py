@@ -1,9 +1,9 @@
 """A training process's output, read as it streams (SSH) or from its log (Slurm): the lines the
 runner acts on (RESULT_DIR, BASE_KEY, BASE_MODEL), the base models it trained (BASE_TRAINED),
-argparse's usage line, and a pack's MEMBER_DONE lines (engine.pack prints them)."""
+argparse's usage line, and a pack's MEMBER_DONE and PACK_OUT_OF_MEMORY lines (engine.pack prints them)."""
 from collections import deque
 
-from runner.packing import MEMBER_DONE
+from runner.packing import MEMBER_DONE, OUT_OF_MEMORY
 
 
 class OutputLines:
@@ -17,6 +17,7 @@ class OutputLines:
         self.on_member_done = on_member_done
         self.pending, self.tagged, self.trained, self.last = b"", [], set(), deque(maxlen=20)
         self.usage = False  # argparse printed its usage line (before an error and exit status 2)
+        self.out_of_memory = False  # a pack said its device ran out of memory
 
     def feed(self, chunk):
         self.pending += chunk
@@ -33,6 +34,7 @@ class OutputLines:
     def _line(self, line):
         self.last.append(line)
         self.usage = self.usage or line.startswith("usage: ")
+        self.out_of_memory = self.out_of_memory or line.startswith(f"{OUT_OF_MEMORY} ")
         if line.startswith("BASE_TRAINED "):
             self.trained.add(line.split(" ", 1)[1].strip())
         elif line.startswith(self.TAGS):

@@ -16,6 +16,7 @@ PACKABLE_MODELS = ("test", "test_pool4")
 PACK_SCRIPT = "oct1_train.py"  # the CLI whose jobs pack_train.py trains (it parses them with its parser)
 TRAINER = "pack_train.py"  # beside it
 MEMBER_DONE = "MEMBER_DONE"  # pack_train.py prints "MEMBER_DONE <i>" once member i's folder is published
+OUT_OF_MEMORY = "PACK_OUT_OF_MEMORY"  # ... and "PACK_OUT_OF_MEMORY <size>" when the device ran out of memory
 # pack "auto" on a GPU: members per process. 32 is the measured peak of issue 15's table (32 models in
 # one process: 5.3x one eager job on an H200); 512 MiB per member is a documented allowance, not a
 # measurement (the `test` CNN's parameters, AdamW state and a batch of 64 windows of 6 x 3000 need far less).
@@ -34,10 +35,12 @@ def pack_group(job, phase):
 
 
 def next_pack(ready, limit, spread):
-    """The tasks to start together from `ready` (in queue order, each with .pack_key): the first
-    and up to limit - 1 later ones of its group, but no more than its group's share of the
-    `spread` slots that wait for work, so that a few slots do not take every job while others idle."""
+    """The tasks to start together from `ready` (in queue order, each with .pack_key and .pack_cap):
+    the first and up to limit - 1 later ones of its group, but no more than its group's share of the
+    `spread` slots that wait for work, so that a few slots do not take every job while others idle,
+    and no more than the first one's pack_cap (set when a pack of it ran out of memory)."""
     first = ready[0]
+    limit = min(limit, first.pack_cap or limit)
     if first.pack_key is None or limit <= 1:
         return [first]
     group = [task for task in ready if task.pack_key == first.pack_key]

@@ -35,6 +35,7 @@ class Task:
     needs: str = None  # the base key it waits for (a dependent job)
     builds: str = None  # the base key it trains (a phase-1 base job)
     pack_key: str = None  # tasks with the same key may train in one process (packing.pack_group)
+    pack_cap: int = None  # the most members it may train with (a pack of it ran out of memory)
     record: dict = None  # the ledger line of its attempt now out (its start line), or of its last
     last: dict = None  # the latest ended attempt's record, with its output tail, for the report
 
@@ -200,13 +201,16 @@ class Plan:
             self._cond.notify_all()
             return again
 
-    def requeue(self, task, tail="", alone=False, **fields):
+    def requeue(self, task, tail="", alone=False, cap=None, **fields):
         """Not the task's fault (its host was lost, its pack ended without it): back to the front,
-        no retry spent. alone: it next runs by itself, not in a pack."""
+        no retry spent. alone: it next runs by itself, not in a pack; cap: in packs of at most cap
+        members (its pack ran out of memory: halved each time, down to a run alone)."""
         with self._cond:
-            self._end(task, "requeued", tail, fields)
+            self._end(task, "requeued", tail, dict(fields, **({"pack_cap": cap} if cap else {})))
             if alone:
                 task.pack_key = None
+            if cap:
+                task.pack_cap = cap
             self._waiting.appendleft(task)
             self._cond.notify_all()
 

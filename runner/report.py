@@ -29,7 +29,7 @@ def task_counts(tasks):
 
 def totals(plan, skipped):
     """The run in figures. Jobs are the jobs file's; base-model jobs are counted apart, except
-    among the failed (listed by their job ids)."""
+    among the failed (listed by their job ids). out_of_memory: members requeued in smaller packs."""
     jobs = [task for task in plan.tasks if not task.builds]
     ended = set(map(id, plan.ok + plan.failed + plan.cancelled + plan.blocked))
     return {"jobs": len(jobs) + skipped, "skipped": skipped,
@@ -37,7 +37,8 @@ def totals(plan, skipped):
             "cancelled": len(plan.cancelled), "blocked": len(plan.blocked),
             "not_run": sum(id(task) not in ended for task in jobs),
             "base_not_run": sum(id(task) not in ended for task in plan.tasks if task.builds),
-            "attempts": len(plan.records), "requeued": sum(r["status"] == "requeued" for r in plan.records)}
+            "attempts": len(plan.records), "requeued": sum(r["status"] == "requeued" for r in plan.records),
+            "out_of_memory": sum("pack_cap" in r for r in plan.records)}
 
 
 def summary_lines(plan, skipped, wall, before=(), base_extra=""):
@@ -48,6 +49,9 @@ def summary_lines(plan, skipped, wall, before=(), base_extra=""):
     lines.append(f"{n['done']} done, {n['failed']} failed, {n['cancelled']} cancelled, {n['blocked']} blocked, "
                  f"{skipped} skipped (finished earlier), {n['not_run']} not run"
                  + (f" (and {n['base_not_run']} base-model jobs)" if n["base_not_run"] else "") + f"; {wall:.1f} s")
+    if n["out_of_memory"]:
+        lines.append(f"{n['out_of_memory']} pack members ran out of GPU memory and ran again in smaller packs "
+                     f"(not charged; see their requeued lines in the ledger)")
     base = plan.base_counts()
     if base["distinct_keys"]:
         lines.append(f"base models: {base['trained']} trained for {base['distinct_keys']} distinct keys "

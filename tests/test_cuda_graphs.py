@@ -132,7 +132,7 @@ def test_replayed_batches_keep_the_exact_target_count(tmp_path):
     base = (torch.randn(90, 3, 16, generator=g), torch.zeros(90))
     target, base = [tuple(t.to(device) for t in side) for side in (target, base)]
     loader = ComposedBatchDataLoader(base, target, 16, 0.25, generator=g)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 1)).to(device)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 1), nn.Flatten(0)).to(device)
     optimizer = phase.make_optimizer(model, 1e-3, device, graphs=True)
     training = cuda_step.GraphedTraining(model, optimizer, (loader.X, loader.y), 16, device)
     seen = []
@@ -151,13 +151,13 @@ def test_the_partial_last_batch_is_scored_exactly(tmp_path):
     g = torch.Generator().manual_seed(1)
     X, y = torch.randn(700, 3, 16, generator=g).to(device), (torch.rand(700, generator=g) > 0.5).float().to(device)
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 1)).to(device)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 1), nn.Flatten(0)).to(device)
     eager = engine_metrics.evaluation_counts(model, X, y, device)  # 512 + 188 windows
     graphed = engine_metrics.evaluation_counts(model, X, y, device, cuda_step.GraphedEvaluation(model))
     assert torch.allclose(graphed, eager, rtol=1e-5) and graphed[1:].sum() == 700
 
     # Training: 70 windows in batches of 32, so the last one (6) runs eagerly; counted once each.
-    copy = nn.Sequential(nn.Flatten(), nn.Linear(48, 1)).to(device)
+    copy = nn.Sequential(nn.Flatten(), nn.Linear(48, 1), nn.Flatten(0)).to(device)
     copy.load_state_dict(model.state_dict())
     loader = TensorBatchLoader(X[:70], y[:70], 32, shuffle=False)
     optimizer = phase.make_optimizer(model, 1e-3, device, graphs=True)
@@ -171,14 +171,14 @@ def test_the_partial_last_batch_is_scored_exactly(tmp_path):
 
 
 class HostSync(nn.Module):
-    """An op a graph cannot capture: reading a value on the host."""
+    """An op a graph cannot capture: reading a value on the host (after the warm-up, which runs it)."""
 
     def __init__(self):
         super().__init__()
         self.linear = nn.Linear(48, 1)
 
     def forward(self, x):
-        out = self.linear(x.flatten(1))
+        out = self.linear(x.flatten(1)).squeeze(1)  # one logit per window, as the targets
         return out * float(out.sum().item() > -1e9)
 
 

@@ -22,7 +22,7 @@ from engine import cli as engine_cli
 from engine import fold as engine_fold
 from engine.flags import job_argv
 from engine.models import build_model
-from engine.pack import read_jobs
+from engine.pack import Store, read_jobs
 from engine.packed_step import PackedStep, StackedAdamW
 from tiny_data import write_tiny_dataset
 
@@ -353,7 +353,8 @@ def test_the_packed_step_keeps_its_state_in_place_and_an_idle_step_changes_nothi
     stacked = {name: torch.stack([state[name] for state in states]) for name in model.state_dict()}
     params = {name: stacked[name].requires_grad_() for name, _ in model.named_parameters()}
     optimizer = StackedAdamW(params, [1e-2, 1e-2], cpu)
-    step = PackedStep(model, stacked, optimizer, 4, (3, 32), cpu)
+    store = Store({"a": {"train": (torch.randn(3, 3, 32), torch.tensor([1.0, 0.0, 1.0]))}}, cpu)
+    step = PackedStep(model, stacked, optimizer, 4, store)
 
     def state():
         return [*params.values(), *optimizer.exp_avg.values(), *optimizer.exp_avg_sq.values(), optimizer.steps,
@@ -363,7 +364,7 @@ def test_the_packed_step_keeps_its_state_in_place_and_an_idle_step_changes_nothi
     for _ in range(cuda_step.WARMUP_STEPS):
         step.run()
     assert all(torch.equal(a, b) for a, b in zip(before, state()))
-    step.load({0: (torch.randn(3, 3, 32), torch.tensor([1.0, 0.0, 1.0]))})  # member 1 has no batch
+    step.load({0: torch.arange(3)}, {})  # member 1 has no batch
     step.run()
     assert [t.data_ptr() for t in state()] == addresses
     assert optimizer.steps.tolist() == [1.0, 0.0] and step.counts[0, 1:].sum() == 3 and not step.counts[1].any()
