@@ -35,16 +35,18 @@ EPOCH_LINE = re.compile(r"(base|target) epoch (\d+): .* \| ([\d.]+)s, ")
 BEST = re.compile(r"(base|target): \d+ epochs, best epoch (\d+)")
 
 
-def run_fold(data, out, epochs, extra, threads):
-    """One fold in its own process: ({phase: median seconds per epoch}, {phase: best epoch})."""
+def run_fold(data, out, epochs, extra, threads=None, device="cpu"):
+    """One fold of --preset original in its own process, fixed epochs: ({phase: median seconds per
+    epoch}, {phase: best epoch}). bench/gpu_check.py times its GPU fold with it too."""
     argv = [sys.executable, str(REPO / "oct1_train.py"), "--data_path", str(data), "--fold", "0",
             "--mode", "full_fine_tuning", "--batch_size", "64", "--max_epochs", str(epochs), "--preset", "original",
             "--early_stopping_patience", str(epochs + 1), "--early_stopping_patience_target", str(epochs + 1),
-            "--device", "cpu", "--no_base_cache", "--threads", str(threads), "--experiments_dir", str(out), *extra]
+            "--device", device, "--no_base_cache", "--experiments_dir", str(out),
+            *(["--threads", str(threads)] if threads else []), *extra]
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     done = subprocess.run(argv, capture_output=True, text=True, env=env)
     if done.returncode:
-        sys.exit(f"bench_cpu_fold.py: error: the fold failed: {done.stderr.strip().splitlines()[-1:]}")
+        sys.exit(f"{Path(sys.argv[0]).name}: error: the fold failed: {done.stderr.strip().splitlines()[-1:]}")
     log = next(Path(out).rglob("train.log")).read_text()
     seconds = {}
     for phase, _, elapsed in EPOCH_LINE.findall(log):

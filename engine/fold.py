@@ -226,6 +226,8 @@ def finish_fold(args, model, device, final, participants, target_name, base_name
                                                  "best_target_model_target_test": target["state"]},
                                          *target_test, device))
     metrics["total_time_s"] = time.perf_counter() - started
+    metrics["peak_device_memory_mb"] = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
+                                        else None)  # the process's peak so far: a pack's, for its members
     hyper = dict(vars(args), participants=participants, target_participant=target_name,
                  base_participants=base_names, n_channels=int(n_channels), window_size=int(window_size),
                  device=str(device), script=Path(sys.argv[0]).name, cuda_graphs_used=target["cuda_graphs"],

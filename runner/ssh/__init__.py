@@ -3,5 +3,5 @@
 slots that run the planner's tasks (backend.py); run.py ties them into one run.
 
 It imports the runner's shared parts (commands, config, jobs, output, packing, plan, report)
-and paramiko; the Slurm backend never imports it.
+and paramiko (only for a remote server: local runs need none); the Slurm backend never imports it.
 """

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from runner.commands import in_workdir, shell_path
 from runner.config import PROG
 from runner.ssh import shell
-from runner.ssh.connection import RemoteHost
 from runner.ssh.shell import LocalHost
 
 
@@ -105,6 +104,7 @@ def unusable(healths):
 def make_host(server, cluster, accept_new_hosts):
     if server["local"]:
         return LocalHost(server["name"])
+    from runner.ssh.connection import RemoteHost  # paramiko: only where a server is remote
     return RemoteHost(server["host"], server["user"], server["port"], server["ssh_key"],
                              name=server["name"], known_hosts=cluster["known_hosts"],
                              ssh_config=cluster["ssh_config"], accept_new_hosts=accept_new_hosts,
