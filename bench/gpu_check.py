@@ -19,8 +19,9 @@ Writes report.json and report.md into --out and prints the Markdown:
      epochs must be equal and every curve within TOLERANCE relative (on CUDA looser than on the
      CPU: convolutions run in TF32 by default and cuDNN's weight gradients are not deterministic,
      so even two eager runs differ in the last bits, and training carries that forward).
-On the CPU (--quick) there are no graphs and "auto" packs one job per process: (b) to (d) have 2
-slots, (c) and (d) pack three, (d) asks for graphs and runs eagerly, and no device memory is measured.
+On the CPU (--quick: 4 folds of full_fine_tuning) there are no graphs and "auto" packs one job per
+process: (b) to (d) have 2 slots, (c) and (d) pack two, (d) asks for graphs and runs eagerly, and no
+device memory is measured.
 Without CUDA and without --quick: one line and exit 2.
 """
 import argparse
@@ -44,9 +45,9 @@ from dataset import synthetic  # noqa: E402
 FULL = {"data": {"n_participants": 6, "window_size": 3000, "n_train": 300, "n_val": 100, "n_test": 100},
         "target_data_pct": [0.25, 0.5, 0.75, 1.0], "modes": ["full_fine_tuning", "target_only_fine_tuning"],
         "epochs": 3, "one_at_a_time": 12, "fold_epochs": 5, "pack": "auto", "slots": 4}
-QUICK = {"data": {"n_participants": 3, "window_size": 100, "n_train": 16, "n_val": 8, "n_test": 8},
-         "target_data_pct": [1.0], "modes": ["full_fine_tuning", "target_only_fine_tuning"],
-         "epochs": 2, "one_at_a_time": 3, "fold_epochs": 2, "pack": 3, "slots": 2}
+QUICK = {"data": {"n_participants": 4, "window_size": 100, "n_train": 16, "n_val": 8, "n_test": 8},
+         "target_data_pct": [1.0], "modes": ["full_fine_tuning"],
+         "epochs": 2, "one_at_a_time": 2, "fold_epochs": 2, "pack": 2, "slots": 2}
 TOLERANCE = {"cuda": 1e-3, "cpu": 1e-5}
 CURVES = [f"{phase}_{split}_{what}" for phase in ("base", "target") for split in ("train", "val")
           for what in ("loss", "f1")]

@@ -17,7 +17,7 @@ from tiny_data import write_tiny_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 BEFORE_THE_MOVE = "302e57f585f7d9c0bf31e3c5bdd7ce2d951131a9"  # main just before the engine/ and runner/ packages
-TIMING_KEYS = {"total_time_s", "train_windows_per_s"}
+TIMING_KEYS = {"total_time_s", "train_windows_per_s", "peak_device_memory_mb"}  # (a key added since)
 CLIS = {"train.py", "oct1_train.py", "pack_train.py", "generate_jobs.py", "run_distributed_training.py",
         "summarize_results.py", "make_dataset.py"}
 PACKAGES = ("engine", "runner", "report", "dataset")

@@ -41,7 +41,8 @@ TARGET_METRICS = {f"best_target_{name}" for name in PHASE_BEST} | {
     "target_val_f1_at_best_loss", "best_target_model_target_test_loss", "best_target_model_target_test_f1",
     "target_epochs_run"}
 METRIC_KEYS = BASE_METRICS | TARGET_METRICS | POSITIVE_CLASS | {
-    "mode", "fold", "target_participant", "base_model_reused", "base_key", "train_windows_per_s", "total_time_s"}
+    "mode", "fold", "target_participant", "base_model_reused", "base_key", "train_windows_per_s", "total_time_s",
+    "peak_device_memory_mb"}
 TEST_SCORES = {"best_base_model_target_test_loss", "best_base_model_target_test_f1",
                "best_target_model_target_test_loss", "best_target_model_target_test_f1"} | POSITIVE_CLASS
 TIMING = {"total_time_s", "train_windows_per_s"}
