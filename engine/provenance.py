@@ -16,6 +16,7 @@ dirty flag are added where git can tell.
 import argparse
 import hashlib
 import json
+import os
 import platform
 import posixpath
 import socket
@@ -105,7 +106,14 @@ def record(device, data_fingerprint, started, phase, argv=None):
             "hostname": socket.gethostname(), "started": started, "ended": now(),
             "command": [Path(sys.executable).name, *(sys.argv if argv is None else argv)],
             "data_fingerprint": data_fingerprint, "cuda_graphs_used": phase["cuda_graphs"],
-            "kernels": "fast" if phase["fast_kernels"] else "historic"}
+            "kernels": "fast" if phase["fast_kernels"] else "historic", **slurm_task()}
+
+
+def slurm_task():
+    """{"slurm_job": "123_4"} (an array task) or {"slurm_job": "123"} in a Slurm job, else {}."""
+    array, index = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job = f"{array}_{index}" if array and index else os.environ.get("SLURM_JOB_ID")
+    return {"slurm_job": job} if job else {}
 
 
 def data_files(data_path, participants=None):
@@ -132,14 +140,27 @@ def data_answer(data_path, participants=None):
         return {"error": str(e)}
 
 
+def answer(needs):
+    """What a host answers the runner's check: code hash, data fingerprints ({data folder:
+    [participants] or None for all}), Python and torch versions, and the GPUs it sees."""
+    import torch
+    return {"code_hash": code_hash(), "data": {path: data_answer(path, names) for path, names in needs.items()},
+            "python": platform.python_version(), "torch": torch.__version__,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "cuda_devices": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+            # what the runner sizes a pack "auto" by where it cannot ask nvidia-smi (a Slurm task)
+            "cuda_memory_mib": (torch.cuda.get_device_properties(0).total_memory // 2 ** 20
+                                if torch.cuda.is_available() else None)}
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m engine.provenance", description="Print this checkout's code hash and "
-                                "the fingerprints of data files as JSON (for the runner's check).")
+    p = argparse.ArgumentParser(prog="python -m engine.provenance", description="Print this checkout's code hash, "
+                                "the fingerprints of data files, the Python and torch versions and the GPUs it sees, "
+                                "as JSON (for the runner's check).")
     p.add_argument("--needs", type=json.loads, default={},
                    help='JSON {data folder: [participants] or null for all}, e.g. \'{"data/demo": null}\'')
     args = p.parse_args(argv)
-    data = {path: data_answer(path, names) for path, names in args.needs.items()}
-    print(json.dumps({"code_hash": code_hash(), "data": data}, sort_keys=True))
+    print(json.dumps(answer(args.needs), sort_keys=True))
     return 0
 
 

@@ -15,7 +15,8 @@ from engine import flags
 from engine.fileio import ConfigError, read_json
 
 # Not settings: the registry's output and runtime flags and fold, and the fields the engine adds per run.
-NOT_SETTINGS = flags.not_settings() | {"target_participant", "base_participants", "script", "job_id", "base_key"}
+NOT_SETTINGS = flags.not_settings() | {"target_participant", "base_participants", "script", "job_id", "base_key",
+                                       "pack_size", "pack_id"}
 BASE_PHASE_SETTINGS = flags.base_phase_only()
 # --metric: (base model's key, personalized model's key, the name the report gives it).
 METRICS = {
@@ -111,6 +112,7 @@ def load_run(fold_dir, metric="f1"):
             "participant": metrics.get("target_participant") or hyper.get("target_participant") or name,
             "mode": mode, "settings": settings, "metrics": metrics,
             "code_version": (origin or {}).get("code_hash"), "data_fingerprint": (origin or {}).get("data_fingerprint"),
+            "pack_size": hyper.get("pack_size", 1), "slurm_job": (origin or {}).get("slurm_job"),
             "base_f1": as_number(metrics.get(base_key)), "personalized_f1": as_number(metrics.get(personalized_key))}
 
 

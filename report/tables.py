@@ -98,6 +98,8 @@ def fold_row(config, run, varying, target_only_f1s):
         "best_target_epoch": phase_epoch(metrics),
         "under_trained": under_trained(metrics),
         "code_version": run["code_version"],
+        "pack_size": run["pack_size"],  # how it trained: alone (1) or in a pack of N
+        "slurm_job": run["slurm_job"],
     })
     return row
 

@@ -28,7 +28,8 @@ def cell(value, digits=None):
 
 
 def fold_columns(varying):
-    return FOLD_KEYS + varying + [figure for figure, _ in FIGURES] + ["under_trained", "code_version"]
+    return (FOLD_KEYS + varying + [figure for figure, _ in FIGURES]
+            + ["under_trained", "code_version", "pack_size", "slurm_job"])
 
 
 def config_columns(varying):

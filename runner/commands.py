@@ -85,11 +85,15 @@ def script_command(server, device, script_args, masked, slots):
     return in_workdir(server, " ".join([assignments, shell_path(server["python"]), *script_args]), masked)
 
 
+def intact_check(server, script, path):
+    """The command that checks a base-model entry, run in the server's workdir (exit 0: intact)."""
+    code = posixpath.dirname(script) or "."
+    return f"{shell_path(server['python'])} -c {shlex.quote(INTACT_CHECK)} {shell_path(code)} {shell_path(path)}"
+
+
 def intact_command(server, script, path):
     """The shell line that checks a base-model entry on a server (exit 0: intact)."""
-    code = posixpath.dirname(script) or "."
-    return in_workdir(server, f"{shell_path(server['python'])} -c {shlex.quote(INTACT_CHECK)} "
-                              f"{shell_path(code)} {shell_path(path)}")
+    return in_workdir(server, intact_check(server, script, path))
 
 
 def module_command(server, script, module, args):

@@ -146,8 +146,9 @@ class Plan:
         records = []
         for task in tasks:
             task.attempt += 1
+            key = task.builds or task.needs
             task.record = {"job_id": task.job_id, "attempt": task.attempt, **fields, "status": status,
-                           "log": str(self.log_path(task))}
+                           "log": str(self.log_path(task)), **({"base_key": key} if key else {})}
             if len(tasks) > 1:
                 task.record["pack"] = [t.job_id for t in tasks]
             self.ledger.write(task.record)
@@ -213,6 +214,18 @@ class Plan:
                 task.pack_cap = cap
             self._waiting.appendleft(task)
             self._cond.notify_all()
+
+    def unfinished(self, task, pack_size, out_of_memory, why, tail="", **fields):
+        """A member its pack ended without (why: how the pack ended): not charged, since the failure
+        may be another member's or the pack's size. Out of memory: it runs in packs of half the
+        size next, down to alone; otherwise alone."""
+        if out_of_memory:
+            cap = pack_size // 2
+            self.requeue(task, tail, cap=cap, error=f"its pack of {pack_size} ran out of GPU memory; it runs "
+                                                    f"in packs of at most {cap} next", **fields)
+        else:
+            self.requeue(task, tail, alone=True, error=f"its pack ended without finishing it ({why}); it runs "
+                                                       f"alone next", **fields)
 
     def interrupted(self, task, tail="", **fields):
         """The run is stopping: the attempt ends, the task waits for a rerun."""

@@ -21,7 +21,7 @@ from runner.packing import PACK_SCRIPT, pack_group, trainer_path
 from runner.plan import Plan, Task
 from runner.report import Say, print_report_headline
 
-SSH_ONLY = ("sync_code", "sync_data", "allow_mismatch", "accept_new_hosts")
+SSH_ONLY = ("sync_code", "sync_data", "accept_new_hosts")
 
 
 def raise_interrupt(signum, frame):
@@ -63,23 +63,29 @@ def load_config(args, slurm):
     if slurm:
         from runner.slurm.config import load_slurm_config
         settings, script = load_slurm_config(args.cluster_config)
-        return settings, args.script_path or script, Path(settings["workdir"])
-    cluster = load_cluster_config(args.cluster_config)
-    script = args.script_path or cluster["script_path"]
-    packs = [s["name"] for s in cluster["servers"] if s["pack"] != "auto" and s["pack"] > 1]
+        script = args.script_path or script
+        packs = ["the slurm section"] if settings["pack"] != "auto" and settings["pack"] > 1 else []
+        config, workdir = settings, Path(settings["workdir"])
+    else:
+        config = load_cluster_config(args.cluster_config)
+        script = args.script_path or config["script_path"]
+        packs = [f"servers {s['name']}" for s in config["servers"] if s["pack"] != "auto" and s["pack"] > 1]
+        workdir = Path(".")
     if packs and not trainer_path(script):
-        raise ConfigError(f"{args.cluster_config}: servers {', '.join(packs)} set \"pack\", but only "
+        raise ConfigError(f"{args.cluster_config}: {', '.join(packs)} set \"pack\", but only "
                           f"{PACK_SCRIPT} jobs can be packed (the script is {script})")
-    return cluster, script, Path(".")
+    return config, script, workdir
 
 
-def make_tasks(todo, bases, cached, history, packs):
+def make_tasks(todo, bases, cached, history, packs, by_base=False):
     """Phase 1 (a base job per key missing from the cache) first, then the jobs, each with its
-    attempts so far; packs: whether jobs get a pack group."""
+    attempts so far; packs: whether jobs get a pack group; by_base: a pack's jobs need one base
+    model (Slurm: a pack waits for one base task, and is withdrawn with it)."""
     earlier = Ledger.attempts(history)
 
     def group(job, phase):
-        return pack_group(job, phase) if packs else None
+        shared = pack_group(job, phase) if packs else None
+        return f"{shared} {needed_base(job)}" if shared and by_base and phase == "target" else shared
     tasks = [Task(job, attempt=earlier[job["job_id"]], builds=key, pack_key=group(job, "base"))
              for key, job in bases.items() if key not in cached]
     return tasks + [Task(job, attempt=earlier[job["job_id"]], needs=needed_base(job), pack_key=group(job, "target"))
@@ -100,12 +106,12 @@ def plan_and_run(args, run_dir, slurm):
         say(note)
     # A base model already complete in the local cache is not trained again, only sent.
     cached = {key: job for key, job in bases.items() if base_cache.entry_intact(workdir / cache_entry(job, key))}
-    tasks = make_tasks(todo, bases, cached, history, packs=not slurm and trainer_path(script) is not None)
+    tasks = make_tasks(todo, bases, cached, history, packs=trainer_path(script) is not None, by_base=slurm)
     skipped = len(jobs) - len(todo)
     if args.dry_run:
         plan = Plan(tasks, None, run_dir / "logs", cached=cached)
         if slurm:
-            from runner.slurm.scripts import print_plan
+            from runner.slurm.dry_run import print_plan
             print_plan(plan, config, script, run_dir, args.timeout)
         else:
             from runner.ssh.dry_run import print_plan

@@ -49,6 +49,7 @@ MinJobAge=600
 GresTypes=gpu
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=2 Sockets=1 CoresPerSocket=2 ThreadsPerCore=1 RealMemory=4000 Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+{extra}
 """
 
 
@@ -93,8 +94,9 @@ def slurm_installed(accounting=False):
 class SlurmCluster:
     """start() brings the node to idle; stop() ends each daemon by the pid it wrote."""
 
-    def __init__(self, root, accounting=False):
-        self.root, self.accounting = Path(root), accounting
+    def __init__(self, root, accounting=False, extra=""):
+        """extra: more slurm.conf lines (say, MaxArraySize=8)."""
+        self.root, self.accounting, self.extra = Path(root), accounting, extra
         self.db_proc = None
         self.conf = self.root / "slurm.conf"
         self.env = dict(os.environ, SLURM_CONF=str(self.conf))
@@ -113,7 +115,8 @@ class SlurmCluster:
         dbd_port = free_port("127.0.0.1")
         accounting = (ACCOUNTING if self.accounting else NO_ACCOUNTING).format(root=root, dbd_port=dbd_port)
         self.conf.write_text(SLURM_CONF.format(root=root, ctld_port=free_port("127.0.0.1"),
-                                               slurmd_port=free_port("127.0.0.1"), accounting=accounting))
+                                               slurmd_port=free_port("127.0.0.1"), accounting=accounting,
+                                               extra=self.extra))
         if self.accounting:
             self.start_database(dbd_port)
         (root / "gres.conf").write_text(f"NodeName=localhost Name=gpu File={root}/dev/gpu[0-1]\n")

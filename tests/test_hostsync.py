@@ -8,6 +8,7 @@ import pytest
 from conftest import write_known_hosts
 from engine import provenance
 from runner.config import check_server
+from runner import check
 from runner.ssh import hostsync
 from runner.ssh.connection import RemoteHost
 from tiny_data import write_tiny_dataset
@@ -34,7 +35,7 @@ def test_an_empty_workdir_is_reported_then_synced_then_passes(host_and_server, t
     write_tiny_dataset(tmp_path / "d", participants=("a", "b"))
     monkeypatch.chdir(tmp_path)
     needs = {"d": None}
-    local = hostsync.local_answer(needs)
+    local = check.local_answer(needs)
     answer, why = hostsync.ask_host(host, server, "oct1_train.py", needs)
     assert answer is None and "engine.provenance" in why and "--sync-code" in why
 
@@ -45,14 +46,14 @@ def test_an_empty_workdir_is_reported_then_synced_then_passes(host_and_server, t
     assert not [p for p in workdir.iterdir() if p.name.startswith(".sync")]  # staging folder removed
     answer, why = hostsync.ask_host(host, server, "oct1_train.py", needs)
     assert why is None and answer["code_hash"] == local["code_hash"]
-    assert hostsync.differences("h", local, answer) == [f"h: data d: {answer['data']['d']['error']}; "
+    assert check.differences("h", local, answer, hostsync.FIX_CODE, hostsync.FIX_DATA) == [f"h: data d: {answer['data']['d']['error']}; "
                                                         f"--sync-data copies it there"]
     assert "d: data folder not found" in answer["data"]["d"]["error"]
 
     data_files = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "d").iterdir())
     assert hostsync.sync(host, server, data_files) == 6
     answer, _ = hostsync.ask_host(host, server, "oct1_train.py", needs)
-    assert hostsync.differences("h", local, answer) == []
+    assert check.differences("h", local, answer, hostsync.FIX_CODE, hostsync.FIX_DATA) == []
     assert hostsync.sync(host, server, names, local_root=ROOT) == 0  # nothing changed: nothing sent
 
 
@@ -68,9 +69,9 @@ def test_one_changed_file_is_named_and_only_it_is_sent_again(host_and_server, tm
     write_tiny_dataset(tmp_path / "d", participants=("a", "b"))
     shutil.copytree(tmp_path / "d", workdir / "d")
     (workdir / "d" / "b_val.pt").write_bytes(b"not the same")
-    local = hostsync.local_answer({"d": ["a", "b"]})
+    local = check.local_answer({"d": ["a", "b"]})
     answer, _ = hostsync.ask_host(host, server, "oct1_train.py", {"d": ["a", "b"]})
-    lines = hostsync.differences("gpu9", local, answer)
+    lines = check.differences("gpu9", local, answer, hostsync.FIX_CODE, hostsync.FIX_DATA)
     assert len(lines) == 2
     assert lines[0].startswith("gpu9: code differs (code hash here ") and local["code_hash"] in lines[0]
     assert lines[1].startswith("gpu9: data d/b_val.pt differs") and "1 files differ" in lines[1]
@@ -81,4 +82,4 @@ def test_one_changed_file_is_named_and_only_it_is_sent_again(host_and_server, tm
 def test_data_needs_merges_participants_per_folder():
     jobs = [{"participants": ["b", "a"]}, {"data_path": "x", "participants": ["c"]},
             {"participants": ["c"]}, {"data_path": "y"}, {"data_path": "y", "participants": ["q"]}]
-    assert hostsync.data_needs(jobs) == {"data/demo": ["a", "b", "c"], "x": ["c"], "y": None}
+    assert check.data_needs(jobs) == {"data/demo": ["a", "b", "c"], "x": ["c"], "y": None}

@@ -35,7 +35,7 @@ HEADER = re.compile(r"^=== (\S+) attempt (\d+): slurm job (\S+) on \S+, CUDA_VIS
 
 
 @contextlib.contextmanager
-def throwaway_cluster(accounting=False):
+def throwaway_cluster(accounting=False, extra=""):
     """A started SlurmCluster that the runner's sbatch, squeue, ... talk to (SLURM_CONF)."""
     if not slurm_installed(accounting):
         message = "Slurm not installed: apt-get install slurm-wlm munge" + (
@@ -44,7 +44,7 @@ def throwaway_cluster(accounting=False):
             pytest.fail(message + " (REQUIRE_SLURM_TESTS=1)", pytrace=False)
         pytest.skip(message)
     # munged wants every folder above its socket open to all, which pytest's tmp folders are not.
-    cluster = SlurmCluster(tempfile.mkdtemp(prefix="slurm-test-"), accounting)
+    cluster = SlurmCluster(tempfile.mkdtemp(prefix="slurm-test-"), accounting, extra)
     os.chmod(cluster.root, 0o755)
     before = os.environ.get("SLURM_CONF")
     try:
@@ -104,8 +104,8 @@ def test_a_second_runner_and_ssh_only_flags_are_refused_before_slurm_is_asked(tm
     monkeypatch.chdir(tmp_path)
     argv = ["--cluster-config", slurm_config(tmp_path, SCRIPT), "--jobs-config",
             fake_jobs(tmp_path, {"fold": 0}), "--quiet"]
-    assert rdt.main(argv + ["--sync-code", "--allow-mismatch"]) == 2
-    assert capsys.readouterr().err == (f"{PROG}: error: --sync-code, --allow-mismatch: for SSH servers only "
+    assert rdt.main(argv + ["--sync-code", "--accept-new-hosts"]) == 2
+    assert capsys.readouterr().err == (f"{PROG}: error: --sync-code, --accept-new-hosts: for SSH servers only "
                                        f"(a Slurm cluster config names one shared workdir)\n")
     with run_ledger.run_dir_lock(tmp_path / "runs" / "jobs"):  # as if another runner were watching this run
         assert rdt.main(argv) == 2
@@ -119,7 +119,7 @@ def test_dry_run_prints_the_arrays_and_their_dependencies(tmp_path, capsys, monk
     jobs_path, jobs = generate(tmp_path, {"mode": ["target_only_fine_tuning", "target_only"],
                                           "target_data_pct": [0.5, 1.0]}, [0, 1],
                                data_path=str(tmp_path / "data"), participants=["a", "b", "c", "d; rm -rf ~"])
-    config = slurm_config(tmp_path, SCRIPT, partition="gpu", max_running=3)
+    config = slurm_config(tmp_path, SCRIPT, partition="gpu", max_running=3, pack=1)
     assert rdt.main(["--cluster-config", config, "--jobs-config", jobs_path, "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert ("# phase 1: 2 base tasks in 1 array; phase 2: 4 dependent tasks in 2 arrays, each after its own "
@@ -339,8 +339,13 @@ def test_bad_settings_fail_at_submit_with_one_line(cluster, tmp_path, fake_scrip
 def test_sacct_lines_are_read_like_scontrol_ones():
     # The test cluster has no accounting database; this is sacct's format where one runs.
     text = "41_0|COMPLETED|0:0\n41_1|FAILED|1:0\n41_2|CANCELLED by 0|0:15\n41_[3-5]|PENDING|0:0\n"
-    assert slurm_queue.parse_sacct(text) == {
+    assert {job: ended[:2] for job, ended in slurm_queue.parse_sacct(text).items()} == {
         "41_0": ("COMPLETED", 0), "41_1": ("FAILED", 1), "41_2": ("CANCELLED", 0)}
+    # With the times (SACCT_FIELDS): queue wait and run time in seconds; "Unknown" ones are left out.
+    timed = "41_0|COMPLETED|0:0|2026-12-03T10:00:00|2026-12-03T10:00:30|2026-12-03T10:02:00\n" \
+            "41_1|PENDING|0:0|2026-12-03T10:00:00|Unknown|Unknown\n"
+    assert slurm_queue.parse_sacct(timed) == {"41_0": ("COMPLETED", 0, {"queued_s": 30.0, "run_s": 90.0}),
+                                              "41_1": ("PENDING", 0, {})}
 
 
 @pytest.mark.slurm
@@ -352,7 +357,8 @@ def test_with_accounting_ended_jobs_are_read_from_sacct(tmp_path, fake_script, c
                          "--retries", "1", "--quiet"]) == 0
         records = ledger(tmp_path / "runs" / "jobs")
         ended = {r["slurm_job"]: (r["state"], r["exit_status"]) for r in records if r["status"] != "submitted"}
-        sacct = cluster.run("sacct", "-n", "-P", "-X", "-o", "JobID,State,ExitCode")
+        sacct = cluster.run("sacct", "-n", "-P", "-X", "-o", slurm_queue.SACCT_FIELDS)
         assert sacct.returncode == 0  # so final_states() asked sacct, not scontrol
-        assert slurm_queue.parse_sacct(sacct.stdout) == ended
+        assert {job: found[:2] for job, found in slurm_queue.parse_sacct(sacct.stdout).items()} == ended
+        assert all(r["run_s"] >= 0 and r["queued_s"] >= 0 for r in records if r["status"] == "ok")
     assert sorted(ended.values()) == [("COMPLETED", 0), ("COMPLETED", 0), ("FAILED", 1)]

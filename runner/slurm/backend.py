@@ -1,10 +1,12 @@
-"""The Slurm backend: the planner's ready tasks submitted as sbatch job arrays (a dependent as
-soon as its base task is queued, with --dependency=afterok on it), watched with squeue, their
-ends read from sacct or scontrol and told to the planner; Ctrl-C cancels what it submitted.
+"""The Slurm backend: the planner's ready tasks, packed, submitted as sbatch job arrays (an array
+task per pack; a dependent as soon as its base task is queued, with --dependency on it), in
+waves that fit the user's submit limit, watched with squeue, their ends read from sacct or
+scontrol and told to the planner member by member; Ctrl-C cancels what it submitted.
 
 Slurm grants the GPU (CUDA_VISIBLE_DEVICES). The run dir and workdir are on the filesystem the
 compute nodes share with this machine, so a job's log and results need no copy.
 """
+import math
 import os
 import re
 import sys
@@ -13,7 +15,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from runner.output import OutputLines
+from engine.base_cache import entry_intact
+from runner.jobs import cache_entry
+from runner.output import OutputLines, printed
 from runner.slurm.queue import SlurmUnreachable, final_states, first_line, queue_states, slurm
 from runner.slurm.scripts import array_script, phase_arrays, sbatch_argv, sbatch_options
 
@@ -44,6 +48,8 @@ class SlurmBackend:
         self.plan, self.settings, self.script, self.say = plan, settings, script, say
         self.out_dir = run_dir / "slurm"
         self.options = sbatch_options(settings, timeout)
+        self.pack = 1  # jobs per array task (scripts.pack_limit, once the preflight has told the GPU)
+        self.limits = {}  # queue.limits(): the most tasks per array, and queued at once
         self.submitted = []  # every array id this run submitted
         self.missing = {}  # slurm job: polls it has been unknown to Slurm
         self.states = {}  # slurm job: its state at the last poll
@@ -51,95 +57,129 @@ class SlurmBackend:
         plan.cancel = self.cancel
 
     def active(self):
-        """{slurm job: task} of the submissions out now."""
-        return {task.record["slurm_job"]: task for task in self.plan.out}
+        """{slurm job: its tasks} of the submissions out now (a pack's members share one)."""
+        found = {}
+        for task in self.plan.out:
+            found.setdefault(task.record["slurm_job"], []).append(task)
+        return found
 
     # -- submitting
 
+    def room(self):
+        """How many more array tasks may be queued now: the config's max_submit, or the cluster's."""
+        limit = self.settings["max_submit"] or self.limits.get("max_submit")
+        return limit - len(self.active()) if limit else math.inf
+
     def submit_ready(self):
-        """Submit every task ready now; a dependent goes as soon as its base task is queued."""
-        taken = []
-        while True:
-            tasks = self.plan.take(early=True)
-            if not tasks:
+        """Submit every pack ready now, as many as the queue has room for (the rest go in later
+        waves, as tasks end); a dependent goes as soon as its base task is queued."""
+        # (The planner's count of processes out only shares packs among idle SSH slots; with one
+        # "slot", as here, a pack takes up to self.pack of its group, so it is not kept.)
+        packs, room = [], self.room()
+        while len(packs) < room:
+            pack = self.plan.take(self.pack, early=True)
+            if not pack:
                 break
-            taken += tasks
+            packs.append(pack)
         submitted = []
         try:
-            for name, members, base in phase_arrays(taken, self.plan.building):
-                self.submit(name, members, after=base)
+            for name, members, bases in phase_arrays(packs, self.plan.building, self.limits.get("max_array")):
+                self.submit(name, members, bases)
                 submitted += members
         except SubmitError:  # what sbatch did not take waits again (the run is ending)
-            unsent = [task for task in taken if task not in submitted]
-            self.plan.put_back(unsent)
-            for _ in unsent:
-                self.plan.process_done()
+            self.plan.put_back([task for pack in packs if pack not in submitted for task in pack])
             raise
 
-    def submit(self, name, members, after=None):
-        """One array of members; after: the base task they wait for."""
+    def submit(self, name, packs, bases):
+        """One array, task i running packs[i]; bases: the base tasks it waits for."""
         self.plan.log_dir.mkdir(parents=True, exist_ok=True)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f".{name}.sh"
-        path.write_text(array_script(members, self.plan, self.settings, self.script))
-        argv = sbatch_argv(name, len(members), self.options, self.out_dir, self.settings["max_running"],
-                           after.record["slurm_job"] if after else None)
+        any_end = any("pack" in base.record for base in bases)  # see sbatch_argv
+        path.write_text(array_script(packs, self.plan, self.settings, self.script, after_base=any_end))
+        after = tuple(dict.fromkeys(base.record["slurm_job"] for base in bases))
+        argv = sbatch_argv(name, len(packs), self.options, self.out_dir, self.settings["max_running"], after,
+                           any_end)
         out = slurm(*argv, str(path))
         if out.returncode:
-            raise SubmitError(f"sbatch refused array {name} ({len(members)} tasks): {first_line(out.stderr)}")
+            raise SubmitError(f"sbatch refused array {name} ({len(packs)} tasks): {first_line(out.stderr)}")
         array = out.stdout.strip().split(";")[0]
         os.replace(path, self.out_dir / f"{array}.sh")  # sbatch keeps its own copy; this one is for reading
         self.submitted.append(array)
-        for i, task in enumerate(members):
-            key = task.builds or task.needs
-            self.plan.start([task], "submitted", slurm_job=f"{array}_{i}", submitted=time.time(),
-                            **({"base_key": key} if key else {}))
+        for i, pack in enumerate(packs):
+            self.plan.start(pack, "submitted", slurm_job=f"{array}_{i}", submitted=time.time(),
+                            **({"pack_size": len(pack)} if len(pack) > 1 else {}))
             self.states[f"{array}_{i}"] = "PENDING"
         return array
 
     # -- watching
 
     def poll(self):
-        """Ask Slurm once; handle every job that ended."""
+        """Ask Slurm once; handle every array task that ended."""
         active = self.active()
         queued = queue_states()
         self.states.update({job: state for job, state in queued.items() if job in active})
         gone = [job for job in active if job not in queued]
         ended = final_states(gone) if gone else {}
         # Bases first: a failed base withdraws its dependents before their own end is read.
-        for job in sorted(gone, key=lambda j: not active[j].builds):
-            task = active[job]
-            if task not in self.plan.out:
+        for job in sorted(gone, key=lambda j: not active[j][0].builds):
+            tasks = [task for task in active[job] if task in self.plan.out]
+            if not tasks:
                 continue  # withdrawn meanwhile
             if job in ended and ended[job][0] not in STILL_RUNNING:
                 self.missing.pop(job, None)
-                self.finish(task, *ended[job])
+                self.finish(tasks, *ended[job])
             else:
                 self.missing[job] = self.missing.get(job, 0) + 1
                 if self.missing[job] >= GONE_AFTER_POLLS:
-                    self.finish(task, "UNKNOWN", None)
+                    self.finish(tasks, "UNKNOWN", None, {})
 
-    def finish(self, task, state, exit_status):
-        """A submission ended: its output read from its log, its end told to the planner."""
-        self.plan.process_done()
-        output = OutputLines()
-        output.feed(attempt_output(task.record["log"], task.job_id, task.attempt).encode())
+    def finish(self, tasks, state, exit_status, times):
+        """An array task ended: its output read from its log (a pack's is in every member's log);
+        each member that printed its last line succeeded, the others failed, or run again."""
+        first = tasks[0]
+        done = {}  # a member's place in its pack: its tagged lines
+        output = OutputLines(lambda i, text: done.setdefault(i, text))
+        output.feed(attempt_output(first.record["log"], first.job_id, first.attempt).encode())
         output.close()
         self.plan.count_trainings(output.trained)
-        fields = {"state": state, "exit_status": exit_status}
-        if state == DONE and exit_status == 0:
-            self.plan.succeeded(task, output.tail(), **fields)
-            return
-        cancelled = state in NOT_RETRIED
-        again = self.plan.fail(task, "cancelled" if cancelled else "failed", output.tail(), retry=not cancelled,
-                                 **fields)
-        self.say(f"{task.job_id}: {state} (exit {exit_status})" + (", retrying" if again else ""))
+        members = first.record.get("pack", [first.job_id])
+        if len(members) == 1 and state == DONE and exit_status == 0:
+            done[0] = output.text()
+        fields = {"state": state, "exit_status": exit_status, **times}
+        for task in tasks:
+            text = done.get(members.index(task.job_id))
+            error = self.incomplete_base(task) if text is not None else None
+            if text is not None and not error:
+                self.plan.succeeded(task, output.tail(), result_dir=self.result_dir(task, text), **fields)
+            elif state in NOT_RETRIED:  # someone cancelled it on purpose: reported, not retried
+                self.plan.fail(task, "cancelled", output.tail(), retry=False, **fields)
+                self.say(f"{task.job_id}: {state} (exit {exit_status})")
+            elif len(members) > 1 and not error:
+                why = "exit status 0 but no MEMBER_DONE for it" if exit_status == 0 else f"{state}, exit {exit_status}"
+                self.plan.unfinished(task, len(members), output.out_of_memory, why, output.tail(), **fields)
+            else:
+                bad_flags = exit_status == 2 and output.usage  # fails the same way every time
+                again = self.plan.fail(task, "timeout" if state == "TIMEOUT" else "failed", output.tail(),
+                                       retry=not bad_flags, **fields, **({"error": error} if error else {}))
+                self.say(f"{task.job_id}: {error or f'{state} (exit {exit_status})'}"
+                         + (", retrying" if again else f"; log: {task.record['log']}"))
+
+    def incomplete_base(self, task):
+        """Why a base task that ended well did not leave its base model complete in the cache under
+        the key planned (its code or data changed since planning?), or None."""
+        if not task.builds:
+            return None
+        entry = Path(self.settings["workdir"]) / cache_entry(task.job, task.builds)
+        return None if entry_intact(entry) else f"base model {task.builds} is not complete at {entry}"
+
+    def result_dir(self, task, text):
+        """Where a finished member's results are: its cache entry, or the folder it printed."""
+        return str(cache_entry(task.job, task.builds)) if task.builds else printed(text, "RESULT_DIR")
 
     def cancel(self, tasks):
         """scancel submissions the planner withdraws (their base failed or runs again)."""
-        slurm("scancel", *[task.record["slurm_job"] for task in tasks])
-        for _ in tasks:
-            self.plan.process_done()
+        slurm("scancel", *sorted({task.record["slurm_job"] for task in tasks}))
 
     def watch(self):
         """Poll until every task has ended, submitting what becomes ready (retries); Ctrl-C cancels
@@ -158,11 +198,10 @@ class SlurmBackend:
                         raise
                     self.say(f"warning: {e}; asking again", important=True)
                 self.submit_ready()
-                active = self.active()
-                running = sum(self.states.get(job) == "RUNNING" for job in active)
-                bar.n = len(plan.tasks) - len(active) - len(plan.waiting)
+                running = sum(len(tasks) for job, tasks in self.active().items() if self.states.get(job) == "RUNNING")
+                bar.n = len(plan.tasks) - len(plan.out) - len(plan.waiting)
                 bar.set_postfix(done=len(plan.ok), failed=len(plan.failed), blocked=len(plan.blocked),
-                                running=running, pending=len(active) - running, refresh=True)
+                                running=running, pending=len(plan.out) - running, refresh=True)
                 if not plan.finished:
                     time.sleep(POLL_S)
         finally:
@@ -174,7 +213,7 @@ class SlurmBackend:
         arrays = sorted({job.split("_")[0] for job in active} | set(self.submitted))
         if arrays:
             slurm("scancel", *arrays)
-        for task in active.values():
+        for task in list(self.plan.out):
             self.plan.stopped(task, state="CANCELLED", error="interrupted")
         deadline = time.time() + wait_s
         try:

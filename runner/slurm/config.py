@@ -36,6 +36,10 @@ SLURM_FIELDS = {  # field: (check, what it must be, default)
     "setup": (lambda v: isinstance(v, str) and "\n" not in v, "a one-line shell command", ""),
     "python": (_text, "a Python executable", "python3"),
     "workdir": (_text, "a folder on the shared filesystem", "."),
+    # Jobs per array task (pack_train.py): "auto" is MAX_AUTO on a GPU task, 1 on a CPU one.
+    "pack": (lambda v: v == "auto" or _int(1)(v), '"auto" or a whole number >= 1', "auto"),
+    # The most array tasks this user may have queued at once (default: what Slurm says, see queue.limits).
+    "max_submit": (_int(1), "a whole number >= 1", None),
 }
 TOP_FIELDS = ("slurm", "script_path")
 

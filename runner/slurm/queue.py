@@ -1,6 +1,11 @@
 """Slurm's view of the jobs: squeue for what is queued or running, then sacct (where accounting
-runs) or `scontrol show job` (Slurm keeps ended jobs there MinJobAge seconds) for how they ended."""
+runs) or `scontrol show job` (Slurm keeps ended jobs there MinJobAge seconds) for how they ended,
+and the cluster's limits (array size, jobs a user may queue)."""
+import getpass
 import subprocess
+from datetime import datetime
+
+SACCT_FIELDS = "JobID,State,ExitCode,Submit,Start,End"
 
 
 def slurm(*argv):
@@ -24,19 +29,32 @@ def queue_states():
     return dict(line.split("|", 1) for line in out.stdout.split())
 
 
+def times(submit=None, start=None, end=None):
+    """{"queued_s", "run_s"} from Slurm's timestamps (2026-12-03T14:00:00), those it has."""
+    def at(text):
+        try:
+            return datetime.fromisoformat(text).timestamp()
+        except (TypeError, ValueError):  # "Unknown", "None", absent
+            return None
+    submit, start, end = at(submit), at(start), at(end)
+    found = {"queued_s": start - submit if None not in (submit, start) else None,
+             "run_s": end - start if None not in (start, end) else None}
+    return {key: value for key, value in found.items() if value is not None}
+
+
 def parse_sacct(text):
-    """sacct -P -o JobID,State,ExitCode lines -> {id: (state, exit status)}."""
+    """sacct -P -o JobID,State,ExitCode[,Submit,Start,End] lines -> {id: (state, exit status, times)}."""
     states = {}
     for line in text.splitlines():
         fields = line.split("|")
-        if len(fields) == 3 and "[" not in fields[0]:
+        if len(fields) in (3, 6) and "[" not in fields[0]:
             states[fields[0]] = (fields[1].split()[0] if fields[1] else "UNKNOWN",
-                                 int(fields[2].split(":")[0]) if fields[2] else None)
+                                 int(fields[2].split(":")[0]) if fields[2] else None, times(*fields[3:6]))
     return states
 
 
 def parse_scontrol(text):
-    """`scontrol show job -o` lines -> {id: (state, exit status)} (array tasks as "123_4")."""
+    """`scontrol show job -o` lines -> {id: (state, exit status, times)} (array tasks as "123_4")."""
     states = {}
     for line in text.splitlines():
         fields = dict(token.split("=", 1) for token in line.split() if "=" in token)
@@ -44,18 +62,39 @@ def parse_scontrol(text):
             continue
         job = (f"{fields['ArrayJobId']}_{fields['ArrayTaskId']}" if "ArrayTaskId" in fields
                else fields["JobId"])
-        states[job] = (fields["JobState"], int(fields.get("ExitCode", "0:0").split(":")[0]))
+        states[job] = (fields["JobState"], int(fields.get("ExitCode", "0:0").split(":")[0]),
+                       times(fields.get("SubmitTime"), fields.get("StartTime"), fields.get("EndTime")))
     return states
 
 
 def final_states(ids):
-    """{id: (state, exit status)} for jobs that left the queue: sacct where accounting runs,
+    """{id: (state, exit status, times)} for jobs that left the queue: sacct where accounting runs,
     else `scontrol show job` (jobs stay there MinJobAge seconds after they end)."""
     arrays = sorted({job.split("_")[0] for job in ids})
-    out = slurm("sacct", "-n", "-P", "-X", "-j", ",".join(arrays), "-o", "JobID,State,ExitCode")
+    out = slurm("sacct", "-n", "-P", "-X", "-j", ",".join(arrays), "-o", SACCT_FIELDS)
     if out.returncode == 0:
         return parse_sacct(out.stdout)
     states = {}
     for array in arrays:
         states.update(parse_scontrol(slurm("scontrol", "show", "job", "-o", array).stdout))
     return states
+
+
+def limits():
+    """{"max_array": tasks one array may hold, "max_submit": array tasks this user may have queued}:
+    the controller's MaxArraySize and MaxJobCount (scontrol show config), the second lowered to the
+    user's MaxSubmit where accounting knows one; None where Slurm says nothing."""
+    try:
+        shown = slurm("scontrol", "show", "config").stdout
+        config = dict((name.strip(), value.strip()) for name, _, value in
+                      (line.partition("=") for line in shown.splitlines()))
+        assoc = (slurm("sacctmgr", "-n", "-P", "show", "assoc", f"where user={getpass.getuser()}",
+                       "format=MaxSubmit") if "slurmdbd" in config.get("AccountingStorageType", "") else None)
+    except OSError:  # no Slurm tools here (a dry run on a laptop)
+        return {"max_array": None, "max_submit": None}
+    found = {"max_array": config.get("MaxArraySize"), "max_submit": config.get("MaxJobCount")}
+    found = {key: int(value) for key, value in found.items() if value and value.isdigit()}
+    submit = [int(v) for v in assoc.stdout.split() if v.isdigit()] if assoc and assoc.returncode == 0 else []
+    if submit:
+        found["max_submit"] = min(submit + [found.get("max_submit", submit[0])])
+    return {"max_array": found.get("max_array"), "max_submit": found.get("max_submit")}

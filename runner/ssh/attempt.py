@@ -135,19 +135,10 @@ def attempt(context, slot, tasks, command, shown):
         count_trainings([task.builds or task.needs for task in tasks])
     exit_status, timed_out = (result.exit_status, result.timed_out) if result else (None, False)
     for i in list(left):
-        if packed and output.out_of_memory and not context.stop.is_set():
-            # Not charged: the same members fit in smaller packs; halved each time, down to alone.
-            cap = len(tasks) // 2
-            plan.requeue(tasks[i], output.tail(), cap=cap, exit_status=exit_status,
-                         error=f"its pack of {len(tasks)} ran out of GPU memory; it runs in packs of at most "
-                               f"{cap} next")
-        elif packed and not context.stop.is_set():
-            # The failure may be another member's, or the pack's size (--timeout): not charged; the
-            # member runs alone next.
+        if packed and not context.stop.is_set():
             why = error or ("exit status 0 but no MEMBER_DONE for it: skipped, its folder exists there?"
                             if exit_status == 0 else what_ended(exit_status, timed_out, context.timeout))
-            plan.requeue(tasks[i], output.tail(), alone=True, exit_status=exit_status,
-                         error=f"its pack ended without finishing it ({why}); it runs alone next")
+            plan.unfinished(tasks[i], len(tasks), output.out_of_memory, why, output.tail(), exit_status=exit_status)
         else:
             failed(context, slot, tasks[i], output.tail(), exit_status, timed_out, error, output.usage)
 

@@ -1,8 +1,8 @@
 """Every host runs the same code on the same data: checked before a run, copied on request.
 
-check(): each host runs `python -m engine.provenance` in its workdir and answers its code hash
-and the fingerprint of the data files the jobs read; any difference from this
-checkout is one line naming the host, what differs, and both values.
+check: each host runs `python -m engine.provenance` in its workdir and answers its code hash,
+the fingerprint of the data files the jobs read and its libraries; any difference from this
+checkout is one line naming the host, what differs, and both values (runner.check).
 sync(): copies the files that differ (by content hash) to a host's workdir: into
 a hidden folder first, then each renamed into place, so a file on the host is
 always either the old one or the new one, whole.
@@ -16,10 +16,14 @@ import subprocess
 import sys
 import tempfile
 
-from engine import flags, provenance
+from engine import provenance
 from engine.provenance import PROJECT_DIR
+from runner.check import CHECK_MODULE, data_needs, differences, local_answer, read_answer
 from runner.commands import module_command, shell_path
 from runner.ssh.shell import HostRefused
+
+FIX_CODE = "--sync-code copies this checkout there"
+FIX_DATA = "--sync-data copies it there"
 
 
 def project_files(root=PROJECT_DIR):
@@ -36,56 +40,10 @@ def project_files(root=PROJECT_DIR):
     return provenance.code_files(root) + ["requirements.txt"]
 
 
-def data_needs(jobs):
-    """{data_path: sorted participants, or None for every participant in the folder}."""
-    needs = {}
-    for job in jobs:
-        path = str(job.get("data_path") or flags.DEMO_DATA_PATH)
-        names = job.get("participants")
-        if not names or needs.get(path, ()) is None:
-            needs[path] = None
-        else:
-            needs[path] = sorted(set(needs.get(path) or ()) | set(map(str, names)))
-    return needs
-
-
-def local_answer(needs):
-    """What this checkout answers: its code hash, {data_path: fingerprint or None when absent}."""
-    data = {path: provenance.data_answer(path, names) for path, names in needs.items()}
-    # Data not here cannot be compared (the planning machine may hold none); the hosts have it.
-    return {"code_hash": provenance.code_hash(),
-            "data": {path: None if "error" in answer else answer for path, answer in data.items()}}
-
-
 def ask_host(host, server, script, needs):
-    """The host's answer (as local_answer's), or (None, why not)."""
-    result = host.run(module_command(server, script, "engine.provenance", ["--needs", json.dumps(needs)]))
-    try:
-        return json.loads(result.stdout.strip().splitlines()[-1]), None
-    except (ValueError, IndexError):
-        last = (result.stdout.strip().splitlines() or [f"exit status {result.exit_status}"])[-1]
-        return None, (f"cannot tell its code version (python -m engine.provenance: {last[:200]}); --sync-code "
-                      f"copies this checkout there")
-
-
-def differences(name, local, remote):
-    """One line per thing that differs between this checkout and a host's answer."""
-    lines = []
-    if remote["code_hash"] != local["code_hash"]:
-        lines.append(f"{name}: code differs (code hash here {local['code_hash']}, there {remote['code_hash']}); "
-                     f"--sync-code copies this checkout there")
-    for path, here in local["data"].items():
-        there = remote["data"].get(path) or {"error": "no answer"}
-        if here is None or there == here:
-            continue
-        if "error" in there:
-            lines.append(f"{name}: data {path}: {there['error']}; --sync-data copies it there")
-            continue
-        changed = sorted(f for f in set(here) | set(there) if here.get(f) != there.get(f))
-        first = changed[0]
-        lines.append(f"{name}: data {path}/{first} differs (here {str(here.get(first))[:12]}, there "
-                     f"{str(there.get(first))[:12]}; {len(changed)} files differ); --sync-data copies it there")
-    return lines
+    """The host's answer (engine.provenance.answer), or (None, why not)."""
+    result = host.run(module_command(server, script, CHECK_MODULE, ["--needs", json.dumps(needs)]))
+    return read_answer(result.stdout if result.stdout.strip() else f"exit status {result.exit_status}", FIX_CODE)
 
 
 def in_folder(server, line):
@@ -178,7 +136,7 @@ class Checker:
         except OSError as e:  # what stopped the copy happens on every try
             raise HostRefused(f"{host.name}: copying to {server['workdir']} failed ({e})") from None
         answer, why = ask_host(host, server, self.script, self.needs)
-        lines = [f"{host.name}: {why}"] if why else differences(host.name, self.local, answer)
+        lines = [f"{host.name}: {why}"] if why else differences(host.name, self.local, answer, FIX_CODE, FIX_DATA)
         if lines and not self.allow_mismatch:
             raise Mismatch("; ".join(lines), lines)
         for line in lines:

@@ -1,10 +1,9 @@
 """A run on SSH hosts: reach and check every host (code and data as here, via hostsync), plan
 their slots, run the planner's tasks over them (backend.py), then the summary and the report."""
-import posixpath
 import sys
 
-from engine import provenance
 from engine.fileio import ConfigError
+from runner.check import is_project_script
 from runner.commands import plural
 from runner.config import PROG
 from runner.report import summary_lines, task_counts, write_log_file
@@ -17,7 +16,7 @@ from runner.ssh.shell import HostRefused
 def make_checker(args, tasks, script):
     """The check of every host's code and data (hostsync), or None when the script is not one of
     this project's (a lab's own script has no engine.provenance beside it to answer)."""
-    if posixpath.basename(script) not in provenance.code_files():
+    if not is_project_script(script):
         if args.sync_code or args.sync_data or args.allow_mismatch:
             raise ConfigError(f"{script} is not one of this project's scripts: --sync-code, --sync-data "
                               f"and --allow-mismatch apply to this project's own")
