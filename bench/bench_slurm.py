@@ -27,9 +27,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 from bench_dispatch import timed  # noqa: E402
 from runner.ledger import Ledger  # noqa: E402
-from runner.slurm import backend as slurm_backend  # noqa: E402
 from slurm_cluster import SlurmCluster, slurm_installed  # noqa: E402  (the tests' cluster helper)
 from tiny_data import write_tiny_dataset  # noqa: E402
+
+
+POLL_S = 0.5  # the runner's poll_s here, and the bare array's
 
 
 def runner(cluster, tmp, config, jobs, run_dir):
@@ -45,7 +47,7 @@ def runner(cluster, tmp, config, jobs, run_dir):
 def overhead(cluster, tmp, n):
     script = tmp / "trivial.py"
     script.write_text("")  # exits at once
-    config = {"slurm": {"gpus_per_task": 0, "python": sys.executable, "workdir": str(tmp)},
+    config = {"slurm": {"gpus_per_task": 0, "python": sys.executable, "workdir": str(tmp), "poll_s": POLL_S},
               "script_path": str(script)}
     wall, _ = runner(cluster, tmp, config, [{"fold": k, "job_id": f"job{k}"} for k in range(n)], tmp / "runs" / "overhead")
     bare_script = tmp / "bare.sh"
@@ -54,7 +56,7 @@ def overhead(cluster, tmp, n):
     array = cluster.run("sbatch", "--parsable", f"--array=0-{n - 1}", f"--output={tmp}/bare-%a.out",
                         str(bare_script)).stdout.strip()
     while any(job.split("_")[0] == array for job in cluster.queue()):
-        time.sleep(slurm_backend.POLL_S)
+        time.sleep(POLL_S)
     bare = time.perf_counter() - started
     print(f"1. overhead: {n} trivial jobs on a 2-CPU test node, one CPU each")
     print(f"   run_distributed_training.py (slurm): {wall:.1f} s")
@@ -70,6 +72,7 @@ def packs(cluster, tmp, members, size):
     walls = {}
     for pack in (1, size):
         config = {"slurm": {"gpus_per_task": 0, "python": sys.executable, "workdir": str(tmp), "pack": pack,
+                            "poll_s": POLL_S,
                             "setup": "export OMP_NUM_THREADS=1"}, "script_path": str(ROOT / "oct1_train.py")}
         shutil.rmtree(tmp / "experiments", ignore_errors=True)
         walls[pack] = runner(cluster, tmp, config, jobs, tmp / "runs" / f"pack{pack}")

@@ -96,9 +96,14 @@ def intact_command(server, script, path):
     return in_workdir(server, intact_check(server, script, path))
 
 
-def module_command(server, script, module, args):
-    """The shell line that runs `python -m <module> <args>` (args shell-quoted) with the code
-    beside the training script, in the server's workdir after its setup."""
+def module_args(server, script, module, args):
+    """The command that runs `python -m <module> <args>` (args shell-quoted) with the code beside
+    the training script, from the workdir."""
     code = posixpath.dirname(script) or "."
     words = [shlex.quote(RUN_MODULE), shell_path(code), module, *map(shlex.quote, args)]
-    return in_workdir(server, f"{shell_path(server['python'])} -c {' '.join(words)}")
+    return f"{shell_path(server['python'])} -c {' '.join(words)}"
+
+
+def module_command(server, script, module, args):
+    """module_args as a shell line run in the server's workdir after its setup."""
+    return in_workdir(server, module_args(server, script, module, args))

@@ -242,12 +242,13 @@ class Plan:
 
     def withdraw(self, tasks, reason):
         """Cancel tasks handed out early (they wait in the backend for a base that failed, or that
-        runs again): their ledger lines say so and they wait again."""
+        runs again): their ledger lines say so and they wait again. The backend's cancel returns
+        those it left alone (already running): they stay out."""
         if not tasks:
             return
         with self._cond:
-            self.cancel(tasks)
-            for task in tasks:
+            running = self.cancel(tasks) or []
+            for task in [t for t in tasks if t not in running]:
                 self._end(task, "withdrawn", "", {"error": reason})
                 self._waiting.append(task)
 

@@ -69,7 +69,7 @@ def cluster():
 def slurm_config(folder, script, **settings):
     return write_json(folder / "slurm.json", {
         "slurm": {"workdir": str(folder), "python": sys.executable, "setup": "export OMP_NUM_THREADS=1",
-                  **settings},
+                  "poll_s": 0.5, **settings},
         "script_path": str(script)})
 
 
@@ -338,9 +338,13 @@ def test_bad_settings_fail_at_submit_with_one_line(cluster, tmp_path, fake_scrip
 
 def test_sacct_lines_are_read_like_scontrol_ones():
     # The test cluster has no accounting database; this is sacct's format where one runs.
-    text = "41_0|COMPLETED|0:0\n41_1|FAILED|1:0\n41_2|CANCELLED by 0|0:15\n41_[3-5]|PENDING|0:0\n"
+    text = "41_0|COMPLETED|0:0\n41_1|FAILED|1:0\n41_2|CANCELLED by 0|0:15\n41_[3-4,6%1]|CANCELLED by 0|0:0\n"
+    # A throttled array cancelled before its last tasks started: one line for their range, each task read.
     assert {job: ended[:2] for job, ended in slurm_queue.parse_sacct(text).items()} == {
-        "41_0": ("COMPLETED", 0), "41_1": ("FAILED", 1), "41_2": ("CANCELLED", 0)}
+        "41_0": ("COMPLETED", 0), "41_1": ("FAILED", 1), "41_2": ("CANCELLED", 0), "41_3": ("CANCELLED", 0),
+        "41_4": ("CANCELLED", 0), "41_6": ("CANCELLED", 0)}
+    scontrol = "JobId=50 ArrayJobId=50 ArrayTaskId=1-2%1 JobState=CANCELLED ExitCode=0:0\n"
+    assert slurm_queue.parse_scontrol(scontrol) == {"50_1": ("CANCELLED", 0, {}), "50_2": ("CANCELLED", 0, {})}
     # With the times (SACCT_FIELDS): queue wait and run time in seconds; "Unknown" ones are left out.
     timed = "41_0|COMPLETED|0:0|2026-12-03T10:00:00|2026-12-03T10:00:30|2026-12-03T10:02:00\n" \
             "41_1|PENDING|0:0|2026-12-03T10:00:00|Unknown|Unknown\n"

@@ -19,7 +19,7 @@ from runner.ledger import Ledger
 from runner.packing import OUT_OF_MEMORY
 from runner.plan import Plan, Task
 from runner.report import Say
-from runner.slurm.backend import SlurmBackend
+from runner.slurm.ends import tell_plan
 from test_remote import ledger
 from test_slurm import fake_jobs, slurm_config, throwaway_cluster
 from test_two_phase import SCRIPT, assert_carries_the_stored_base, generate
@@ -143,18 +143,13 @@ def test_a_grid_over_the_array_limit_is_split_and_fed_in_waves(cluster, tmp_path
 
 
 def started_pack(tmp_path, n):
-    """A plan whose first n jobs went out as one array task, and its backend."""
+    """A plan whose first n jobs went out as one array task."""
     tasks = [Task({"job_id": f"j{k}", "fold": k}, pack_key="same") for k in range(n)]
     plan = Plan(tasks, Ledger(tmp_path / "ledger.jsonl"), tmp_path / "logs", retries=1)
-    settings = {name: None for name in ("partition", "account", "qos", "time", "mem", "gpu_type", "max_running",
-                                        "max_submit")}
-    settings.update(cpus_per_task=1, gpus_per_task=1, gpu_option="gres", sbatch_args=[], workdir=str(tmp_path),
-                    python="python3", setup="", pack=n)
-    backend = SlurmBackend(plan, settings, "oct1_train.py", tmp_path, Say(quiet=True))
     pack = plan.take(n)
     plan.log_dir.mkdir()
     plan.start(pack, "submitted", slurm_job="7_0", submitted=time.time(), pack_size=n)
-    return plan, backend, pack
+    return plan, pack
 
 
 def write_pack_log(pack, lines):
@@ -166,11 +161,12 @@ def write_pack_log(pack, lines):
 
 @pytest.mark.parametrize("how", ["failed", "out of memory", "cancelled"])
 def test_a_pack_member_that_did_not_finish_runs_again_alone_or_in_a_smaller_pack(tmp_path, how):
-    plan, backend, pack = started_pack(tmp_path, 4)
+    plan, pack = started_pack(tmp_path, 4)
     lines = ["RESULT_DIR experiments/x/fold0_a", "MEMBER_DONE 0"]
     lines += [f"{OUT_OF_MEMORY} 4"] if how == "out of memory" else ["Traceback: member 1 broke"]
     write_pack_log(pack, lines)
-    backend.finish(pack, "CANCELLED" if how == "cancelled" else "FAILED", 1, {"run_s": 5.0})
+    tell_plan(plan, Say(quiet=True), str(tmp_path), tmp_path / "slurm" / "7_0.out", pack,
+              "CANCELLED" if how == "cancelled" else "FAILED", 1, {"run_s": 5.0})
     ended = {r["job_id"]: r for r in ledger(tmp_path) if r["status"] != "submitted"}
     assert ended["j0"]["status"] == "ok" and ended["j0"]["result_dir"] == "experiments/x/fold0_a"
     assert ended["j0"]["run_s"] == 5.0

@@ -1,46 +1,36 @@
 """The Slurm backend: the planner's ready tasks, packed, submitted as sbatch job arrays (an array
 task per pack; a dependent as soon as its base task is queued, with --dependency on it), in
-waves that fit the user's submit limit, watched with squeue, their ends read from sacct or
-scontrol and told to the planner member by member; Ctrl-C cancels what it submitted.
+waves that fit the user's submit limit, watched with squeue (every poll_s seconds, longer while
+nothing ends), their ends read from sacct or scontrol and told to the planner member by member
+(ends.py); Ctrl-C cancels what it submitted.
 
 Slurm grants the GPU (CUDA_VISIBLE_DEVICES). The run dir and workdir are on the filesystem the
 compute nodes share with this machine, so a job's log and results need no copy.
 """
 import math
 import os
-import re
 import sys
 import time
-from pathlib import Path
 
 from tqdm import tqdm
 
-from engine.base_cache import entry_intact
-from runner.jobs import cache_entry
-from runner.output import OutputLines, printed
+from runner.slurm.ends import finished_in_log, tell_plan
 from runner.slurm.queue import SlurmUnreachable, final_states, first_line, queue_states, slurm
 from runner.slurm.scripts import array_script, phase_arrays, sbatch_argv, sbatch_options
 
-POLL_S = 0.5
-DONE = "COMPLETED"
-NOT_RETRIED = ("CANCELLED",)  # someone cancelled it on purpose: reported, not retried
-STILL_RUNNING = ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING")
-GONE_AFTER_POLLS = 10  # a job neither squeue nor the accounting knows for this long is lost
+STILL_RUNNING = ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED")
+GONE_AFTER_S = 600.0  # a task neither squeue nor the accounting knows for this long is lost (accounting lags)
 UNREACHABLE_S = 120.0  # squeue failing this long ends the watch (the jobs stay queued)
+SUBMIT_GIVE_UP_S = 1800.0  # sbatch refusing a resubmission this long ends the run (retried with backoff)
+# Pending reasons that never clear by waiting: the task is cancelled and fails for good, with the reason.
+# (Not PartitionConfig: the test cluster shows it for a few seconds after a submission.)
+NEVER_STARTS = ("PartitionTimeLimit", "PartitionNodeLimit", "InvalidAccount", "InvalidQOS",
+                "QOSMaxWallDurationPerJobLimit", "AssocMaxWallDurationPerJobLimit", "BadConstraints",
+                "DependencyNeverSatisfied")
 
 
 class SubmitError(Exception):
     """sbatch refused a submission; the message is its one-line reason."""
-
-
-def attempt_output(log, job_id, attempt):
-    """What one attempt wrote into a job's log: the text after its own header."""
-    try:
-        text = Path(log).read_text(errors="replace")
-    except OSError:
-        return ""
-    headers = list(re.finditer(rf"^=== {re.escape(job_id)} attempt {attempt}: .*$", text, re.MULTILINE))
-    return text[headers[-1].end():] if headers else ""
 
 
 class SlurmBackend:
@@ -51,7 +41,7 @@ class SlurmBackend:
         self.pack = 1  # jobs per array task (scripts.pack_limit, once the preflight has told the GPU)
         self.limits = {}  # queue.limits(): the most tasks per array, and queued at once
         self.submitted = []  # every array id this run submitted
-        self.missing = {}  # slurm job: polls it has been unknown to Slurm
+        self.missing = {}  # slurm job: when it was first unknown to Slurm
         self.states = {}  # slurm job: its state at the last poll
         self.started = time.time()
         plan.cancel = self.cancel
@@ -86,7 +76,7 @@ class SlurmBackend:
             for name, members, bases in phase_arrays(packs, self.plan.building, self.limits.get("max_array")):
                 self.submit(name, members, bases)
                 submitted += members
-        except SubmitError:  # what sbatch did not take waits again (the run is ending)
+        except SubmitError:  # what sbatch did not take waits again
             self.plan.put_back([task for pack in packs if pack not in submitted for task in pack])
             raise
 
@@ -115,10 +105,15 @@ class SlurmBackend:
     # -- watching
 
     def poll(self):
-        """Ask Slurm once; handle every array task that ended."""
+        """Ask Slurm once; handle every array task that ended, or that can never start. Returns
+        whether any did."""
         active = self.active()
         queued = queue_states()
-        self.states.update({job: state for job, state in queued.items() if job in active})
+        self.states.update({job: state for job, (state, _) in queued.items() if job in active})
+        stuck = {job: reason for job, (state, reason) in queued.items()
+                 if job in active and state == "PENDING" and reason in NEVER_STARTS}
+        for job, reason in stuck.items():
+            self.never_starts(active[job], reason)
         gone = [job for job in active if job not in queued]
         ended = final_states(gone) if gone else {}
         # Bases first: a failed base withdraws its dependents before their own end is read.
@@ -128,91 +123,85 @@ class SlurmBackend:
                 continue  # withdrawn meanwhile
             if job in ended and ended[job][0] not in STILL_RUNNING:
                 self.missing.pop(job, None)
-                self.finish(tasks, *ended[job])
-            else:
-                self.missing[job] = self.missing.get(job, 0) + 1
-                if self.missing[job] >= GONE_AFTER_POLLS:
-                    self.finish(tasks, "UNKNOWN", None, {})
+                tell_plan(self.plan, self.say, self.settings["workdir"], self.out_dir / f"{job}.out", tasks,
+                          *ended[job])
+            elif time.time() - self.missing.setdefault(job, time.time()) > GONE_AFTER_S:
+                tell_plan(self.plan, self.say, self.settings["workdir"], self.out_dir / f"{job}.out", tasks,
+                          "UNKNOWN", None, {})
+        return bool(stuck or ended)
 
-    def finish(self, tasks, state, exit_status, times):
-        """An array task ended: its output read from its log (a pack's is in every member's log);
-        each member that printed its last line succeeded, the others failed, or run again."""
-        first = tasks[0]
-        done = {}  # a member's place in its pack: its tagged lines
-        output = OutputLines(lambda i, text: done.setdefault(i, text))
-        output.feed(attempt_output(first.record["log"], first.job_id, first.attempt).encode())
-        output.close()
-        self.plan.count_trainings(output.trained)
-        members = first.record.get("pack", [first.job_id])
-        if len(members) == 1 and state == DONE and exit_status == 0:
-            done[0] = output.text()
-        fields = {"state": state, "exit_status": exit_status, **times}
+    def never_starts(self, tasks, reason):
+        """A pending task Slurm will never start as asked (say, a time limit above the partition's
+        MaxTime): cancelled, and failed for good with the reason."""
+        job = tasks[0].record["slurm_job"]
+        if slurm("scancel", job).returncode:
+            return  # asked again at the next poll
         for task in tasks:
-            text = done.get(members.index(task.job_id))
-            error = self.incomplete_base(task) if text is not None else None
-            if text is not None and not error:
-                self.plan.succeeded(task, output.tail(), result_dir=self.result_dir(task, text), **fields)
-            elif state in NOT_RETRIED:  # someone cancelled it on purpose: reported, not retried
-                self.plan.fail(task, "cancelled", output.tail(), retry=False, **fields)
-                self.say(f"{task.job_id}: {state} (exit {exit_status})")
-            elif len(members) > 1 and not error:
-                why = "exit status 0 but no MEMBER_DONE for it" if exit_status == 0 else f"{state}, exit {exit_status}"
-                self.plan.unfinished(task, len(members), output.out_of_memory, why, output.tail(), **fields)
-            else:
-                bad_flags = exit_status == 2 and output.usage  # fails the same way every time
-                again = self.plan.fail(task, "timeout" if state == "TIMEOUT" else "failed", output.tail(),
-                                       retry=not bad_flags, **fields, **({"error": error} if error else {}))
-                self.say(f"{task.job_id}: {error or f'{state} (exit {exit_status})'}"
-                         + (", retrying" if again else f"; log: {task.record['log']}"))
-
-    def incomplete_base(self, task):
-        """Why a base task that ended well did not leave its base model complete in the cache under
-        the key planned (its code or data changed since planning?), or None."""
-        if not task.builds:
-            return None
-        entry = Path(self.settings["workdir"]) / cache_entry(task.job, task.builds)
-        return None if entry_intact(entry) else f"base model {task.builds} is not complete at {entry}"
-
-    def result_dir(self, task, text):
-        """Where a finished member's results are: its cache entry, or the folder it printed."""
-        return str(cache_entry(task.job, task.builds)) if task.builds else printed(text, "RESULT_DIR")
+            self.plan.fail(task, "failed", retry=False, state="PENDING", error=f"Slurm will never start it: {reason}")
+        self.say(f"{', '.join(t.job_id for t in tasks)}: pending for {reason}, which never clears: cancelled "
+                 f"(check time, partition, account and qos)", important=True)
 
     def cancel(self, tasks):
-        """scancel submissions the planner withdraws (their base failed or runs again)."""
-        slurm("scancel", *sorted({task.record["slurm_job"] for task in tasks}))
+        """scancel submissions the planner withdraws (their base failed or runs again); returns
+        those left alone: a dependent that already runs is never withdrawn (its base had ended
+        well for Slurm after all)."""
+        running = [task for task in tasks if self.states.get(task.record["slurm_job"]) == "RUNNING"]
+        stop = sorted({task.record["slurm_job"] for task in tasks if task not in running})
+        if stop:
+            slurm("scancel", *stop)
+        return running
 
     def watch(self):
-        """Poll until every task has ended, submitting what becomes ready (retries); Ctrl-C cancels
-        what is queued or running."""
+        """Poll until every task has ended, submitting what becomes ready (retries; one that
+        sbatch refuses is tried again with backoff); Ctrl-C cancels what is queued or running."""
         plan = self.plan
         bar = tqdm(total=len(plan.tasks), desc="jobs", unit="job", disable=self.say.quiet, file=sys.stderr)
-        failing_since = None
+        failing_since = refused_since = None
+        wait = self.settings["poll_s"]
         try:
             while not plan.finished:
                 try:
-                    self.poll()
+                    # Quick while tasks end, slower (up to twice poll_s) while none does.
+                    wait = self.settings["poll_s"] if self.poll() else min(wait * 1.5, 2 * self.settings["poll_s"])
                     failing_since = None
                 except SlurmUnreachable as e:  # a controller restart is brief; ride it out
                     failing_since = failing_since or time.time()
                     if time.time() - failing_since > UNREACHABLE_S:
                         raise
                     self.say(f"warning: {e}; asking again", important=True)
-                self.submit_ready()
-                running = sum(len(tasks) for job, tasks in self.active().items() if self.states.get(job) == "RUNNING")
-                bar.n = len(plan.tasks) - len(plan.out) - len(plan.waiting)
-                bar.set_postfix(done=len(plan.ok), failed=len(plan.failed), blocked=len(plan.blocked),
-                                running=running, pending=len(plan.out) - running, refresh=True)
+                try:
+                    self.submit_ready()
+                    refused_since = None
+                except SubmitError as e:  # the controller busy or restarting: the tasks wait for the next try
+                    refused_since = refused_since or time.time()
+                    if time.time() - refused_since > SUBMIT_GIVE_UP_S:
+                        raise
+                    self.say(f"warning: {e}; submitting again later", important=True)
+                self.show(bar)
                 if not plan.finished:
-                    time.sleep(POLL_S)
+                    time.sleep(wait)
         finally:
             bar.close()
 
+    def show(self, bar):
+        plan = self.plan
+        running = sum(len(tasks) for job, tasks in self.active().items() if self.states.get(job) == "RUNNING")
+        bar.n = len(plan.tasks) - len(plan.out) - len(plan.waiting)
+        bar.set_postfix(done=len(plan.ok), failed=len(plan.failed), blocked=len(plan.blocked),
+                        running=running, pending=len(plan.out) - running, refresh=True)
+
     def cancel_all(self, wait_s=30):
-        """scancel every array this run submitted or adopted; wait until squeue no longer lists them."""
+        """scancel every array this run submitted or adopted; wait until squeue no longer lists them.
+        Where scancel fails, the ledger keeps them open: a rerun watches them."""
         active = self.active()
         arrays = sorted({job.split("_")[0] for job in active} | set(self.submitted))
-        if arrays:
-            slurm("scancel", *arrays)
+        if not arrays:
+            return
+        out = slurm("scancel", *arrays)
+        if out.returncode:
+            self.say(f"warning: scancel failed ({first_line(out.stderr)}): the jobs may still be queued; rerun "
+                     f"the same command to watch them, or scancel {' '.join(arrays)}", important=True)
+            return
         for task in list(self.plan.out):
             self.plan.stopped(task, state="CANCELLED", error="interrupted")
         deadline = time.time() + wait_s
@@ -226,9 +215,12 @@ class SlurmBackend:
 
     def adopt(self, history):
         """Watch the submissions of an earlier run that Slurm still knows instead of submitting them
-        again; returns how many. A submission it no longer knows is "lost" and runs again."""
-        closed = {r.get("slurm_job") for r in history if r.get("status") != "submitted"}
-        open_ = {r["job_id"]: r for r in history if r.get("status") == "submitted" and r["slurm_job"] not in closed}
+        again; returns how many. One Slurm no longer knows is done when its log and result say so
+        (Slurm forgets ended jobs MinJobAge after they end, where no accounting runs), else "lost":
+        it runs again."""
+        closed = {(r["job_id"], r.get("slurm_job")) for r in history if r.get("status") != "submitted"}
+        open_ = {r["job_id"]: r for r in history
+                 if r.get("status") == "submitted" and (r["job_id"], r["slurm_job"]) not in closed}
         if not open_:
             return 0
         known = set(queue_states()) | set(final_states([r["slurm_job"] for r in open_.values()]))
@@ -236,6 +228,10 @@ class SlurmBackend:
             record = open_.get(task.job_id)
             if record and record["slurm_job"] in known:
                 self.plan.adopt(task, record)
+            elif record and (found := finished_in_log(task, record, self.settings["workdir"])):
+                self.plan.adopt(task, record)
+                self.plan.succeeded(task, result_dir=found, state="UNKNOWN",
+                                    note="Slurm no longer knows it; its log and result folder show it finished")
             elif record:
                 self.plan.note(task.job_id, "lost", slurm_job=record["slurm_job"])
         # A dependent waits on its base's task: if that base is to be submitted anew, so is it.

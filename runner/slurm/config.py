@@ -40,7 +40,13 @@ SLURM_FIELDS = {  # field: (check, what it must be, default)
     "pack": (lambda v: v == "auto" or _int(1)(v), '"auto" or a whole number >= 1', "auto"),
     # The most array tasks this user may have queued at once (default: what Slurm says, see queue.limits).
     "max_submit": (_int(1), "a whole number >= 1", None),
+    # Seconds between looks at squeue while nothing ends (up to twice that as the quiet lasts).
+    "poll_s": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0.1 <= v <= 600,
+               "seconds between 0.1 and 600", 30),
 }
+# The sbatch options the runner sets itself on every array; sbatch_args may not replace them.
+OWN_OPTIONS = {"--array": "-a", "--output": "-o", "--job-name": "-J", "--dependency": "-d", "--parsable": None,
+               "--wait": "-W", "--kill-on-invalid-dep": None}
 TOP_FIELDS = ("slurm", "script_path")
 
 
@@ -63,6 +69,12 @@ def load_slurm_config(path):
         if key in section and not check(value):
             raise ConfigError(f"{path}: slurm.{key}: expected {expected}, got {json.dumps(value)}")
         settings[key] = value
+    for arg in settings["sbatch_args"]:
+        long = arg.split("=")[0]
+        short = next((name for name, letter in OWN_OPTIONS.items() if letter and arg[:2] == letter), None)
+        if long in OWN_OPTIONS or short:
+            raise ConfigError(f"{path}: slurm.sbatch_args: {arg} is an option the runner sets itself on every "
+                              f"array ({long if long in OWN_OPTIONS else short})")
     for key in ("setup", "sbatch_args"):
         if SECRET_NAME.search(json.dumps(settings[key])):
             raise ConfigError(f"{path}: slurm.{key}: no secrets in config files (they would be "

@@ -10,9 +10,9 @@ import sys
 from engine.fileio import ConfigError
 from runner.config import PROG
 from runner.check import CHECK_MODULE, data_needs, differences, local_answer, read_answer
-from runner.commands import module_command
+from runner.commands import module_args
 from runner.slurm.queue import first_line, slurm
-from runner.slurm.scripts import sbatch_options
+from runner.slurm.scripts import sbatch_options, script_start
 
 PREFLIGHT_S = 300  # its time limit: short, so that the scheduler fits it in soon
 
@@ -24,20 +24,20 @@ class PreflightError(Exception):
 def ask_node(settings, script, needs, out_dir):
     """(answer, None) from a compute node, or (None, why not)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    check = module_command(settings, script, CHECK_MODULE, ["--needs", json.dumps(needs)])
-    env = "" if settings["gpus_per_task"] else "export CUDA_VISIBLE_DEVICES=; "  # as the tasks run
+    check = module_args(settings, script, CHECK_MODULE, ["--needs", json.dumps(needs)])
+    env = "" if settings["gpus_per_task"] else "CUDA_VISIBLE_DEVICES= "  # as the tasks run
     path = out_dir / "preflight.sh"
-    path.write_text(f"#!/bin/bash\n# written by run_distributed_training.py: the check before submitting\n"
-                    f"{env}{check}\n")
+    path.write_text("\n".join([*script_start(settings, "the check before submitting"), env + check, ""]))
     out = slurm("sbatch", "--parsable", "--wait", "--job-name=preflight", f"--output={out_dir}/preflight-%j.out",
-                *sbatch_options(settings, PREFLIGHT_S), str(path))
+                *sbatch_options(settings, PREFLIGHT_S), str(path), timeout=None)  # it waits for a node
     job = out.stdout.strip().split(";")[0]
     if not job.isdigit():
         raise PreflightError(f"sbatch refused the preflight job: {first_line(out.stderr)}")
     try:
         output = (out_dir / f"preflight-{job}.out").read_text(errors="replace")
     except OSError as e:
-        return None, f"no output from the preflight job {job} ({e})"
+        return None, (f"no output from the preflight job {job} here ({e}): is the run dir on a filesystem the "
+                      f"compute nodes share?")
     return read_answer(output, "is the workdir on the filesystem the compute nodes share?")
 
 

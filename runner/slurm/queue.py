@@ -2,14 +2,38 @@
 runs) or `scontrol show job` (Slurm keeps ended jobs there MinJobAge seconds) for how they ended,
 and the cluster's limits (array size, jobs a user may queue)."""
 import getpass
+import re
 import subprocess
 from datetime import datetime
 
 SACCT_FIELDS = "JobID,State,ExitCode,Submit,Start,End"
 
 
-def slurm(*argv):
-    return subprocess.run(argv, capture_output=True, text=True)
+CALL_S = 60  # no Slurm command of the runner's may hang it: past this it counts as failed
+
+
+def slurm(*argv, timeout=CALL_S):
+    """Run a Slurm command; one that does not answer within timeout seconds fails (exit 124)."""
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(argv, 124, "", f"{argv[0]}: no answer within {timeout} s")
+
+
+def expand_ids(job_id, task_ids=None):
+    """Array task ids: "12_[1-3,7%2]" (sacct) or job "12" with ArrayTaskId "1-3,7%2" (scontrol),
+    as a throttled or cancelled array's pending tasks are shown -> ["12_1", "12_2", "12_3", "12_7"]."""
+    if task_ids is None:
+        found = re.fullmatch(r"(\d+)_\[([^\]]*)\]", job_id)
+        if not found:
+            return [job_id]
+        job_id, task_ids = found.groups()
+    ids = []
+    for part in task_ids.split("%")[0].split(","):
+        first, _, last = part.partition("-")
+        if first.isdigit() and (not last or last.isdigit()):
+            ids += [f"{job_id}_{i}" for i in range(int(first), int(last or first) + 1)]
+    return ids
 
 
 def first_line(text):
@@ -22,11 +46,18 @@ class SlurmUnreachable(Exception):
 
 
 def queue_states():
-    """{job id ("123_4" for an array task): state} of this user's jobs in squeue."""
-    out = slurm("squeue", "--me", "-h", "-r", "-o", "%i|%T")
+    """{job id ("123_4" for an array task): (state, reason)} of this user's jobs in squeue; the
+    reason says why a pending one waits (Priority, Resources, PartitionTimeLimit, ...)."""
+    out = slurm("squeue", "--me", "-h", "-r", "-o", "%i|%T|%r")
     if out.returncode:
         raise SlurmUnreachable(f"squeue: {first_line(out.stderr)}")
-    return dict(line.split("|", 1) for line in out.stdout.split())
+    states = {}
+    for line in out.stdout.splitlines():
+        fields = line.split("|")
+        if len(fields) == 3:
+            for job in expand_ids(fields[0]):
+                states[job] = (fields[1], fields[2])
+    return states
 
 
 def times(submit=None, start=None, end=None):
@@ -47,9 +78,10 @@ def parse_sacct(text):
     states = {}
     for line in text.splitlines():
         fields = line.split("|")
-        if len(fields) in (3, 6) and "[" not in fields[0]:
-            states[fields[0]] = (fields[1].split()[0] if fields[1] else "UNKNOWN",
-                                 int(fields[2].split(":")[0]) if fields[2] else None, times(*fields[3:6]))
+        if len(fields) in (3, 6):
+            for job in expand_ids(fields[0]):
+                states[job] = (fields[1].split()[0] if fields[1] else "UNKNOWN",
+                               int(fields[2].split(":")[0]) if fields[2] else None, times(*fields[3:6]))
     return states
 
 
@@ -60,10 +92,11 @@ def parse_scontrol(text):
         fields = dict(token.split("=", 1) for token in line.split() if "=" in token)
         if "JobState" not in fields:
             continue
-        job = (f"{fields['ArrayJobId']}_{fields['ArrayTaskId']}" if "ArrayTaskId" in fields
-               else fields["JobId"])
-        states[job] = (fields["JobState"], int(fields.get("ExitCode", "0:0").split(":")[0]),
-                       times(fields.get("SubmitTime"), fields.get("StartTime"), fields.get("EndTime")))
+        jobs = (expand_ids(fields["ArrayJobId"], fields["ArrayTaskId"]) if "ArrayTaskId" in fields
+                else [fields["JobId"]])
+        for job in jobs:
+            states[job] = (fields["JobState"], int(fields.get("ExitCode", "0:0").split(":")[0]),
+                           times(fields.get("SubmitTime"), fields.get("StartTime"), fields.get("EndTime")))
     return states
 
 

@@ -7,7 +7,7 @@ import json
 import math
 import shlex
 
-from runner.commands import in_workdir, intact_check, job_command_args, plural, shell_path
+from runner.commands import intact_check, job_command_args, plural, shell_path
 from runner.jobs import cache_entry
 from runner.packing import MAX_AUTO, auto_size, trainer_path
 
@@ -25,6 +25,10 @@ def sbatch_options(settings, timeout=None):
     return options + settings["sbatch_args"]
 
 
+# A solo job that Slurm itself requeued (preemption, a node failure) may have published its folder.
+RESTARTED = '$([ "${SLURM_RESTART_COUNT:-0}" -gt 0 ] && echo --overwrite)'
+
+
 def header(task):
     """The line that opens an attempt in the job's log (the runner finds the attempt's output by it)."""
     return (f"=== {task.job_id} attempt {task.attempt + 1}: slurm job ${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}} "
@@ -40,6 +44,8 @@ def task_line(pack, plan, settings, script, after_base):
     jobs = [plan.job_to_run(task) for task in pack]
     args = ([shell_path(script), *job_command_args(jobs[0])] if len(pack) == 1 else
             [shell_path(trainer_path(script)), "--json", shlex.quote(json.dumps(jobs))])
+    if len(pack) == 1 and not pack[0].builds and not jobs[0].get("overwrite"):
+        args.append(RESTARTED)
     line = " ".join([env, shell_path(settings["python"]), *args])
     if len(pack) == 1 and pack[0].builds:  # it succeeds only with its base model complete under the key planned
         line += " && " + intact_check(settings, script, cache_entry(pack[0].job, pack[0].builds))
@@ -48,7 +54,6 @@ def task_line(pack, plan, settings, script, after_base):
         missing = shlex.quote(f"base model {pack[0].needs} is not complete in the cache ({entry}): "
                               f"its base task failed")
         line = f"{{ {intact_check(settings, script, entry)} || {{ echo {missing}; exit 3; }}; }} && {line}"
-    line = in_workdir(settings, line)
     logs = [shlex.quote(str(plan.log_path(task))) for task in pack]
     members = shlex.quote(f"a pack of {len(pack)}: {' '.join(task.job_id for task in pack)}")
     opening = "; ".join(f'{{ echo "{header(task)}"' + (f"; echo {members}" if len(pack) > 1 else "")
@@ -58,10 +63,21 @@ def task_line(pack, plan, settings, script, after_base):
     return f"{opening}; {{ {line}; }} 2>&1 | tee -a {' '.join(logs)} >/dev/null; exit ${{PIPESTATUS[0]}}"
 
 
+def script_start(settings, what):
+    """A job script's first lines: into the workdir, the config's setup (on lines of its own, so
+    that a trailing `;`, `&` or comment in it breaks nothing; its output and errors go to Slurm's
+    slurm/<job>.out), and threads for the CPUs Slurm granted."""
+    lines = ["#!/bin/bash", f"# written by run_distributed_training.py: {what}",
+             f"cd {shell_path(settings['workdir'])} || exit 2"]
+    if settings["setup"]:
+        lines += ["{ " + settings["setup"], '} || { echo "the slurm setup failed (exit $?)" >&2; exit 2; }']
+    return lines + ['export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"']
+
+
 def array_script(packs, plan, settings, script, after_base=False):
     """The script of one array: task i runs packs[i] (a job, or several as one process)."""
     branches = [f"  {i}) {task_line(pack, plan, settings, script, after_base)} ;;" for i, pack in enumerate(packs)]
-    return "\n".join(["#!/bin/bash", "# written by run_distributed_training.py: one job or pack per array task",
+    return "\n".join([*script_start(settings, "one job or pack per array task"),
                       'case "$SLURM_ARRAY_TASK_ID" in', *branches,
                       '  *) echo "no job for array task $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;', "esac", ""])
 
