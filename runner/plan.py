@@ -208,6 +208,8 @@ class Plan:
         members (its pack ran out of memory: halved each time, down to a run alone)."""
         with self._cond:
             self._end(task, "requeued", tail, dict(fields, **({"pack_cap": cap} if cap else {})))
+            if task.builds:  # its dependents handed out early wait for its next attempt
+                self.withdraw([t for t in self.out if t.needs == task.builds], f"base {task.builds} runs again")
             if alone:
                 task.pack_key = None
             if cap:

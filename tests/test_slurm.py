@@ -364,5 +364,6 @@ def test_with_accounting_ended_jobs_are_read_from_sacct(tmp_path, fake_script, c
         sacct = cluster.run("sacct", "-n", "-P", "-X", "-o", slurm_queue.SACCT_FIELDS)
         assert sacct.returncode == 0  # so final_states() asked sacct, not scontrol
         assert {job: found[:2] for job, found in slurm_queue.parse_sacct(sacct.stdout).items()} == ended
-        assert all(r["run_s"] >= 0 and r["queued_s"] >= 0 for r in records if r["status"] == "ok")
+        # Queue wait and run time as far as the accounting knows them when the end is read (it may lag).
+        assert all(r["queued_s"] >= 0 and r.get("run_s", 0) >= 0 for r in records if r["status"] == "ok")
     assert sorted(ended.values()) == [("COMPLETED", 0), ("COMPLETED", 0), ("FAILED", 1)]

@@ -190,3 +190,63 @@ def test_a_job_slurm_requeues_itself_replaces_its_folder_and_the_runners_options
         bad = write_json(tmp_path / "bad.json", {"slurm": {"sbatch_args": [arg]}})
         with pytest.raises(Exception, match="is an option the runner sets itself on every array"):
             load_slurm_config(bad)
+
+
+def answers(returncode=0, stderr=""):
+    """A stand-in for the Slurm commands: each answers returncode; the argvs it was asked, kept."""
+    asked = []
+
+    def slurm(*argv, **kwargs):
+        asked.append(argv)
+        return subprocess.CompletedProcess(argv, returncode, "", stderr)
+    return slurm, asked
+
+
+def test_a_base_lost_to_the_cluster_takes_back_its_waiting_dependents(tmp_path, monkeypatch):
+    base = Task({"job_id": "base-k", "fold": 0, "mode": "base_only"}, builds="k")
+    dependent = Task({"job_id": "job0", "fold": 0}, needs="k")
+    plan, backend = started(tmp_path, base, dependent)
+    slurm, asked = answers()
+    monkeypatch.setattr(slurm_backend, "slurm", slurm)
+    tell_plan(plan, Say(quiet=True), str(tmp_path), tmp_path / "x.out", [base], "NODE_FAIL", 0, {})
+    # Its dependent waited on that base task (afterok): cancelled and waiting for the base's next one.
+    assert asked == [("scancel", "6_0")] and plan.out == [] and plan.waiting == [base, dependent]
+    assert [r["status"] for r in ledger(tmp_path)][2:] == ["requeued", "withdrawn"]
+
+
+def test_a_withdrawal_scancel_refuses_leaves_the_task_out_so_it_never_runs_twice(tmp_path, monkeypatch):
+    plan, backend = started(tmp_path, Task({"job_id": "job0", "fold": 0}))
+    monkeypatch.setattr(slurm_backend, "slurm", answers(1, "scancel: error: Socket timed out")[0])
+    [task] = plan.out
+    plan.withdraw([task], "base runs again")
+    assert plan.out == [task] and [r["status"] for r in ledger(tmp_path)] == ["submitted"]
+
+
+def test_on_ctrl_c_a_task_that_ended_since_the_last_poll_is_done_not_cancelled(tmp_path, monkeypatch):
+    plan, backend = started(tmp_path, Task({"job_id": "job0", "fold": 0}), Task({"job_id": "job1", "fold": 1}))
+    job0 = plan.out[0]
+    Path(job0.record["log"]).parent.mkdir(parents=True, exist_ok=True)
+    Path(job0.record["log"]).write_text("=== job0 attempt 1: slurm job 5_0 on n, CUDA_VISIBLE_DEVICES= ===\n"
+                                        "RESULT_DIR experiments/x/fold0_a\n")
+    monkeypatch.setattr(slurm_backend, "slurm", answers()[0])
+    monkeypatch.setattr(slurm_backend, "queue_states", lambda: {})
+    monkeypatch.setattr(slurm_backend, "final_states", lambda ids: {"5_0": ("COMPLETED", 0, {}),
+                                                                    "6_0": ("CANCELLED", 0, {})})
+    backend.cancel_all()
+    ended = {r["job_id"]: r["status"] for r in ledger(tmp_path) if r["status"] != "submitted"}
+    assert ended == {"job0": "ok", "job1": "cancelled"}
+
+
+def test_a_task_slurm_forgot_whose_log_and_folder_show_it_finished_is_done(tmp_path, monkeypatch):
+    plan, backend = started(tmp_path, Task({"job_id": "job0", "fold": 0}))
+    [task] = plan.out
+    Path(task.record["log"]).parent.mkdir(parents=True, exist_ok=True)
+    Path(task.record["log"]).write_text("=== job0 attempt 1: slurm job 5_0 on n, CUDA_VISIBLE_DEVICES= ===\n"
+                                        "RESULT_DIR experiments/x/fold0_a\n")
+    (tmp_path / "experiments" / "x" / "fold0_a").mkdir(parents=True)
+    monkeypatch.setattr(slurm_backend, "queue_states", lambda: {})
+    monkeypatch.setattr(slurm_backend, "final_states", lambda ids: {})
+    backend.missing["5_0"] = time.time() - GONE_AFTER_S - 1
+    backend.poll()
+    [ended] = [r for r in ledger(tmp_path) if r["status"] != "submitted"]
+    assert ended["status"] == "ok" and ended["result_dir"] == "experiments/x/fold0_a"

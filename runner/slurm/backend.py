@@ -14,7 +14,7 @@ import time
 
 from tqdm import tqdm
 
-from runner.slurm.ends import finished_in_log, tell_plan
+from runner.slurm.ends import DONE, finished_in_log, tell_plan
 from runner.slurm.queue import SlurmUnreachable, final_states, first_line, queue_states, slurm
 from runner.slurm.scripts import array_script, phase_arrays, sbatch_argv, sbatch_options
 
@@ -25,8 +25,7 @@ SUBMIT_GIVE_UP_S = 1800.0  # sbatch refusing a resubmission this long ends the r
 # Pending reasons that never clear by waiting: the task is cancelled and fails for good, with the reason.
 # (Not PartitionConfig: the test cluster shows it for a few seconds after a submission.)
 NEVER_STARTS = ("PartitionTimeLimit", "PartitionNodeLimit", "InvalidAccount", "InvalidQOS",
-                "QOSMaxWallDurationPerJobLimit", "AssocMaxWallDurationPerJobLimit", "BadConstraints",
-                "DependencyNeverSatisfied")
+                "QOSMaxWallDurationPerJobLimit", "AssocMaxWallDurationPerJobLimit", "BadConstraints")
 
 
 class SubmitError(Exception):
@@ -76,7 +75,7 @@ class SlurmBackend:
             for name, members, bases in phase_arrays(packs, self.plan.building, self.limits.get("max_array")):
                 self.submit(name, members, bases)
                 submitted += members
-        except SubmitError:  # what sbatch did not take waits again
+        except BaseException:  # sbatch refused, or Ctrl-C: what it did not take waits again
             self.plan.put_back([task for pack in packs if pack not in submitted for task in pack])
             raise
 
@@ -110,10 +109,6 @@ class SlurmBackend:
         active = self.active()
         queued = queue_states()
         self.states.update({job: state for job, (state, _) in queued.items() if job in active})
-        stuck = {job: reason for job, (state, reason) in queued.items()
-                 if job in active and state == "PENDING" and reason in NEVER_STARTS}
-        for job, reason in stuck.items():
-            self.never_starts(active[job], reason)
         gone = [job for job in active if job not in queued]
         ended = final_states(gone) if gone else {}
         # Bases first: a failed base withdraws its dependents before their own end is read.
@@ -126,9 +121,27 @@ class SlurmBackend:
                 tell_plan(self.plan, self.say, self.settings["workdir"], self.out_dir / f"{job}.out", tasks,
                           *ended[job])
             elif time.time() - self.missing.setdefault(job, time.time()) > GONE_AFTER_S:
-                tell_plan(self.plan, self.say, self.settings["workdir"], self.out_dir / f"{job}.out", tasks,
-                          "UNKNOWN", None, {})
-        return bool(stuck or ended)
+                self.lost(tasks, job)
+        # After the ends: a base's retry withdraws its dependents before their own reason is read.
+        stuck = {job: reason for job, (state, reason) in queued.items()
+                 if job in active and state == "PENDING" and reason in NEVER_STARTS}
+        for job, reason in stuck.items():
+            if all(task in self.plan.out for task in active[job]):
+                self.never_starts(active[job], reason)
+        return bool(stuck or any(job in ended for job in gone))
+
+    def lost(self, tasks, job):
+        """Neither squeue nor the accounting has known the task for GONE_AFTER_S: a member whose log
+        and result show it finished is done; the others end UNKNOWN (retried)."""
+        workdir = self.settings["workdir"]
+        for task in list(tasks):
+            found = finished_in_log(task, task.record, workdir)
+            if found:
+                self.plan.succeeded(task, result_dir=found, state="UNKNOWN",
+                                    note="Slurm no longer knows it; its log and result folder show it finished")
+                tasks.remove(task)
+        if tasks:
+            tell_plan(self.plan, self.say, workdir, self.out_dir / f"{job}.out", tasks, "UNKNOWN", None, {})
 
     def never_starts(self, tasks, reason):
         """A pending task Slurm will never start as asked (say, a time limit above the partition's
@@ -147,8 +160,8 @@ class SlurmBackend:
         well for Slurm after all)."""
         running = [task for task in tasks if self.states.get(task.record["slurm_job"]) == "RUNNING"]
         stop = sorted({task.record["slurm_job"] for task in tasks if task not in running})
-        if stop:
-            slurm("scancel", *stop)
+        if stop and slurm("scancel", *stop).returncode:
+            return tasks  # not cancelled: they stay out and their end is read, never submitted twice
         return running
 
     def watch(self):
@@ -194,7 +207,7 @@ class SlurmBackend:
         """scancel every array this run submitted or adopted; wait until squeue no longer lists them.
         Where scancel fails, the ledger keeps them open: a rerun watches them."""
         active = self.active()
-        arrays = sorted({job.split("_")[0] for job in active} | set(self.submitted))
+        arrays = sorted({job.split("_")[0] for job in active})  # not those Slurm may have purged
         if not arrays:
             return
         out = slurm("scancel", *arrays)
@@ -202,8 +215,14 @@ class SlurmBackend:
             self.say(f"warning: scancel failed ({first_line(out.stderr)}): the jobs may still be queued; rerun "
                      f"the same command to watch them, or scancel {' '.join(arrays)}", important=True)
             return
-        for task in list(self.plan.out):
-            self.plan.stopped(task, state="CANCELLED", error="interrupted")
+        ended = final_states(list(active))
+        for job, tasks in active.items():  # one that ended well since the last poll is done, not cancelled
+            if ended.get(job, ("",))[0] == DONE:
+                tell_plan(self.plan, self.say, self.settings["workdir"], self.out_dir / f"{job}.out", tasks,
+                          *ended[job])
+            else:
+                for task in tasks:
+                    self.plan.stopped(task, state="CANCELLED", error="interrupted")
         deadline = time.time() + wait_s
         try:
             while time.time() < deadline and any(job.split("_")[0] in arrays for job in queue_states()):
@@ -223,7 +242,9 @@ class SlurmBackend:
                  if r.get("status") == "submitted" and (r["job_id"], r["slurm_job"]) not in closed}
         if not open_:
             return 0
-        known = set(queue_states()) | set(final_states([r["slurm_job"] for r in open_.values()]))
+        queued = queue_states()
+        self.states.update({job: state for job, (state, _) in queued.items()})
+        known = set(queued) | set(final_states([r["slurm_job"] for r in open_.values()]))
         for task in self.plan.waiting:
             record = open_.get(task.job_id)
             if record and record["slurm_job"] in known:

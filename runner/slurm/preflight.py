@@ -15,6 +15,7 @@ from runner.slurm.queue import first_line, slurm
 from runner.slurm.scripts import sbatch_options, script_start
 
 PREFLIGHT_S = 300  # its time limit: short, so that the scheduler fits it in soon
+WAIT_S = 1800  # how long the runner waits for it to start and end (a busy partition)
 
 
 class PreflightError(Exception):
@@ -29,8 +30,12 @@ def ask_node(settings, script, needs, out_dir):
     path = out_dir / "preflight.sh"
     path.write_text("\n".join([*script_start(settings, "the check before submitting"), env + check, ""]))
     out = slurm("sbatch", "--parsable", "--wait", "--job-name=preflight", f"--output={out_dir}/preflight-%j.out",
-                *sbatch_options(settings, PREFLIGHT_S), str(path), timeout=None)  # it waits for a node
+                *sbatch_options(settings, PREFLIGHT_S), str(path), timeout=WAIT_S)  # it waits for a node
     job = out.stdout.strip().split(";")[0]
+    if out.returncode == 124:
+        slurm("scancel", "--me", "--name=preflight")
+        raise PreflightError(f"the preflight job did not run within {WAIT_S} s (cancelled): is the partition "
+                             f"full, or its time limit under {PREFLIGHT_S // 60} minutes?")
     if not job.isdigit():
         raise PreflightError(f"sbatch refused the preflight job: {first_line(out.stderr)}")
     try:

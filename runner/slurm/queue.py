@@ -105,11 +105,11 @@ def final_states(ids):
     else `scontrol show job` (jobs stay there MinJobAge seconds after they end)."""
     arrays = sorted({job.split("_")[0] for job in ids})
     out = slurm("sacct", "-n", "-P", "-X", "-j", ",".join(arrays), "-o", SACCT_FIELDS)
-    if out.returncode == 0:
-        return parse_sacct(out.stdout)
-    states = {}
-    for array in arrays:
-        states.update(parse_scontrol(slurm("scontrol", "show", "job", "-o", array).stdout))
+    states = parse_sacct(out.stdout) if out.returncode == 0 else {}
+    # Accounting may lag behind the controller: what it does not know yet, scontrol may.
+    for array in sorted({job.split("_")[0] for job in ids if job not in states}):
+        states.update({job: found for job, found in parse_scontrol(
+            slurm("scontrol", "show", "job", "-o", array).stdout).items() if job not in states})
     return states
 
 

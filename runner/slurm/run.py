@@ -10,7 +10,7 @@ from runner.config import PROG
 from runner.report import summary_lines, write_log_file
 from runner.slurm.backend import UNREACHABLE_S, SlurmBackend, SubmitError
 from runner.slurm.preflight import PreflightError, preflight
-from runner.slurm.queue import SlurmUnreachable, limits
+from runner.slurm.queue import SlurmUnreachable, limits, slurm
 from runner.slurm.scripts import pack_limit
 
 
@@ -42,6 +42,10 @@ def run(args, settings, plan, script, skipped, run_dir, history, say):
     except SlurmUnreachable as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:  # while the preflight waits for a node: it goes too
+        slurm("scancel", "--me", "--name=preflight")
+        print("interrupted before anything was submitted", file=sys.stderr)
+        return 130
     if adopted:
         print(f"resume: watching {adopted} jobs already in Slurm", file=sys.stderr)
     plan.begin()
