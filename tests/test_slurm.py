@@ -361,9 +361,12 @@ def test_with_accounting_ended_jobs_are_read_from_sacct(tmp_path, fake_script, c
                          "--retries", "1", "--quiet"]) == 0
         records = ledger(tmp_path / "runs" / "jobs")
         ended = {r["slurm_job"]: (r["state"], r["exit_status"]) for r in records if r["status"] != "submitted"}
-        sacct = cluster.run("sacct", "-n", "-P", "-X", "-o", slurm_queue.SACCT_FIELDS)
-        assert sacct.returncode == 0  # so final_states() asked sacct, not scontrol
-        assert {job: found[:2] for job, found in slurm_queue.parse_sacct(sacct.stdout).items()} == ended
+        def accounted():  # slurmdbd may lag behind the controller (final_states then asks scontrol)
+            sacct = cluster.run("sacct", "-n", "-P", "-X", "-o", slurm_queue.SACCT_FIELDS)
+            assert sacct.returncode == 0
+            return {job: found[:2] for job, found in slurm_queue.parse_sacct(sacct.stdout).items()}
+        wait_for(lambda: len(accounted()) == len(ended), 60, "the accounting to catch up")
+        assert accounted() == ended
         # Queue wait and run time as far as the accounting knows them when the end is read (it may lag).
         assert all(r["queued_s"] >= 0 and r.get("run_s", 0) >= 0 for r in records if r["status"] == "ok")
     assert sorted(ended.values()) == [("COMPLETED", 0), ("COMPLETED", 0), ("FAILED", 1)]

@@ -110,6 +110,8 @@ class SlurmBackend:
         queued = queue_states()
         self.states.update({job: state for job, (state, _) in queued.items() if job in active})
         gone = [job for job in active if job not in queued]
+        for job in set(active) - set(gone):
+            self.missing.pop(job, None)  # listed again: its lag budget starts afresh when it goes
         ended = final_states(gone) if gone else {}
         # Bases first: a failed base withdraws its dependents before their own end is read.
         for job in sorted(gone, key=lambda j: not active[j][0].builds):
