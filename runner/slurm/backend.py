@@ -120,8 +120,7 @@ class SlurmBackend:
                 continue  # withdrawn meanwhile
             if job in ended and ended[job][0] not in STILL_RUNNING:
                 self.missing.pop(job, None)
-                tell_plan(self.plan, self.say, self.settings["workdir"], self.out_dir / f"{job}.out", tasks,
-                          *ended[job])
+                self.ended(job, tasks, *ended[job])
             elif time.time() - self.missing.setdefault(job, time.time()) > GONE_AFTER_S:
                 self.lost(tasks, job)
         # After the ends: a base's retry withdraws its dependents before their own reason is read.
@@ -132,18 +131,28 @@ class SlurmBackend:
                 self.never_starts(active[job], reason)
         return bool(stuck or any(job in ended for job in gone))
 
+    def ended(self, job, tasks, state, exit_status, times):
+        """The array task ended: each member's end to the planner (ends.py)."""
+        tell_plan(self.plan, self.say, self.settings["workdir"], self.out_dir / f"{job}.out", tasks, state,
+                  exit_status, times)
+
     def lost(self, tasks, job):
         """Neither squeue nor the accounting has known the task for GONE_AFTER_S: a member whose log
         and result show it finished is done; the others end UNKNOWN (retried)."""
-        workdir = self.settings["workdir"]
-        for task in list(tasks):
-            found = finished_in_log(task, task.record, workdir)
-            if found:
-                self.plan.succeeded(task, result_dir=found, state="UNKNOWN",
-                                    note="Slurm no longer knows it; its log and result folder show it finished")
-                tasks.remove(task)
-        if tasks:
-            tell_plan(self.plan, self.say, workdir, self.out_dir / f"{job}.out", tasks, "UNKNOWN", None, {})
+        left = [task for task in tasks if not self.done_by_its_log(task, task.record)]
+        if left:
+            self.ended(job, left, "UNKNOWN", None, {})
+
+    def done_by_its_log(self, task, record):
+        """A submission Slurm no longer knows: done (True) when its log and result folder show it
+        finished (ends.finished_in_log)."""
+        found = finished_in_log(task, record, self.settings["workdir"])
+        if found:
+            if task not in self.plan.out:  # an earlier run's, on resume
+                self.plan.adopt(task, record)
+            self.plan.succeeded(task, result_dir=found, state="UNKNOWN",
+                                note="Slurm no longer knows it; its log and result folder show it finished")
+        return bool(found)
 
     def never_starts(self, tasks, reason):
         """A pending task Slurm will never start as asked (say, a time limit above the partition's
@@ -220,8 +229,7 @@ class SlurmBackend:
         ended = final_states(list(active))
         for job, tasks in active.items():  # one that ended well since the last poll is done, not cancelled
             if ended.get(job, ("",))[0] == DONE:
-                tell_plan(self.plan, self.say, self.settings["workdir"], self.out_dir / f"{job}.out", tasks,
-                          *ended[job])
+                self.ended(job, tasks, *ended[job])
             else:
                 for task in tasks:
                     self.plan.stopped(task, state="CANCELLED", error="interrupted")
@@ -249,13 +257,11 @@ class SlurmBackend:
         known = set(queued) | set(final_states([r["slurm_job"] for r in open_.values()]))
         for task in self.plan.waiting:
             record = open_.get(task.job_id)
-            if record and record["slurm_job"] in known:
+            if record is None:
+                continue
+            if record["slurm_job"] in known:
                 self.plan.adopt(task, record)
-            elif record and (found := finished_in_log(task, record, self.settings["workdir"])):
-                self.plan.adopt(task, record)
-                self.plan.succeeded(task, result_dir=found, state="UNKNOWN",
-                                    note="Slurm no longer knows it; its log and result folder show it finished")
-            elif record:
+            elif not self.done_by_its_log(task, record):
                 self.plan.note(task.job_id, "lost", slurm_job=record["slurm_job"])
         # A dependent waits on its base's task: if that base is to be submitted anew, so is it.
         new_bases = {task.builds for task in self.plan.waiting if task.builds}
