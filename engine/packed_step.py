@@ -13,14 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
+from engine.adamw import StackedAdamW
 from engine.device import graphs_wanted
 from engine.fileio import ConfigError
 from engine.metrics import loss_and_f1
 from engine.phase import CURVES
 
 log = logging.getLogger("experiment")
-# torch.optim.AdamW's defaults, which the solo runs use.
-BETAS, EPS, WEIGHT_DECAY = (0.9, 0.999), 1e-8, 1e-2
 
 
 class PhaseJob:
@@ -30,44 +29,6 @@ class PhaseJob:
     def __init__(self, label, state, loader, val, patience, augment, first_epoch, lr):
         self.label, self.state, self.loader, self.val = label, state, loader, val
         self.patience, self.augment, self.first_epoch, self.lr = patience, augment, first_epoch, lr
-
-
-class StackedAdamW:
-    """torch.optim.AdamW over stacked parameters, one learning rate and one step count per
-    member; a member outside `active` keeps its parameters and optimizer state. Everything
-    lives on the parameters' device and is updated in place, so a CUDA graph can replay it."""
-
-    def __init__(self, params, lrs, device):
-        self.params = params
-        self.lr = torch.tensor(lrs, dtype=torch.float64, device=device)
-        self.steps = torch.zeros(len(lrs), dtype=torch.float64, device=device)
-        self.exp_avg = {name: torch.zeros_like(p) for name, p in params.items()}
-        self.exp_avg_sq = {name: torch.zeros_like(p) for name, p in params.items()}
-
-    @torch.no_grad()
-    def step(self, active):
-        beta1, beta2 = BETAS
-        self.steps += active.double()
-        steps = self.steps.clamp(min=1)
-        # Bias corrections in double precision, as the solo optimizer computes them in Python floats.
-        decay = 1 - self.lr * WEIGHT_DECAY
-        step_size = self.lr / (1 - beta1 ** steps)
-        correction2_sqrt = (1 - beta2 ** steps).sqrt()
-        for name, p in self.params.items():
-            shape = (-1,) + (1,) * (p.dim() - 1)
-
-            def per_member(values):
-                return values.to(p.dtype).view(shape)
-
-            keep = active.view(shape)
-            m = self.exp_avg[name].lerp(p.grad, 1 - beta1)
-            v = self.exp_avg_sq[name] * beta2 + (1 - beta2) * p.grad * p.grad
-            denom = v.sqrt() / per_member(correction2_sqrt) + EPS
-            new = p * per_member(decay) - per_member(step_size) * m / denom
-            p.copy_(torch.where(keep, new, p))
-            self.exp_avg[name].copy_(torch.where(keep, m, self.exp_avg[name]))
-            self.exp_avg_sq[name].copy_(torch.where(keep, v, self.exp_avg_sq[name]))
-            p.grad = None
 
 
 def member_counts(logits, y, losses, real):

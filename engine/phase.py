@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from engine.adamw import SoloAdamW
 from engine.device import graphs_wanted
 from engine.fileio import ConfigError
 from engine.metrics import batch_counts, evaluate, evaluation_counts, loss_and_f1
@@ -52,10 +53,10 @@ def train_epoch(model, loader, optimizer, augment, device):
 
 
 def make_optimizer(model, lr, device, graphs):
-    """AdamW: fused on CUDA, capturable when its step is replayed from a graph.
-    On the CPU exactly the engine's historic optimizer, so CPU runs repeat to the bit."""
+    """AdamW: fused on CUDA, capturable when its step is replayed from a graph. On the CPU
+    torch.optim.AdamW's own update written out (SoloAdamW), so CPU runs repeat to the bit."""
     if device.type != "cuda":
-        return torch.optim.AdamW(model.parameters(), lr=lr)
+        return SoloAdamW(model.parameters(), lr)
     return torch.optim.AdamW(model.parameters(), lr=lr, fused=True, capturable=graphs)
 
 

@@ -20,10 +20,11 @@ import pack_train
 from engine import base_cache, cuda_step
 from engine import cli as engine_cli
 from engine import fold as engine_fold
+from engine.adamw import StackedAdamW
 from engine.flags import job_argv
 from engine.models import build_model
 from engine.pack import Store, read_jobs
-from engine.packed_step import PackedStep, StackedAdamW
+from engine.packed_step import PackedStep
 from tiny_data import write_tiny_dataset
 
 ROOT = Path(__file__).resolve().parent.parent

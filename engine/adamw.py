@@ -1,0 +1,84 @@
+"""AdamW with torch.optim.AdamW's defaults, written out so the CPU engine need not import
+torch._dynamo (about 2 s of every training process's start: torch.optim's optimizers load it
+the first time one is built).
+
+SoloAdamW is torch.optim.AdamW's single-tensor update, operation for operation, so a CPU run
+repeats the engine's historic results to the bit (tests/test_adamw.py holds it to that).
+StackedAdamW trains the members of a pack at once (engine.packed_step).
+"""
+import torch
+
+BETAS, EPS, WEIGHT_DECAY = (0.9, 0.999), 1e-8, 1e-2
+
+
+class SoloAdamW:
+    """torch.optim.AdamW(params, lr) on the CPU: each parameter's state is made at its first
+    gradient, and a parameter without a gradient is left alone (a frozen layer)."""
+
+    def __init__(self, params, lr):
+        self.params, self.lr = list(params), lr
+        self.state = {}  # parameter -> [step, exp_avg, exp_avg_sq]
+
+    def zero_grad(self, set_to_none=True):
+        for p in self.params:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self):
+        beta1, beta2 = BETAS
+        for p in self.params:
+            if p.grad is None:
+                continue
+            if p not in self.state:
+                self.state[p] = [0.0, torch.zeros_like(p), torch.zeros_like(p)]
+            state = self.state[p]
+            state[0] += 1
+            step, exp_avg, exp_avg_sq = state
+            grad = p.grad
+            p.mul_(1 - self.lr * WEIGHT_DECAY)
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            step_size = self.lr / (1 - beta1 ** step)
+            denom = (exp_avg_sq.sqrt() / (1 - beta2 ** step) ** 0.5).add_(EPS)
+            p.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+class StackedAdamW:
+    """torch.optim.AdamW over stacked parameters, one learning rate and one step count per
+    member; a member outside `active` keeps its parameters and optimizer state. Everything
+    lives on the parameters' device and is updated in place, so a CUDA graph can replay it."""
+
+    def __init__(self, params, lrs, device):
+        self.params = params
+        self.lr = torch.tensor(lrs, dtype=torch.float64, device=device)
+        self.steps = torch.zeros(len(lrs), dtype=torch.float64, device=device)
+        self.exp_avg = {name: torch.zeros_like(p) for name, p in params.items()}
+        self.exp_avg_sq = {name: torch.zeros_like(p) for name, p in params.items()}
+
+    @torch.no_grad()
+    def step(self, active):
+        beta1, beta2 = BETAS
+        self.steps += active.double()
+        steps = self.steps.clamp(min=1)
+        # Bias corrections in double precision, as the solo optimizer computes them in Python floats.
+        decay = 1 - self.lr * WEIGHT_DECAY
+        step_size = self.lr / (1 - beta1 ** steps)
+        correction2_sqrt = (1 - beta2 ** steps).sqrt()
+        for name, p in self.params.items():
+            shape = (-1,) + (1,) * (p.dim() - 1)
+
+            def per_member(values):
+                return values.to(p.dtype).view(shape)
+
+            keep = active.view(shape)
+            m = self.exp_avg[name].lerp(p.grad, 1 - beta1)
+            v = self.exp_avg_sq[name] * beta2 + (1 - beta2) * p.grad * p.grad
+            denom = v.sqrt() / per_member(correction2_sqrt) + EPS
+            new = p * per_member(decay) - per_member(step_size) * m / denom
+            p.copy_(torch.where(keep, new, p))
+            self.exp_avg[name].copy_(torch.where(keep, m, self.exp_avg[name]))
+            self.exp_avg_sq[name].copy_(torch.where(keep, v, self.exp_avg_sq[name]))
+            p.grad = None
