@@ -8,7 +8,6 @@ import os
 from collections import Counter
 
 import numpy as np
-import torch
 
 from dataset.splits import DatasetError
 from engine.data import SPLITS
@@ -192,6 +191,7 @@ def csv_splits(input_dir, channels, label_column, positive_label=None, window_si
     only rows with those labels, or all but them, are windowed; the splits are cut
     first, then each part is windowed within its stretches of kept rows.
     """
+    import torch  # here, as in dataset.synthetic: make_dataset.py refuses a bad folder without it
     stride = stride or window_size
     warnings = [] if warnings is None else warnings
     notes = [] if notes is None else notes

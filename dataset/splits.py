@@ -3,8 +3,6 @@ cannot learn or be scored from, the summary table, and writing the folder whole 
 import os
 import sys
 
-import torch
-
 from engine.data import SPLITS
 from engine.fileio import publish_folder, staged_folder
 
@@ -40,6 +38,7 @@ def check_output(output_dir, overwrite):
 
 def write_splits(splits, output_dir, overwrite=False):
     """Write {(participant, split): (X, y)} so the folder appears whole or not at all."""
+    import torch  # here: generate_jobs.py imports this module, and only writes the demo data once
     output_dir = check_output(output_dir, overwrite)
     with staged_folder(output_dir) as tmp:
         for (participant, split), (X, y) in splits.items():

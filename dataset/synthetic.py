@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 from filelock import FileLock
 
 from dataset.splits import DatasetError, write_splits
@@ -199,6 +198,7 @@ def _n_positive(rate, n):
 def synthetic_splits(n_participants=6, window_size=DEMO_WINDOW, n_train=DEMO_SIZES[0], n_val=DEMO_SIZES[1],
                      n_test=DEMO_SIZES[2], seed=0):
     """{(participant, split): (X, y)} of the synthetic dataset, in memory."""
+    import torch  # here: generate_jobs.py imports this module, and only writes the demo data once
     if n_participants < 2:
         raise DatasetError(f"--n_participants must be >= 2, got {n_participants}")
     if window_size < 2:

@@ -17,7 +17,7 @@ class SoloAdamW:
 
     def __init__(self, params, lr):
         self.params, self.lr = list(params), lr
-        self.state = {}  # parameter -> [step, exp_avg, exp_avg_sq]
+        self.state = {}  # parameter -> torch's own state: step (a tensor, as torch keeps it), exp_avg, exp_avg_sq
 
     def zero_grad(self, set_to_none=True):
         for p in self.params:
@@ -33,10 +33,11 @@ class SoloAdamW:
             if p.grad is None:
                 continue
             if p not in self.state:
-                self.state[p] = [0.0, torch.zeros_like(p), torch.zeros_like(p)]
+                self.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p),
+                                 "exp_avg_sq": torch.zeros_like(p)}
             state = self.state[p]
-            state[0] += 1
-            step, exp_avg, exp_avg_sq = state
+            state["step"] += 1
+            step, exp_avg, exp_avg_sq = state["step"].item(), state["exp_avg"], state["exp_avg_sq"]
             grad = p.grad
             p.mul_(1 - self.lr * WEIGHT_DECAY)
             exp_avg.lerp_(grad, 1 - beta1)

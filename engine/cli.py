@@ -10,11 +10,8 @@ from pathlib import Path
 from dataset.synthetic import ensure_demo_data
 from engine import base_cache, flags
 from engine.data import DataError
-from engine.device import apply_threads
 from engine.fileio import ConfigError
 from engine.flags import resolve_preset
-from engine.fold import run_fold
-from engine.models import MODELS
 from engine.runlog import process_state, setup_logging
 
 
@@ -46,7 +43,7 @@ def build_parser(enhanced=False):
     else:
         description += " For an exact share of target windows per batch (--target_batch_pct), use oct1_train.py."
     parser = TrainingParser(description=description, allow_abbrev=False)
-    flags.add_arguments(parser, enhanced, choices={"model": sorted(MODELS)})
+    flags.add_arguments(parser, enhanced)
     return parser
 
 
@@ -54,6 +51,10 @@ def main(argv=None, enhanced=False):
     """train.py (or with `enhanced` oct1_train.py): one fold; returns the exit status."""
     parser = build_parser(enhanced)
     args = parser.parse_args(argv)
+    # torch only now: --help and a bad flag answer at once, and the runner and generate_jobs.py
+    # load this module's parser to check jobs with.
+    from engine.device import apply_threads
+    from engine.fold import run_fold
     apply_threads(args)
 
     def work(log_path):

@@ -6,8 +6,6 @@ exit status 2 before anything is written.
 """
 from pathlib import Path
 
-import torch
-
 SPLITS = ("train", "val", "test")
 
 
@@ -35,6 +33,7 @@ def discover_participants(data_path):
 
 def load_split(data_path, participant, split):
     """Load and validate one split file; returns (X float32 (N,C,T), y float32 (N,))."""
+    import torch  # here, so the CLIs that only plan or check (generate_jobs.py) start without it
     path = Path(data_path) / f"{participant}_{split}.pt"
     if not path.is_file():
         raise DataError(f"{path}: missing split file")

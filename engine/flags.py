@@ -28,6 +28,7 @@ BASE_MODES = ("full_fine_tuning", "target_only_fine_tuning", "base_only")
 ALL_MODES = MODES + ("base_only",)
 EPOCH_RULES = ("target_pass", "shortest")
 COUNT_RULES = ("round", "floor")
+MODEL_NAMES = ("medium", "test", "test_pool4")  # engine.models.MODELS (which needs torch) builds them
 DEMO_DATA_PATH = "data/demo"
 NOT_FLAGS = ("job_id", "base_key")  # what a jobs JSON adds to a job's flags
 # Flags in which the members of one pack (engine.pack) may differ; every other flag must be equal.
@@ -155,7 +156,7 @@ FLAGS = (
          keyed=False, modes=BASE_MODES, options={"type": n_base}),
     Flag("mode", "target", "which phases run and on what the target phase trains", default="full_fine_tuning",
          base_job=True, options={"choices": MODES}),
-    Flag("model", "base", "model architecture (models.py)", default="test"),
+    Flag("model", "base", "model architecture (models.py)", default="test", options={"choices": MODEL_NAMES}),
     Flag("window_size", "base", "must equal the data's window length when given", default_text="the data's",
          options={"type": positive_int}),
     Flag("batch_size", "base", "windows per batch", default=64, options={"type": positive_int}),
@@ -224,13 +225,10 @@ def flags_of(enhanced):
     return [flag for flag in FLAGS if enhanced or not flag.enhanced]
 
 
-def add_arguments(parser, enhanced, choices=None):
-    """Add the training flags to an argparse parser. choices: {flag: allowed values} known
-    only where torch is (the model names)."""
+def add_arguments(parser, enhanced):
+    """Add the training flags to an argparse parser."""
     for flag in flags_of(enhanced):
         options = dict(flag.options)
-        if flag.name in (choices or {}):
-            options["choices"] = choices[flag.name]
         if flag.name == "mode" and enhanced:
             options["choices"] = ALL_MODES
         shown = flag.default_text or str(flag.default)

@@ -15,6 +15,7 @@ dirty flag are added where git can tell.
 """
 import argparse
 import hashlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -140,13 +141,16 @@ def data_answer(data_path, participants=None):
         return {"error": str(e)}
 
 
-def answer(needs):
+def answer(needs, devices=True):
     """What a host answers the runner's check: code hash, data fingerprints ({data folder:
-    [participants] or None for all}), Python and torch versions, and the GPUs it sees."""
+    [participants] or None for all}), Python and torch versions, and the GPUs it sees.
+    Without `devices` (the runner's own side) torch is not imported: it costs seconds."""
+    found = {"code_hash": code_hash(), "data": {path: data_answer(path, names) for path, names in needs.items()},
+             "python": platform.python_version()}
+    if not devices:
+        return {**found, "torch": importlib.metadata.version("torch")}
     import torch
-    return {"code_hash": code_hash(), "data": {path: data_answer(path, names) for path, names in needs.items()},
-            "python": platform.python_version(), "torch": torch.__version__,
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    return {**found, "torch": torch.__version__, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "cuda_devices": torch.cuda.device_count() if torch.cuda.is_available() else 0,
             # what the runner sizes a pack "auto" by where it cannot ask nvidia-smi (a Slurm task)
             "cuda_memory_mib": (torch.cuda.get_device_properties(0).total_memory // 2 ** 20

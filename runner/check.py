@@ -32,7 +32,7 @@ def data_needs(jobs):
 def local_answer(needs):
     """What this checkout answers (as engine.provenance.answer); data not here is None: it cannot be
     compared (the planning machine may hold none), the hosts have it."""
-    here = provenance.answer(needs)
+    here = provenance.answer(needs, devices=False)
     here["data"] = {path: None if "error" in answer else answer for path, answer in here["data"].items()}
     return here
 

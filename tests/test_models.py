@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from engine import cli as engine_cli
-from engine import models
+from engine import flags, models
 
 
 @pytest.mark.parametrize("name", sorted(models.MODELS))
@@ -149,3 +149,8 @@ def test_cli_model_choices_are_the_registry():
     with pytest.raises(SystemExit) as info:
         parser.parse_args(["--model", "huge"])
     assert info.value.code == 2
+
+
+def test_the_flags_name_every_model_the_registry_builds():
+    # The parser takes its --model choices from engine.flags, which must not import torch.
+    assert sorted(flags.MODEL_NAMES) == sorted(models.MODELS)
