@@ -49,8 +49,10 @@ Before writing, a split with no positive or no negative window, a train split
 smaller than --batch_size, and a CSV recording shorter than one window
 (skipped) are warned about on stderr; --strict makes any of them an error.
 The output folder is written in a temporary sibling and renamed at the end, so
-it appears whole or not at all; a non-empty folder is refused unless
---overwrite.
+it appears whole or not at all. A non-empty folder is refused unless
+--overwrite, which replaces it whole; a folder that holds anything but
+NAME_{train,val,test}.pt files, or that is, holds or lies inside --input_dir,
+is refused even with --overwrite (one line, exit 2, nothing written or deleted).
 
 The makers live in dataset/ (synthetic.py, csv_import.py, splits.py); this file is
 their command line.
@@ -109,7 +111,8 @@ def build_parser():
                          help=f"{split} windows per participant (default {n})")
     syn.add_argument("--seed", type=int, default=0, help="seeds every draw (default 0)")
     syn.add_argument("--overwrite", action="store_true",
-                     help="replace a non-empty output folder (default off)")
+                     help="replace an output folder of NAME_{train,val,test}.pt files; one "
+                          "holding anything else is refused (default off)")
     add_check_flags(syn)
 
     raw = commands.add_parser(
@@ -151,7 +154,8 @@ def build_parser():
     raw.add_argument("--split_by", choices=["block", "recording"], default="block",
                      help="how splits are cut (default: block; see below)")
     raw.add_argument("--overwrite", action="store_true",
-                     help="replace a non-empty output folder (default off)")
+                     help="replace an output folder of NAME_{train,val,test}.pt files; one "
+                          "holding anything else is refused (default off)")
     add_check_flags(raw)
     return parser
 
@@ -159,10 +163,14 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.command == "synthetic":
+        inputs = []
+
         def build(warnings, notes):
             return synthetic.synthetic_splits(args.n_participants, args.window_size, args.n_train, args.n_val,
                                               args.n_test, args.seed)
     else:
+        inputs = [args.input_dir]  # the output folder must stay apart from it
+
         def build(warnings, notes):
             channels = [c.strip() for c in args.channels.split(",") if c.strip()]
             if not channels:
@@ -171,7 +179,7 @@ def main(argv=None):
                                          args.window_size, args.stride, args.label_rule, args.split,
                                          args.split_by, warnings, notes, args.keep_labels, args.drop_labels)
     try:
-        made = splits.make(build, args.output_dir, args.overwrite, args.batch_size, args.strict)
+        made = splits.make(build, args.output_dir, args.overwrite, args.batch_size, args.strict, inputs)
     except DatasetError as e:
         print(f"make_dataset.py: error: {e}", file=sys.stderr)
         sys.exit(2)

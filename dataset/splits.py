@@ -26,25 +26,67 @@ def split_warnings(splits, batch_size):
     return lines
 
 
-def check_output(output_dir, overwrite):
-    """The absolute output folder, when it may be written."""
+def _is_split_file(folder, name):
+    """Whether `name` in `folder` is a file this module writes: NAME_{train,val,test}.pt."""
+    stem, ext = os.path.splitext(name)
+    participant, _, split = stem.rpartition("_")
+    path = os.path.join(folder, name)
+    return (ext == ".pt" and split in SPLITS and bool(participant) and not name.startswith(".")
+            and os.path.isfile(path) and not os.path.islink(path))
+
+
+def _refuse_overlap(output_dir, input_dir):
+    """Refuse an output folder that is, holds or lies inside an input folder: --overwrite would
+    delete the input, and a folder written inside the input is read back as input next time."""
+    out, inp = os.path.realpath(output_dir), os.path.realpath(input_dir)
+    common = os.path.commonpath([out, inp])
+    if common not in (out, inp):
+        return
+    where = "is" if out == inp else "holds" if common == out else "lies inside"
+    raise DatasetError(f"{output_dir}: {where} the input folder {input_dir}: "
+                       "choose an output folder apart from the input")
+
+
+def _refuse_foreign(output_dir):
+    """Refuse an output folder holding anything but dataset files: --overwrite replaces the
+    folder whole, and must never delete what this tool did not write (notes, inputs)."""
+    foreign = [name for name in os.listdir(output_dir) if not _is_split_file(output_dir, name)]
+    foreign.sort(key=lambda name: (name.startswith("."), name))  # name a visible one first
+    if not foreign:
+        return
+    first = foreign[0] + ("/" if os.path.isdir(os.path.join(output_dir, foreign[0])) else "")
+    more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+    raise DatasetError(f"{output_dir}: holds {first}{more}, not a dataset file "
+                       "(NAME_train.pt, NAME_val.pt, NAME_test.pt): choose another output folder")
+
+
+def check_output(output_dir, overwrite, inputs=()):
+    """The absolute output folder, when it may be written. This is the one rule for what may
+    be replaced: an existing folder only with `overwrite`, and only when it holds nothing but
+    dataset files and no input folder (`inputs`) overlaps it."""
     output_dir = os.path.abspath(output_dir)
-    if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
-        raise DatasetError(f"{output_dir}: folder exists and is not empty (use --overwrite)")
+    for input_dir in inputs:
+        _refuse_overlap(output_dir, input_dir)
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise DatasetError(f"{output_dir}: exists and is not a folder")
+    if os.path.isdir(output_dir):
+        _refuse_foreign(output_dir)  # first: "use --overwrite" would be bad advice here
+        if os.listdir(output_dir) and not overwrite:
+            raise DatasetError(f"{output_dir}: folder exists and is not empty (use --overwrite)")
     return output_dir
 
 
-def write_splits(splits, output_dir, overwrite=False):
-    """Write {(participant, split): (X, y)} so the folder appears whole or not at all."""
+def write_splits(splits, output_dir, overwrite=False, inputs=()):
+    """Write {(participant, split): (X, y)} so the folder appears whole or not at all;
+    check_output says when an existing folder may be replaced."""
     import torch  # here: generate_jobs.py imports this module, and only writes the demo data once
-    output_dir = check_output(output_dir, overwrite)
+    output_dir = check_output(output_dir, overwrite, inputs)
     with staged_folder(output_dir) as tmp:
         for (participant, split), (X, y) in splits.items():
             torch.save((X, y), os.path.join(tmp, f"{participant}_{split}.pt"))
         try:
-            # check_output refused an existing folder unless it is empty or --overwrite was given.
+            # check_output refused an existing folder unless it is empty, or holds only dataset
+            # files and --overwrite was given.
             publish_folder(tmp, output_dir, replace=True)
         except OSError as e:
             # Most likely another process wrote this folder meanwhile; keep theirs.
@@ -64,11 +106,12 @@ def summary_table(splits):
     return "\n".join(lines)
 
 
-def make(build, output_dir, overwrite=False, batch_size=64, strict=False):
+def make(build, output_dir, overwrite=False, batch_size=64, strict=False, inputs=()):
     """build(warnings, notes) -> {(participant, split): (X, y)}; say its notes and warnings
     (and those of split_warnings) on stderr, refuse on any with `strict`, then write the folder.
+    `inputs`: the folders build reads, which the output folder must stay apart from.
     Returns the splits."""
-    check_output(output_dir, overwrite)  # before any work or warning
+    check_output(output_dir, overwrite, inputs)  # before any work or warning
     warnings, notes = [], []
     splits = build(warnings, notes)
     warnings += split_warnings(splits, batch_size)
@@ -78,5 +121,5 @@ def make(build, output_dir, overwrite=False, batch_size=64, strict=False):
         print(f"warning: {line}", file=sys.stderr)
     if warnings and strict:
         raise DatasetError(f"--strict: {len(warnings)} warning(s) above; nothing written")
-    write_splits(splits, output_dir, overwrite)
+    write_splits(splits, output_dir, overwrite, inputs)
     return splits

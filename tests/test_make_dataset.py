@@ -381,3 +381,80 @@ def test_a_label_value_not_present_or_leaving_out_the_positive_one_is_one_line(t
     errors = [line for line in err.splitlines() if "error:" in line]  # argparse prints its usage first
     assert status == 2 and len(errors) == 1 and message in errors[0]
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- what --overwrite may replace
+
+
+def snapshot(folder):
+    """Everything under folder: {relative path: bytes, or None for a folder}."""
+    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes() for p in folder.rglob("*")}
+
+
+def assert_refused(status, err, folder, *words):
+    assert status == 2
+    assert err.startswith("make_dataset.py: error: ") and err.count("\n") == 1, err
+    assert str(folder) in err and all(word in err for word in words), err
+
+
+SMALL_SYNTHETIC = ["--n_participants", 2, "--window_size", 50, "--n_train", 4, "--n_val", 2, "--n_test", 2]
+
+
+@pytest.mark.parametrize("output, where", [(".", "holds"), ("raw", "is"), ("raw/out", "lies inside")])
+def test_csv_overwrite_never_touches_its_input(tmp_path, capsys, output, where):
+    # Issue 35: work/ holds raw/*/ and notes.txt; --output_dir work --overwrite replaced all of it.
+    work = tmp_path / "work"
+    for p in ("alice", "bob"):
+        time_index_recording(work / "raw" / p / "r.csv", 40, recording=0, labels=[0, 1] * 20)
+    (work / "notes.txt").write_text("which wrist, which day\n")
+    before = snapshot(tmp_path)
+    status, out, err = run_main(capsys, "csv", "--input_dir", work / "raw", "--output_dir", work / output,
+                                *CSV_ARGS, "--window_size", 4, "--overwrite")
+    assert_refused(status, err, os.path.abspath(work / output), where, "input folder")
+    assert out == ""
+    assert snapshot(tmp_path) == before  # every input byte, notes.txt, and nothing new
+
+
+@pytest.mark.parametrize("foreign", ["notes.txt", "runs/"])
+def test_synthetic_overwrite_refuses_a_folder_holding_other_files(tmp_path, capsys, foreign):
+    out = tmp_path / "data"
+    status, _, err = run_main(capsys, "synthetic", "--output_dir", out, *SMALL_SYNTHETIC)
+    assert status == 0, err
+    if foreign.endswith("/"):
+        (out / foreign / "fold0").mkdir(parents=True)
+        (out / foreign / "fold0" / "metrics.json").write_text("{}")
+    else:
+        (out / foreign).write_text("keep me\n")
+    before = snapshot(tmp_path)
+    for overwrite in (["--overwrite"], []):  # without it, the error must not advise --overwrite
+        status, _, err = run_main(capsys, "synthetic", "--output_dir", out, *SMALL_SYNTHETIC, "--seed", 1,
+                                  *overwrite)
+        assert_refused(status, err, out, f"holds {foreign},", "not a dataset file")
+        assert "use --overwrite" not in err
+        assert snapshot(tmp_path) == before
+
+
+def test_overwrite_replaces_a_dataset_folder_the_tool_made(tmp_path, capsys):
+    out = tmp_path / "data"
+    status, _, err = run_main(capsys, "synthetic", "--output_dir", out, *SMALL_SYNTHETIC, "--n_participants", 3)
+    assert status == 0, err
+    before = snapshot(out)
+    status, _, err = run_main(capsys, "synthetic", "--output_dir", out, *SMALL_SYNTHETIC, "--seed", 1)
+    assert_refused(status, err, out, "use --overwrite")
+    assert snapshot(out) == before
+    status, _, err = run_main(capsys, "synthetic", "--output_dir", out, *SMALL_SYNTHETIC, "--seed", 1,
+                              "--overwrite")
+    assert status == 0, err
+    # Replaced whole: p03 of the old dataset is gone, p01 holds the new draw.
+    assert sorted(os.listdir(out)) == sorted(f"{p}_{s}.pt" for p in ("p01", "p02") for s in SPLITS)
+    assert (out / "p01_train.pt").read_bytes() != before["p01_train.pt"]
+    assert os.listdir(tmp_path) == ["data"]
+
+    # csv over that folder, its input beside it.
+    raw = tmp_path / "raw"
+    time_index_recording(raw / "alice" / "r.csv", 40, recording=0, labels=[0, 1] * 20)
+    status, _, err = run_main(capsys, "csv", "--input_dir", raw, "--output_dir", out, *CSV_ARGS,
+                              "--window_size", 4, "--overwrite")
+    assert status == 0, err
+    assert sorted(os.listdir(out)) == [f"alice_{s}.pt" for s in sorted(SPLITS)]
+    assert sorted(os.listdir(tmp_path)) == ["data", "raw"]
