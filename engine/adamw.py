@@ -4,7 +4,8 @@ the first time one is built).
 
 SoloAdamW is torch.optim.AdamW's single-tensor update, operation for operation, so a CPU run
 repeats the engine's historic results to the bit (tests/test_adamw.py holds it to that).
-StackedAdamW trains the members of a pack at once (engine.packed_step).
+StackedAdamW trains the members of a pack at once (engine.packed_step), each member as
+SoloAdamW to the bit.
 """
 import torch
 
@@ -47,10 +48,20 @@ class SoloAdamW:
             p.addcdiv_(exp_avg, denom, value=-step_size)
 
 
+def bias_corrections(steps):
+    """1 - beta1 ** step and (1 - beta2 ** step) ** 0.5 for a tensor of step counts, in double
+    precision as SoloAdamW works them out in Python floats. torch's double pow can be an ulp off
+    Python's, never so far as to change the float32 they are rounded to (tests/test_adamw.py
+    checks every step)."""
+    beta1, beta2 = BETAS
+    return 1 - beta1 ** steps, (1 - beta2 ** steps).sqrt()
+
+
 class StackedAdamW:
     """torch.optim.AdamW over stacked parameters, one learning rate and one step count per
     member; a member outside `active` keeps its parameters and optimizer state. Everything
-    lives on the parameters' device and is updated in place, so a CUDA graph can replay it."""
+    lives on the parameters' device and is updated in place, so a CUDA graph can replay it.
+    On the CPU each member's update is SoloAdamW's to the bit (tests/test_adamw.py)."""
 
     def __init__(self, params, lrs, device):
         self.params = params
@@ -63,22 +74,24 @@ class StackedAdamW:
     def step(self, active):
         beta1, beta2 = BETAS
         self.steps += active.double()
-        steps = self.steps.clamp(min=1)
-        # Bias corrections in double precision, as the solo optimizer computes them in Python floats.
+        correction1, correction2_sqrt = bias_corrections(self.steps.clamp(min=1))
         decay = 1 - self.lr * WEIGHT_DECAY
-        step_size = self.lr / (1 - beta1 ** steps)
-        correction2_sqrt = (1 - beta2 ** steps).sqrt()
+        step_size = self.lr / correction1
         for name, p in self.params.items():
             shape = (-1,) + (1,) * (p.dim() - 1)
 
-            def per_member(values):
+            def per_member(values):  # as SoloAdamW's Python-float scalars: rounded to float32 first
                 return values.to(p.dtype).view(shape)
 
+            # SoloAdamW.step's operations in its order: float32 rounding follows the operations.
+            # addcmul_ rounds exp_avg_sq + value * grad * grad once (a fused multiply-add), which
+            # a * b + c does not; addcdiv_(t1, t2, value) computes p + (value * t1) / t2, so
+            # value * exp_avg goes in as t1 (p + value * (exp_avg / denom) rounds differently).
             keep = active.view(shape)
             m = self.exp_avg[name].lerp(p.grad, 1 - beta1)
-            v = self.exp_avg_sq[name] * beta2 + (1 - beta2) * p.grad * p.grad
-            denom = v.sqrt() / per_member(correction2_sqrt) + EPS
-            new = p * per_member(decay) - per_member(step_size) * m / denom
+            v = self.exp_avg_sq[name].mul(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+            denom = (v.sqrt() / per_member(correction2_sqrt)).add_(EPS)
+            new = (p * per_member(decay)).addcdiv_(per_member(-step_size) * m, denom)
             p.copy_(torch.where(keep, new, p))
             self.exp_avg[name].copy_(torch.where(keep, m, self.exp_avg[name]))
             self.exp_avg_sq[name].copy_(torch.where(keep, v, self.exp_avg_sq[name]))
