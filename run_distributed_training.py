@@ -7,15 +7,21 @@
 One worker per (host, device) slot takes the next job from a shared queue and runs
     cd <workdir> && <setup> && CUDA_VISIBLE_DEVICES=<device> <python> <script> <flags>
 on its host, every value shell-quoted, through one SSH connection per host
-(remote.py). Output streams to <run-dir>/logs/<job_id>.log (attempts appended, each
-under a header). A job that succeeded has its experiment folder copied into the
-local experiments/, checked file by file (names and sizes), and only then removed
-on the host if the server says remove_results. Hosts with shared_fs or local skip
-the copy.
+(runner/ssh/connection.py). Output streams to <run-dir>/logs/<job_id>.log (attempts appended,
+each under a header). A job that succeeded has its result folder copied to the same place
+here (its experiments_dir/prefix/fold<k>_<target>), checked file by file (names and sizes),
+and only then removed on the host if the server says remove_results. Hosts with shared_fs or
+local skip the copy.
+
+Results are never replaced unless you say --overwrite: two jobs that would write one folder,
+or a job whose folder exists here and was not written by this run, stop the run before it
+starts (exit 2); on a host such a job fails in one line and is not retried. A retry may
+replace only what an earlier attempt of the same job in this run left (each job records the
+run's id, <run-dir>/run_id, in its folder; --no-resume starts a new run id).
 
 Every attempt writes a line to <run-dir>/ledger.jsonl when it starts and one when it
-ends (flushed at once); a rerun skips the jobs whose last word there is "ok", and runs
-a job tried before with --overwrite (its folder may be on a host). One runner per
+ends (flushed at once); a rerun skips the jobs whose last word there is "ok" and whose
+result folder is here (a finished job whose folder is gone is reported and runs again). One runner per
 run dir (runner.lock). A failed job is retried --retries times on any slot. A lost
 host's running jobs go back to the queue (not counted as a retry) while the host is
 retried with backoff; when every host has been down for --down-timeout seconds the
@@ -66,8 +72,11 @@ def parse_args(argv):
     p.add_argument("--timeout", type=float, help="seconds a job may run before it is killed")
     p.add_argument("--down-timeout", type=float, default=600.0,
                    help="give up when every host has been down this many seconds (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace result folders this run did not write (refused without it)")
     p.add_argument("--no-resume", dest="resume", action="store_false",
-                   help="run every job, even those the ledger shows finished")
+                   help="run every job as a new run, even those the ledger shows finished (their folders "
+                        "are then replaced only with --overwrite)")
     p.add_argument("--dry-run", action="store_true", help="print the slots and command lines, run nothing")
     p.add_argument("--accept-new-hosts", action="store_true",
                    help="trust unknown host keys on first use and add them to known_hosts")

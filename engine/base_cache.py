@@ -6,10 +6,13 @@ fingerprint.json (hashes of the base participants' data files), provenance.json
 checksums.json (hashes of the other files). Writers hold `{key}.lock` (an
 flock, so a killed writer's lock dies with it) and publish by renaming a
 finished temporary folder; readers verify checksums and the data fingerprint.
+A training that fails leaves no entry and no lock file.
 
 torch and the data module are imported where tensors are handled, so the
 runner can check entries (entry_intact) without paying for torch at start-up.
 """
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -19,8 +22,6 @@ import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-
-from filelock import FileLock
 
 from engine import flags
 from engine.fileio import publish_folder, staged_folder
@@ -47,11 +48,12 @@ def base_key(args, base_participants):
 def key_for_args(args):
     """The base key of a run's flags; reads only the folder listing, and not
     even that when --participants is given."""
-    from engine.data import check_participants, resolve_fold
+    from engine.data import check_base, check_participants, resolve_fold
     if args.mode == "target_only":
         raise CacheError("--mode target_only trains no base model, so it has no base key")
     participants = args.participants or check_participants(args.data_path, None)
-    _, base_names = resolve_fold(participants, args.fold, args.n_base_participants)
+    target, base_names = resolve_fold(participants, args.fold, args.n_base_participants)
+    check_base(args.mode, target, base_names)
     return base_key(args, base_names)
 
 
@@ -119,7 +121,7 @@ def read_entry(folder, fingerprint):
         losses = json.loads(blobs["losses.json"])
     except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as err:
         return None, f"unreadable entry ({err})"
-    return dict(metrics, curves=losses, state=state), None
+    return dict(metrics, curves=losses, state=state, provenance=json.loads(blobs["provenance.json"])), None
 
 
 def _write_entry(folder, result, settings, fingerprint):
@@ -136,6 +138,30 @@ def _write_entry(folder, result, settings, fingerprint):
     (folder / "checksums.json").write_text(json.dumps(checksums, indent=2) + "\n")
 
 
+@contextlib.contextmanager
+def key_lock(path):
+    """Hold an flock on `path` (a killed holder's lock dies with it). After a success the file stays
+    (it marks a store that trained the key); after a failure it is removed while still held, so a
+    failed training leaves the store as it found it. A waiter that then gets the lock of the removed
+    file sees it is no longer the file at `path`, and locks again."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    except BaseException:
+        Path(path).unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(fd)  # releases the flock
+
+
 def get_or_train(cache_dir, key, fingerprint, settings, train):
     """Reuse the verified entry for `key`, or train it (once, under the lock) and publish it."""
     cache_dir = Path(cache_dir)
@@ -145,7 +171,7 @@ def get_or_train(cache_dir, key, fingerprint, settings, train):
         log.info(f"base model {key}: reused from {folder}")
         return Entry(key, folder, result, reused=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(cache_dir / f"{key}.lock")):
+    with key_lock(cache_dir / f"{key}.lock"):
         # Another process may have published it while we waited for the lock.
         result, problem = read_entry(folder, fingerprint)
         if result is not None:

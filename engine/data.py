@@ -6,6 +6,8 @@ exit status 2 before anything is written.
 """
 from pathlib import Path
 
+from engine.flags import BASE_MODES
+
 SPLITS = ("train", "val", "test")
 
 
@@ -56,12 +58,14 @@ def load_split(data_path, participant, split):
         raise DataError(f"{path}: y has {len(y)} labels but X has {len(X)} windows")
     if len(X) == 0:
         raise DataError(f"{path}: empty split")
+    # Checked after the cast: a float64 value beyond float32's range (1e300) becomes inf there.
+    X = X.to(torch.float32).contiguous()
     if not torch.isfinite(X).all():
-        raise DataError(f"{path}: X contains NaN or inf")
+        raise DataError(f"{path}: X contains NaN or inf (as float32)")
     y = y.to(torch.float32)
     if not ((y == 0) | (y == 1)).all():
         raise DataError(f"{path}: labels must be 0 or 1")
-    return X.to(torch.float32).contiguous(), y
+    return X, y
 
 
 def load_participants(data_path, participants, window_size=None):
@@ -102,6 +106,13 @@ def resolve_fold(participants, fold, n_base_participants="all"):
         raise DataError(f"--n_base_participants {n} is not in 1..{len(others)} "
                         f"(participants other than the target {target})")
     return target, others[:n]
+
+
+def check_base(mode, target, base_names):
+    """A mode with a base phase needs at least one participant besides the target."""
+    if mode in BASE_MODES and not base_names:
+        raise DataError(f"--mode {mode} trains a base model on the participants other than the target "
+                        f"{target}, and there are none; give more participants or use --mode target_only")
 
 
 def check_participants(data_path, participants):

@@ -15,9 +15,14 @@ Roles:
   the resolved, sorted base participants; preset through the values it resolves to.
 - target: only the target phase (or which phases run); a base_only job leaves it out.
 - output: where results go and bookkeeping; never part of a configuration.
-- runtime: device and progress display; the numbers do not depend on it.
+- runtime: device and progress display; the numbers do not depend on it beyond float rounding.
+  A flag with key_unless_default (--cpu_kernels) enters the base key too, only when it is not
+  its default, so the keys made before it entered the key stay.
+
+Every float flag refuses NaN and inf (finite_float, applied in add_arguments).
 """
 import argparse
+import math
 from dataclasses import dataclass, field
 
 from engine.fileio import ConfigError
@@ -33,7 +38,7 @@ DEMO_DATA_PATH = "data/demo"
 NOT_FLAGS = ("job_id", "base_key")  # what a jobs JSON adds to a job's flags
 # Flags in which the members of one pack (engine.pack) may differ; every other flag must be equal.
 MAY_DIFFER = {"fold", "seed", "lr", "mode", "target_data_pct", "target_batch_pct", "n_base_participants",
-              "early_stopping_patience", "early_stopping_patience_target", "prefix", "overwrite"}
+              "early_stopping_patience", "early_stopping_patience_target", "prefix", "overwrite", "run_token"}
 
 # Flags whose default depends on --preset: without one they keep this project's
 # values; `--preset original` gives every behaviour of the original's oct1_train.py.
@@ -58,6 +63,17 @@ def positive_int(text):
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def finite_float(text):
+    """What every float flag parses with: a NaN or inf would only come back as NaN results."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
 
 
@@ -124,6 +140,7 @@ class Flag:
     modes: tuple = ALL_MODES  # the modes whose work it can change
     needs: object = None  # settings -> bool: it matters only when this holds
     keyed: bool = True  # role base: enters the base key as its own value
+    key_unless_default: bool = False  # any role: enters the base key, but only when not its default
     enhanced: bool = False  # oct1_train.py only
     base_job: bool = None  # kept in a base_only job's flags (default: role is base or runtime)
     options: dict = field(default_factory=dict)  # the rest of add_argument's keywords
@@ -191,6 +208,9 @@ FLAGS = (
     Flag("experiments_dir", "output", "folder of all result folders", default="experiments"),
     Flag("overwrite", "output", "replace an existing result folder", default=False, default_text="off",
          options={"action": "store_true"}),
+    Flag("run_token", "output", "set by the runner: a result folder that records this same token (left by an "
+         "earlier attempt of this job in the same run) may be replaced without --overwrite", default_text="none",
+         options={"metavar": "TOKEN"}),
     Flag("progress_every", "runtime", "without a terminal, print an epoch line at most this often "
          "(always the first epoch)", default=30.0, options={"type": float, "metavar": "SECONDS"}),
     # Speed only: these flags change what is computed by float rounding at most.
@@ -199,8 +219,9 @@ FLAGS = (
          default="auto", options={"choices": ("auto", "on", "off")}),
     Flag("cpu_kernels", "runtime", "fast: on the CPU the model's blocks run as channels-last Conv2d with a "
          "LayerNorm over contiguous rows (the same model and math, faster); reference: the engine's historic "
-         "Conv1d and transposed LayerNorm, bit for bit the results of earlier releases (CUDA always uses these)",
-         default="fast", options={"choices": ("fast", "reference")}),
+         "Conv1d and transposed LayerNorm, bit for bit the results of earlier releases (CUDA always uses these); "
+         "reference enters the base key, so it never reuses a base model trained with the fast kernels",
+         default="fast", key_unless_default=True, options={"choices": ("fast", "reference")}),
     Flag("threads", "runtime", "torch's intra-op CPU threads", default_text="torch's choice, which follows "
          "OMP_NUM_THREADS", options={"type": positive_int}),
     Flag("target_batch_pct", "target", "exact share of target windows in every fine-tuning batch",
@@ -229,6 +250,8 @@ def add_arguments(parser, enhanced):
     """Add the training flags to an argparse parser."""
     for flag in flags_of(enhanced):
         options = dict(flag.options)
+        if options.get("type") is float:
+            options["type"] = finite_float
         if flag.name == "mode" and enhanced:
             options["choices"] = ALL_MODES
         shown = flag.default_text or str(flag.default)
@@ -314,10 +337,13 @@ def matters(name, mode, settings):
 
 
 def base_key_values(settings):
-    """The keyed base-phase flags' values; None for one that does not matter
-    (augmentation parameters without augmentation)."""
-    return {flag.name: settings[flag.name] if flag.needs is None or flag.needs(settings) else None
-            for flag in FLAGS if flag.role == "base" and flag.keyed}
+    """The keyed base-phase flags' values (None for one that does not matter: augmentation
+    parameters without augmentation), and those of the key_unless_default flags not at their default."""
+    values = {flag.name: settings[flag.name] if flag.needs is None or flag.needs(settings) else None
+              for flag in FLAGS if flag.role == "base" and flag.keyed}
+    values.update({flag.name: settings[flag.name] for flag in FLAGS
+                   if flag.key_unless_default and settings.get(flag.name, flag.default) != flag.default})
+    return values
 
 
 def not_in_base_job():

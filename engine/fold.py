@@ -17,13 +17,14 @@ import torch
 from composed_loader import ComposedBatchDataLoader, TensorBatchLoader
 from engine import base_cache, provenance
 from engine.augment import make_augmenter
-from engine.data import check_participants, load_participants, resolve_fold
+from engine.data import check_base, check_participants, load_participants, resolve_fold
 from engine.device import fast_kernels, graphs_wanted, place, resolve_device
 from engine.fileio import ConfigError, publish_folder, staged_folder
 from engine.flags import check_args, share_count, target_windows_per_batch
 from engine.metrics import evaluate, positive_class_scores
 from engine.models import build_model
 from engine.phase import CURVES, phase_generators, train_phase
+from engine.results import RESULT_EXISTS, replace_refusal, result_dir
 from engine.runlog import file_handler, log
 
 
@@ -40,8 +41,9 @@ def subsample(X, y, pct, seed, count_rule="round"):
     return X[index], y[index]
 
 
-def train_base_model(args, base_data, n_channels, device):
-    """Base phase: train on the base participants' train+val, early-stop on their test."""
+def train_base_model(args, base_data, n_channels, device, who):
+    """Base phase: train on the base participants' train+val, early-stop on their test.
+    who: the fold, for a one-line error (engine.phase.check_finite)."""
     X_train, y_train = concat([base_data[p][s] for p in base_data for s in ("train", "val")])
     # Seeded apart from the other draws; --base_val_pct is part of the base key.
     X_stop, y_stop = subsample(*concat([base_data[p]["test"] for p in base_data]), args.base_val_pct,
@@ -53,7 +55,7 @@ def train_base_model(args, base_data, n_channels, device):
     log.info(f"base phase: {len(X_train)} windows from {', '.join(base_data)}, "
              f"early stopping on their test split ({len(X_stop)} windows)")
     return train_phase("base", model, loader, (X_stop, y_stop), args, args.early_stopping_patience,
-                       device, make_augmenter(args, augment_gen), first_epoch=1)
+                       device, make_augmenter(args, augment_gen), first_epoch=1, who=who)
 
 
 def target_loader(args, base_train, target_train, generator):
@@ -116,12 +118,12 @@ def fold_metrics(args, fold, target_name, base, target, scores, base_entry):
     return metrics
 
 
-def obtain_base(args, base_names, base_data, n_channels, device, fingerprint):
+def obtain_base(args, base_names, base_data, n_channels, device, fingerprint, who):
     """The fold's base model: from the cache when the CLI has one, else trained here.
-    fingerprint: the base participants' data files (base_cache.data_fingerprint)."""
+    fingerprint: the base participants' data files (base_cache.data_fingerprint); who: the fold."""
     def train():
         started = provenance.now()
-        result = train_base_model(args, base_data, n_channels, device)
+        result = train_base_model(args, base_data, n_channels, device, who)
         return dict(result, provenance=provenance.record(device, fingerprint, started, result))
     if not getattr(args, "base_cache_dir", None) or args.no_base_cache:
         return train(), None
@@ -129,6 +131,14 @@ def obtain_base(args, base_names, base_data, n_channels, device, fingerprint):
     entry = base_cache.get_or_train(args.base_cache_dir, key, fingerprint,
                                     base_cache.key_settings(args, base_names), train)
     return entry.result, entry
+
+
+def check_window(args, n_channels, window_size):
+    """Before any training (and before the base cache's lock): windows the model's pooling cannot take."""
+    need = build_model(args.model, n_channels).min_window()
+    if window_size < need:
+        raise ConfigError(f"{args.data_path}: windows of {window_size} samples are too short for --model "
+                          f"{args.model}, whose pooling needs at least {need}")
 
 
 def check_composition(args, n_target, n_base):
@@ -145,8 +155,15 @@ def check_composition(args, n_target, n_base):
                           f"but the base participants have {n_base} train+val windows")
 
 
-def result_dir(args, fold, target_name):
-    return Path(args.experiments_dir) / args.prefix / f"fold{fold}_{target_name}"
+def refuse_existing(final, args, appeared=False):
+    """A result folder that exists and may not be replaced ends the run: RESULT_EXISTS for the
+    runner (it does not retry this), then the one-line error. appeared: asked at publishing, so
+    another process published it while this one trained."""
+    refusal = replace_refusal(final, args.overwrite, getattr(args, "run_token", None))
+    if refusal:
+        print(f"{RESULT_EXISTS} {final}", flush=True)
+        raise ConfigError(f"{final}: result folder appeared during the run; kept the existing one" if appeared
+                          else refusal)
 
 
 def run_fold(args):
@@ -159,12 +176,15 @@ def run_fold(args):
     target_name, base_names = resolve_fold(participants, args.fold, args.n_base_participants)
     if args.mode == "target_only":
         base_names = []
+    check_base(args.mode, target_name, base_names)
+    who = f"fold {args.fold} ({target_name})"
     final = result_dir(args, args.fold, target_name)
-    if args.mode != "base_only" and final.exists() and not args.overwrite:
-        raise ConfigError(f"{final}: result folder exists; pass --overwrite to replace it")
+    if args.mode != "base_only":
+        refuse_existing(final, args)
     data = load_participants(args.data_path, [target_name] + base_names, args.window_size)
     fingerprint = base_cache.data_fingerprint(args.data_path, [target_name] + base_names)
     n_channels, window_size = data[target_name]["train"][0].shape[1:]
+    check_window(args, n_channels, window_size)
     base_data = {p: data[p] for p in base_names}
     target_train = subsample(*data[target_name]["train"], args.target_data_pct, args.seed, args.target_count)
     target_val = subsample(*data[target_name]["val"], args.target_val_pct, args.seed + 3)
@@ -175,7 +195,7 @@ def run_fold(args):
     if base_names:
         base_files = {name: digest for name, digest in fingerprint.items()
                       if name.rsplit("_", 1)[0] in base_names}
-        base, base_entry = obtain_base(args, base_names, base_data, n_channels, device, base_files)
+        base, base_entry = obtain_base(args, base_names, base_data, n_channels, device, base_files, who)
     if args.mode == "base_only":
         print(f"BASE_KEY {base_entry.key}")
         print(f"BASE_MODEL {base_entry.path}")
@@ -197,7 +217,7 @@ def run_fold(args):
              f"({len(target_val[0])} windows)")
     first_epoch = (base["epochs_run"] if base else 0) + 1
     target = train_phase("target", model, loader, target_val, args, args.early_stopping_patience_target,
-                         device, make_augmenter(args, augment_gen), first_epoch)
+                         device, make_augmenter(args, augment_gen), first_epoch, who)
 
     # The target's test split is read here, once, for the final scores only.
     finish_fold(args, model, device, final, participants, target_name, base_names, target_val,
@@ -236,11 +256,13 @@ def finish_fold(args, model, device, final, participants, target_name, base_name
     log.info(f"base model on {target_name}'s test: " + (f"f1 {base_test[1]:.3f}" if base_test else "none")
              + f"; personalized: f1 {personal_test[1]:.3f}{gain}")
     files = {"hyperparameters.json": hyper, "metrics.json": metrics, "losses.json": curve_axis(base, target),
-             "provenance.json": provenance.record(device, fingerprint, started_at, target)}
-    publish(final, files, target["state"], args.overwrite)
+             # What produced the base model it started from too: trained here or by the run that cached it.
+             "provenance.json": dict(provenance.record(device, fingerprint, started_at, target),
+                                     base_model=base and base.get("provenance"))}
+    publish(final, files, target["state"], args)
 
 
-def publish(final, json_files, state, overwrite):
+def publish(final, json_files, state, args):
     """Write everything into a hidden sibling, then rename it into place."""
     import plotting  # matplotlib is only needed at the very end
     with staged_folder(final) as tmp:
@@ -252,6 +274,5 @@ def publish(final, json_files, state, overwrite):
         if handler is not None:
             handler.flush()
             shutil.copyfile(handler.baseFilename, tmp / "train.log")
-        if final.exists() and not overwrite:
-            raise ConfigError(f"{final}: result folder appeared during the run; kept the existing one")
+        refuse_existing(final, args, appeared=True)
         publish_folder(tmp, final, replace=True)

@@ -48,6 +48,16 @@ class ConvNet(nn.Module):
         features = self.fast_features(x) if self.fast_kernels else self.features(x).mean(dim=2)
         return self.head(self.dropout(features)).squeeze(1)
 
+    def min_window(self):
+        """The shortest window whose every pool still gives a sample: a floor-mode pool of size k
+        needs n * k samples to give n, a ceil-mode one (n - 1) * k + 1 (the convolutions keep the length)."""
+        need = 1
+        for block in reversed(self.features):
+            for pool in block[3:]:
+                k = pool.kernel_size
+                need = (need - 1) * k + 1 if pool.ceil_mode else need * k
+        return need
+
     def fast_features(self, x):
         """self.features(x).mean(dim=2) with the blocks' own parameters, channels-last: h is
         (N, C, 1, T) with the channels innermost in memory, and its permute to (N, 1, T, C) is the

@@ -15,8 +15,8 @@ Base models missing from the cache are trained as a pack first, each stored in
 the cache as soon as it stops, then the target phases. Each member's result
 folder is published (atomically) as soon as it finishes, with pack_size and
 pack_id added to hyperparameters.json; a member whose folder exists is skipped
-unless it passes --overwrite (then it is trained again and replaces it), so
-rerunning a pack after a crash trains only the unfinished ones.
+(it prints RESULT_EXISTS) unless engine.results lets it replace that folder (--overwrite, or
+its own --run_token), so rerunning a pack after a crash trains only the unfinished ones.
 
 Output lines (stdout, flushed at once; the runner reads them as they come): when a
 member finishes, its solo run's lines (`RESULT_DIR <folder>`, or `BASE_KEY <key>`
@@ -46,14 +46,15 @@ from dataset.synthetic import ensure_demo_data
 from engine import base_cache, provenance
 from engine.augment import make_augmenter
 from engine.cli import build_parser, run_cli
-from engine.data import check_participants, load_participants, resolve_fold
+from engine.data import check_base, check_participants, load_participants, resolve_fold
 from engine.device import apply_threads, fast_kernels, graphs_wanted, place, resolve_device
 from engine.fileio import ConfigError, read_json
 from engine.flags import MAY_DIFFER, check_args, job_argv
-from engine.fold import check_composition, concat, finish_fold, result_dir, subsample, target_loader
+from engine.fold import check_composition, check_window, concat, finish_fold, subsample, target_loader
 from engine.models import build_model
 from engine.packed_step import PhaseJob, train_pack
-from engine.phase import phase_generators
+from engine.phase import NotFiniteError, phase_generators
+from engine.results import RESULT_EXISTS, replace_refusal, result_dir
 from engine.runlog import setup_logging
 
 log = logging.getLogger("experiment")
@@ -156,7 +157,7 @@ def seeded_start(args, seed, n_channels, device):
 
 
 def run_pack(members, size, identity):
-    """Train the members whose result folders are missing (or that pass --overwrite);
+    """Train the members whose result folders are missing (or that may replace them);
     returns the folders published."""
     first = members[0]
     device = resolve_device(first.device)
@@ -175,8 +176,9 @@ def run_pack(members, size, identity):
             if final in finals:
                 raise ConfigError(f"{final}: two members of the pack would write this result folder")
             finals.add(final)
-        if args.mode != "base_only" and final.exists() and not args.overwrite:
-            print(f"{final}: exists; member skipped (delete it or pass --overwrite to train it again)", flush=True)
+        refusal = args.mode != "base_only" and replace_refusal(final, args.overwrite, args.run_token)
+        if refusal:
+            print(f"{RESULT_EXISTS} {final}\n{refusal}: member skipped", flush=True)
             continue
         todo.append((member, args, target_name, base_names, final))
     if not todo:
@@ -185,22 +187,12 @@ def run_pack(members, size, identity):
     data = load_participants(first.data_path, needed, first.window_size)
     store = Store(data, device)
     n_channels = store.X.shape[1]
+    check_window(first, n_channels, store.X.shape[2])
     model = build_model(first.model, n_channels, fast_kernels(first, device)).to(device)
     started, started_at = time.perf_counter(), provenance.now()
     # Hashed once per participant set: many members share their base participants.
     fingerprint = functools.cache(lambda names: base_cache.data_fingerprint(first.data_path, names))
-
-    folds = []
-    for member, args, target_name, base_names, final in todo:
-        target_train = subsample(*store.indices([target_name], ["train"]), args.target_data_pct,
-                                 args.seed, args.target_count)
-        target_val = subsample(*store.indices([target_name], ["val"]), args.target_val_pct, args.seed + 3)
-        base_train = store.indices(base_names, ["train", "val"]) if base_names else None
-        check_composition(args, len(target_train[0]), len(base_train[0]) if base_train else 0)
-        folds.append({"member": member, "args": args, "target": target_name, "base_names": base_names,
-                      "final": final, "fingerprint": fingerprint(frozenset([target_name, *base_names])),
-                      "target_train": target_train, "target_val": target_val[0],
-                      "base_train": base_train})
+    folds = plan_folds(todo, store, fingerprint)
 
     bases = obtain_bases(folds, model, store, n_channels, fingerprint)
     published = []
@@ -209,13 +201,14 @@ def run_pack(members, size, identity):
         args = fold["args"]
         base, entry = bases.get(id(fold), (None, None))
         fold["base"], fold["entry"] = base, entry
-        if args.mode == "base_only":  # finished: obtain_bases announced it once its base model was cached
+        # base_only: finished, obtain_bases announced it once its base model was cached
+        if args.mode == "base_only" or fold["failed"]:
             continue
         loader_gen, augment, state = seeded_start(args, args.seed + 1000, n_channels, device)
         if base is not None:
             state = base["state"]
         loader = target_loader(args, fold["base_train"], fold["target_train"], loader_gen)
-        jobs.append(PhaseJob(f"fold{args.fold}_{fold['target']}", state, loader, fold["target_val"],
+        jobs.append(PhaseJob(fold["who"], state, loader, fold["target_val"],
                              args.early_stopping_patience_target, augment,
                              (base["epochs_run"] if base else 0) + 1, args.lr))
         fold_of_job.append(fold)
@@ -230,8 +223,38 @@ def run_pack(members, size, identity):
 
     if jobs:
         log.info(f"target phase: a pack of {len(jobs)}")
-        train_pack("target", jobs, model, store, first.batch_size, first.max_epochs, first.cuda_graphs, finish)
+        train_pack("target", jobs, model, store, first.batch_size, first.max_epochs, first.cuda_graphs, finish,
+                   lambda i, error: fail(fold_of_job[i], error))
+    failed = [str(fold["member"]) for fold in folds if fold["failed"]]
+    if failed:
+        raise NotFiniteError(f"member(s) {', '.join(failed)} ended on a validation loss that is not finite (each "
+                             f"said so above): nothing of theirs is published or cached; the others went on")
     return published
+
+
+def plan_folds(todo, store, fingerprint):
+    """Each member's fold: its participants, its windows (indices into the store), checked before
+    any training."""
+    folds = []
+    for member, args, target_name, base_names, final in todo:
+        check_base(args.mode, target_name, base_names)
+        target_train = subsample(*store.indices([target_name], ["train"]), args.target_data_pct,
+                                 args.seed, args.target_count)
+        target_val = subsample(*store.indices([target_name], ["val"]), args.target_val_pct, args.seed + 3)
+        base_train = store.indices(base_names, ["train", "val"]) if base_names else None
+        check_composition(args, len(target_train[0]), len(base_train[0]) if base_train else 0)
+        folds.append({"member": member, "args": args, "target": target_name, "base_names": base_names,
+                      "final": final, "fingerprint": fingerprint(frozenset([target_name, *base_names])),
+                      "target_train": target_train, "target_val": target_val[0],
+                      "base_train": base_train, "who": f"fold {args.fold} ({target_name})", "failed": False})
+    return folds
+
+
+def fail(fold, error):
+    """A member whose phase ended on a validation loss that is not finite: its one line (stderr), no
+    MEMBER_DONE, nothing published; the pack goes on without it and ends with exit status 2."""
+    fold["failed"] = True
+    print(f"member {fold['member']}: error: {error}", file=sys.stderr, flush=True)
 
 
 def announce(member, *lines):
@@ -286,21 +309,26 @@ def obtain_bases(folds, model, store, n_channels, fingerprint):
             shared = entry and dataclasses.replace(entry, reused=entry.reused or n > 0)
             settle(fold, entry.result if entry else trained, shared)
 
-    jobs = [base_job(missing[key][0], store, n_channels) for key in keys]
+    def fail_group(i, error):  # every fold of the base model fails with it; none is stored
+        for fold in missing[keys[i]]:
+            fail(fold, error)
+
+    jobs = [base_job(missing[key], store, n_channels) for key in keys]
     log.info(f"base phase: a pack of {len(jobs)} base model(s)")
-    train_pack("base", jobs, model, store, first.batch_size, first.max_epochs, first.cuda_graphs, store_base)
+    train_pack("base", jobs, model, store, first.batch_size, first.max_epochs, first.cuda_graphs, store_base,
+               fail_group)
     return found
 
 
-def base_job(fold, store, n_channels):
-    """The base phase of engine.fold.train_base_model, over indices."""
-    args, names = fold["args"], fold["base_names"]
+def base_job(group, store, n_channels):
+    """The base phase of engine.fold.train_base_model, over indices, for the folds that share it."""
+    args, names = group[0]["args"], group[0]["base_names"]
     stop = subsample(*store.indices(names, ["test"]), args.base_val_pct, args.seed + 2)
     loader_gen, augment, state = seeded_start(args, args.seed, n_channels, store.device)
     loader = TensorBatchLoader(*store.indices(names, ["train", "val"]), args.batch_size, shuffle=True,
                                generator=loader_gen)
-    return PhaseJob(f"base {fold['key']}", state, loader, stop[0], args.early_stopping_patience, augment, 1,
-                    args.lr)
+    return PhaseJob(", ".join(fold["who"] for fold in group), state, loader, stop[0],
+                    args.early_stopping_patience, augment, 1, args.lr)
 
 
 def main(jobs_path, json_text, prog="pack_train.py"):

@@ -4,7 +4,13 @@ The members' parameters are stacked and trained in one step (torch.func.function
 vmap) with StackedAdamW, torch.optim.AdamW over stacked parameters with one learning rate
 and step count per member. PackedStep runs over fixed buffers, so one CUDA graph can replay
 every step, partial batches included; train_pack drives the epochs and early stopping of
-each member as engine.phase.train_phase does for a solo run.
+each member as engine.phase.train_phase does for a solo run. A member whose validation loss is
+not finite stops there and is reported (on_failed); the others go on.
+
+On the CPU the forward, backward and validation run member by member over each member's real
+windows, with its solo run's kernels, so a CPU pack repeats its solo runs to the bit over any
+number of epochs (tests/test_pack_drift.py); on CUDA they are vmapped (one graph per step),
+where batched kernels round otherwise (bench/gpu_check.py states the tolerance).
 """
 import logging
 import time
@@ -16,8 +22,8 @@ from torch.func import functional_call, vmap
 from engine.adamw import StackedAdamW
 from engine.device import graphs_wanted
 from engine.fileio import ConfigError
-from engine.metrics import loss_and_f1
-from engine.phase import CURVES
+from engine.metrics import EVAL_BATCH_SIZE, batch_counts, loss_and_f1
+from engine.phase import CURVES, NotFiniteError, check_finite
 
 log = logging.getLogger("experiment")
 
@@ -61,18 +67,40 @@ class PackedStep:
         self.positions = torch.arange(batch_size, device=device)
         self.counts = torch.zeros((k, 5), device=device)
         self.graph = None
+        self.by_member = device.type == "cpu"  # the exact path (_member_by_member); else vmapped
 
     def _forward(self, member_tensors, x):
         return functional_call(self.model, member_tensors, (x,))
 
     def _compute(self):
-        logits = vmap(self._forward)(self.stacked, self.x)
         real = self.positions < self.sizes.view(-1, 1)
-        per_window = F.binary_cross_entropy_with_logits(logits, self.y, reduction="none") * real.to(logits.dtype)
-        losses = per_window.sum(dim=1) / self.sizes.clamp(min=1).to(logits.dtype)
-        losses.sum().backward()
+        if self.by_member:
+            logits, losses = self._member_by_member()
+        else:
+            logits = vmap(self._forward)(self.stacked, self.x)
+            per_window = F.binary_cross_entropy_with_logits(logits, self.y, reduction="none") * real.to(logits.dtype)
+            losses = per_window.sum(dim=1) / self.sizes.clamp(min=1).to(logits.dtype)
+            losses.sum().backward()
         self.optimizer.step(self.active)
         self.counts += member_counts(logits.detach(), self.y, losses.detach(), real)
+
+    def _member_by_member(self):
+        """The CPU's forward and backward: each stepping member over its real windows alone, with
+        the kernels and the loss its solo run uses (vmap's batched kernels and the padded rows
+        round otherwise, and training carries that on), so a CPU pack repeats its members' solo
+        runs to the bit. (logits, zero past a member's windows; each member's mean loss)"""
+        logits, losses, total = torch.zeros_like(self.y), torch.zeros(len(self.x)), 0
+        for i, n in enumerate(self.sizes.tolist()):
+            if n:
+                out = self._forward({name: tensor[i] for name, tensor in self.stacked.items()}, self.x[i, :n])
+                loss = F.binary_cross_entropy_with_logits(out, self.y[i, :n])
+                logits[i, :n], losses[i], total = out.detach(), loss.detach(), total + loss
+        if torch.is_tensor(total):
+            total.backward()
+        else:  # no member steps (a warm-up): zero gradients, as the vmapped step has
+            for p in self.optimizer.params.values():
+                p.grad = torch.zeros_like(p)
+        return logits, losses
 
     def capture(self, setting):
         """Replay the step from a CUDA graph from now on; when capture fails, run eagerly
@@ -124,12 +152,15 @@ class PackedValidation:
         for i, index in enumerate(indices):
             self.index[i, :len(index)] = index
         self.sizes = torch.tensor([len(index) for index in indices], device=store.device)
+        self.by_member = store.device.type == "cpu"  # the exact path (_member_by_member); else vmapped
 
     def _forward(self, member_tensors, x):
         return functional_call(self.model, member_tensors, (x,))
 
     @torch.no_grad()
     def counts(self):
+        if self.by_member:
+            return self._member_by_member()
         counts = torch.zeros((len(self.index), 5), device=self.store.device)
         k, longest = self.index.shape
         for start in range(0, longest, self.CHUNK):
@@ -144,6 +175,18 @@ class PackedValidation:
             counts += member_counts(logits, y, means, real)
         return counts
 
+    def _member_by_member(self):
+        """The CPU's validation: each member's own windows in the solo run's batches, kernels and
+        loss (engine.metrics.evaluation_counts), so its early stopping decides as alone."""
+        counts = torch.zeros((len(self.index), 5))
+        for i, n in enumerate(self.sizes.tolist()):
+            member = {name: tensor[i] for name, tensor in self.stacked.items()}
+            for start in range(0, n, EVAL_BATCH_SIZE):
+                x, y = self.store.gather(self.index[i, start:min(start + EVAL_BATCH_SIZE, n)])
+                logits = self._forward(member, x)
+                counts[i] += batch_counts(logits, y, F.binary_cross_entropy_with_logits(logits, y))
+        return counts
+
 
 def stack_states(states, device):
     """{name: the members' tensors stacked} on the device. Each moves there first: a pack's starts
@@ -155,16 +198,23 @@ def member_state(stacked, i):
     return {name: tensor[i].detach().clone() for name, tensor in stacked.items()}
 
 
-def train_pack(phase, jobs, model, store, batch_size, max_epochs, cuda_graphs, on_done):
+def largest_batch(jobs, batch_size):
+    """The most windows a batch of any member holds: never more than its loader's data (a
+    --batch_size far above the data would otherwise size the step's buffers)."""
+    return max(min(batch_size, len(job.loader.X)) for job in jobs)
+
+
+def train_pack(phase, jobs, model, store, batch_size, max_epochs, cuda_graphs, on_done, on_failed):
     """Train every job's model together until each has stopped; on_done(i, result) is
-    called as job i stops, with what engine.phase.train_phase returns for a solo run.
+    called as job i stops, with what engine.phase.train_phase returns for a solo run, and
+    on_failed(i, error) as it stops on a validation loss that is not finite (NotFiniteError).
     store: the pack's data (engine.pack.Store). cuda_graphs: --cuda_graphs auto|on|off."""
     k, device = len(jobs), store.device
     stacked = stack_states([job.state for job in jobs], device)
     params = {name: stacked[name].requires_grad_() for name, _ in model.named_parameters()}
     optimizer = StackedAdamW(params, [job.lr for job in jobs], device)
     model.eval()  # the same as train mode for models without dropout (checked before)
-    step = PackedStep(model, stacked, optimizer, batch_size, store)
+    step = PackedStep(model, stacked, optimizer, largest_batch(jobs, batch_size), store)
     if graphs_wanted(cuda_graphs, device):
         step.capture(cuda_graphs)
     validation = PackedValidation(model, stacked, store, [job.val for job in jobs])
@@ -189,8 +239,14 @@ def train_pack(phase, jobs, model, store, batch_size, max_epochs, cuda_graphs, o
         counts, val_counts = step.counts.cpu(), val_counts.cpu()  # waits for the epoch's work (queued, on a GPU)
         elapsed = time.perf_counter() - start
         for i in list(running):
-            if end_epoch(phase, jobs[i], tracks[i], stacked, i, epoch, counts[i], seen[i], val_counts[i], elapsed,
-                         max_epochs):
+            try:
+                stops = end_epoch(phase, jobs[i], tracks[i], stacked, i, epoch, counts[i], seen[i], val_counts[i],
+                                  elapsed, max_epochs)
+            except NotFiniteError as error:  # it steps no more; its NaN stays in its own rows of the stack
+                running.remove(i)
+                on_failed(i, error)
+                continue
+            if stops:
                 running.remove(i)
                 on_done(i, phase_result(tracks[i], step.graph is not None, model.fast_kernels))
         if not running:
@@ -201,6 +257,7 @@ def end_epoch(phase, job, track, stacked, i, epoch, counts, n, val_counts, elaps
     """Record member i's epoch as train_phase does; True when it stops here."""
     train_loss, train_f1 = loss_and_f1(counts, n)
     val_loss, val_f1 = loss_and_f1(val_counts, len(job.val))
+    check_finite(job.label, phase, job.first_epoch + epoch, val_loss)
     track["windows"] += n
     track["seconds"] += elapsed
     for name, value in zip(CURVES, (train_loss, val_loss, train_f1, val_f1)):

@@ -2,7 +2,8 @@
 
 Both phases of a fold run it (the base phase in engine.fold.train_base_model, the target
 phase in engine.fold.run_fold); it keeps the best state by validation loss, the curves and
-the speed, and replays CUDA graphs where they were asked for and captured.
+the speed, and replays CUDA graphs where they were asked for and captured. A validation loss that
+is not finite ends the phase at once with NotFiniteError (check_finite, packs use it too).
 """
 import logging
 import math
@@ -21,6 +22,20 @@ from engine.metrics import batch_counts, evaluate, evaluation_counts, loss_and_f
 CURVES = ("train_loss", "val_loss", "train_f1", "val_f1")
 
 log = logging.getLogger("experiment")
+
+
+class NotFiniteError(ConfigError):
+    """A phase's validation loss is NaN or inf; the message is one line naming the fold and the phase.
+    The CLIs end as on a bad setting (exit 2): the settings or the data made it diverge."""
+
+
+def check_finite(who, phase, epoch, val_loss):
+    """Stop at the first epoch whose validation loss is not finite: no checkpoint after it can be
+    trusted, so the fold publishes nothing and its base model is not stored. who: the fold."""
+    if not math.isfinite(val_loss):
+        stored = ", no base model stored" if phase == "base" else ""
+        raise NotFiniteError(f"{who}, {phase} phase: validation loss is {val_loss} at epoch {epoch}; nothing "
+                             f"published{stored} (training diverged: a lower --lr may help)")
 
 
 def phase_generators(seed, device):
@@ -80,8 +95,9 @@ def capture_steps(model, optimizer, loader, val, device, setting):
         return None, None
 
 
-def train_phase(phase, model, loader, val, args, patience, device, augment, first_epoch):
-    """Train until the validation loss has not improved for `patience` epochs.
+def train_phase(phase, model, loader, val, args, patience, device, augment, first_epoch, who):
+    """Train until the validation loss has not improved for `patience` epochs. who: the fold, for
+    the one-line error of a validation loss that is not finite (NotFiniteError).
 
     Returns the best state (by validation loss), its epoch and scores, the
     best validation F1 over the epochs and its epoch (the first that reached
@@ -108,6 +124,7 @@ def train_phase(phase, model, loader, val, args, patience, device, augment, firs
         else:
             train_loss, train_f1, n = train_epoch(model, loader, optimizer, augment, device)
         val_loss, val_f1 = evaluate(model, *val, device, evaluation)
+        check_finite(who, phase, first_epoch + epoch, val_loss)
         elapsed = time.perf_counter() - start
         windows, seconds = windows + n, seconds + elapsed
         for name, value in zip(CURVES, (train_loss, val_loss, train_f1, val_f1)):

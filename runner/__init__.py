@@ -2,6 +2,7 @@
 (phases, base-key dependencies, packs, retries, ledger, report) above two backends, ssh/ and slurm/.
 
 It may import engine.flags, engine.fileio, engine.base_cache (the base key and entries),
-engine.provenance (code and data fingerprints) and engine.data (participant names, for the grid),
+engine.provenance (code and data fingerprints), engine.data (participant names, for the grid and
+the jobs' result folders), engine.results (who may replace a result folder),
 dataset.synthetic (the demo data, for the grid) and report.text (the headline); never a fold's internals.
 """

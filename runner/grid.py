@@ -99,6 +99,9 @@ def parse_set(text):
 
 
 def apply_sets(spec, sets):
+    for section in ("grid", "fixed"):  # checked before they are copied: dict() of a list fails obscurely
+        if not isinstance(spec.get(section, {}), dict):
+            raise GridError(f'"{section}" must be an object of flag: values, got {json.dumps(spec[section])}')
     spec = {"grid": dict(spec.get("grid", {})), "fixed": dict(spec.get("fixed", {})),
             "folds": spec.get("folds", "all"), "prefix": spec.get("prefix", "grid")}
     for flag, values in map(parse_set, sets):

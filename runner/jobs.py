@@ -15,6 +15,7 @@ from pathlib import Path
 from engine import flags
 from engine.fileio import ConfigError, read_json
 from engine.flags import NOT_FLAGS
+from runner.folders import missing_results
 
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # it names the log file
 FLAG_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
@@ -82,12 +83,14 @@ def cache_entry(job, key, workdir=""):
     return posixpath.join(workdir, job.get("base_cache_dir") or BASE_CACHE_DIR, key)
 
 
-def plan_jobs(jobs_config, ledger_path, history, resume):
+def plan_jobs(jobs_config, ledger_path, history, resume, workdir="."):
     """(every job, those still to do, their base jobs): a job whose last word in the ledger
-    (its history, read from ledger_path) is "ok" is done, unless resume is off. Says on
-    stderr how many it skips."""
-    finished = {r.get("job_id") for r in history if r.get("status") == "ok"} if resume else set()
+    (its history, read from ledger_path) is "ok" is done, unless resume is off or its result
+    folder is gone from workdir. Says on stderr how many it skips."""
     jobs = load_jobs(jobs_config)
+    finished = {r.get("job_id") for r in history if r.get("status") == "ok"} if resume else set()
+    finished &= {job["job_id"] for job in jobs}  # not base jobs: the cache says which base models are there
+    finished -= missing_results(finished, history, workdir)
     todo = [job for job in jobs if job["job_id"] not in finished]
     bases = plan_bases(todo)
     if len(todo) < len(jobs):

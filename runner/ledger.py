@@ -1,16 +1,17 @@
-"""The run dir's lasting state: the ledger of attempts (ledger.jsonl) and the lock that
-keeps one runner per run dir (runner.lock). Both backends use them."""
+"""The run dir's lasting state: the ledger of attempts (ledger.jsonl), the run's identity
+(run_id) and the lock that keeps one runner per run dir (runner.lock). Both backends use them."""
 import fcntl
 import json
 import os
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
-from engine.fileio import ConfigError
+from engine.fileio import ConfigError, write_atomic
 
 
 class Ledger:
@@ -85,3 +86,19 @@ def run_dir_lock(run_dir):
             yield
         finally:
             f.truncate(0)  # a clean end leaves no pid behind; closing the file unlocks it
+
+
+def run_id(run_dir, fresh=False, create=True):
+    """The run's identity, kept in run_dir/run_id: made by the first run (and anew by a fresh one,
+    --no-resume) and kept by the reruns that resume it. Its jobs' result folders record it
+    (runner.plan.run_token), so a rerun may replace what the run itself wrote, and nothing else.
+    Without create (a dry run) nothing is written: None when there is none yet."""
+    path = Path(run_dir) / "run_id"
+    if path.exists() and not fresh:
+        return path.read_text().strip()
+    if not create:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = uuid.uuid4().hex[:12]
+    write_atomic(path, new + "\n")
+    return new

@@ -1,8 +1,10 @@
 """A training process's output, read as it streams (SSH) or from its log (Slurm): the lines the
 runner acts on (RESULT_DIR, BASE_KEY, BASE_MODEL), the base models it trained (BASE_TRAINED),
-argparse's usage line, and a pack's MEMBER_DONE and PACK_OUT_OF_MEMORY lines (engine.pack prints them)."""
+argparse's usage line, a result folder it refused to replace (RESULT_EXISTS), and a pack's
+MEMBER_DONE and PACK_OUT_OF_MEMORY lines (engine.pack prints them)."""
 from collections import deque
 
+from engine.results import RESULT_EXISTS
 from runner.packing import MEMBER_DONE, OUT_OF_MEMORY
 
 
@@ -18,6 +20,7 @@ class OutputLines:
         self.pending, self.tagged, self.trained, self.last = b"", [], set(), deque(maxlen=20)
         self.usage = False  # argparse printed its usage line (before an error and exit status 2)
         self.out_of_memory = False  # a pack said its device ran out of memory
+        self.exists = None  # the result folder it refused to replace (RESULT_EXISTS), if any
 
     def feed(self, chunk):
         self.pending += chunk
@@ -35,6 +38,8 @@ class OutputLines:
         self.last.append(line)
         self.usage = self.usage or line.startswith("usage: ")
         self.out_of_memory = self.out_of_memory or line.startswith(f"{OUT_OF_MEMORY} ")
+        if line.startswith(f"{RESULT_EXISTS} "):
+            self.exists = line.split(" ", 1)[1].strip()
         if line.startswith("BASE_TRAINED "):
             self.trained.add(line.split(" ", 1)[1].strip())
         elif line.startswith(self.TAGS):
@@ -43,6 +48,15 @@ class OutputLines:
             index, text, self.tagged = line.split(" ", 1)[1].strip(), self.text(), []
             if index.isdigit():
                 self.on_member_done(int(index), text)
+
+    def fails_alike(self, exit_status):
+        """Why this process would fail the same way on any slot and attempt, so it is not retried:
+        argparse refused its flags, or its result folder exists and this run did not write it."""
+        if self.exists:
+            return f"{self.exists} exists and this run did not write it (--overwrite replaces it): not retried"
+        if exit_status == 2 and self.usage:
+            return "bad flags: not retried"
+        return None
 
     def text(self):
         return "\n".join(self.tagged)

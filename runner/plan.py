@@ -27,6 +27,11 @@ from runner.jobs import cache_entry
 from runner.packing import next_pack
 
 
+def run_token(run_id, job):
+    """What a job of this run records in its result folder (engine.results)."""
+    return f"{run_id}.{job['job_id']}"
+
+
 @dataclass(eq=False)
 class Task:
     job: dict
@@ -45,10 +50,12 @@ class Task:
 
 
 class Plan:
-    def __init__(self, tasks, ledger, log_dir, retries=0, cached=None, say=None):
+    def __init__(self, tasks, ledger, log_dir, retries=0, cached=None, say=None, run_id=None, overwrite=False):
         """tasks: phase 1 first, then the jobs, in order. cached: {base key: base job} of the base
-        models already in the local cache. say(message, important=False): progress lines."""
+        models already in the local cache. say(message, important=False): progress lines.
+        run_id: the run dir's (runner.ledger.run_id); overwrite: the user's --overwrite."""
         self.tasks, self.ledger, self.log_dir, self.retries = tasks, ledger, Path(log_dir), retries
+        self.run_id, self.overwrite = run_id, overwrite
         self.cached = cached or {}
         self.ready_keys = set(self.cached)  # base models complete in the local cache
         self.say = say or (lambda message, important=False: None)
@@ -123,11 +130,14 @@ class Plan:
             self.processes += 1
             task.record = record
 
-    @staticmethod
-    def job_to_run(task):
-        """The job's flags for its next attempt: a job tried before may have published its
-        folder (on a host, or before a crash), so it replaces it (--overwrite)."""
-        return dict(task.job, overwrite=True) if task.attempt and not task.builds else task.job
+    def job_to_run(self, task):
+        """The job's flags for its attempt. Its run token lets it replace the folder an earlier
+        attempt of it in this run published (on a host, or before a crash) and nothing else
+        (engine.results); --overwrite only when the user asked. A base job writes no folder."""
+        if task.builds:
+            return task.job
+        extra = {"run_token": run_token(self.run_id, task.job)} if self.run_id else {}
+        return dict(task.job, **extra, **({"overwrite": True} if self.overwrite else {}))
 
     def log_path(self, task):
         return self.log_dir / f"{task.job_id}.log"

@@ -16,9 +16,10 @@ from engine import base_cache
 from engine.fileio import ConfigError
 from runner.config import PROG, is_slurm_config, load_cluster_config
 from runner.jobs import cache_entry, needed_base, plan_jobs, validate_jobs
-from runner.ledger import Ledger, run_dir_lock
+from runner.folders import job_folders, refuse_foreign
+from runner.ledger import Ledger, run_dir_lock, run_id
 from runner.packing import PACK_SCRIPT, pack_group, trainer_path
-from runner.plan import Plan, Task
+from runner.plan import Plan, Task, run_token
 from runner.report import Say, print_report_headline
 
 SSH_ONLY = ("sync_code", "sync_data", "accept_new_hosts")
@@ -95,10 +96,14 @@ def make_tasks(todo, bases, cached, history, packs, by_base=False):
 def plan_and_run(args, run_dir, slurm):
     """main() after the arguments: the plan from the files and the ledger, then the run."""
     history = Ledger.read(run_dir / "ledger.jsonl")
+    identity = run_id(run_dir, fresh=not args.resume, create=False)  # None: no folder can carry it yet
     try:
         config, script, workdir = load_config(args, slurm)
-        jobs, todo, bases = plan_jobs(args.jobs_config, run_dir / "ledger.jsonl", history, args.resume)
+        jobs, todo, bases = plan_jobs(args.jobs_config, run_dir / "ledger.jsonl", history, args.resume, workdir)
         note = validate_jobs(jobs, args.jobs_config, str(workdir / script))
+        # Nothing runs that would lose a result: two jobs on one folder, or a folder from elsewhere.
+        folders = job_folders(jobs, workdir)
+        refuse_foreign(todo, folders, lambda job: identity and run_token(identity, job), args.overwrite)
     except ConfigError as e:
         return error(e)
     say = Say(args.quiet)
@@ -109,7 +114,7 @@ def plan_and_run(args, run_dir, slurm):
     tasks = make_tasks(todo, bases, cached, history, packs=trainer_path(script) is not None, by_base=slurm)
     skipped = len(jobs) - len(todo)
     if args.dry_run:
-        plan = Plan(tasks, None, run_dir / "logs", cached=cached)
+        plan = Plan(tasks, None, run_dir / "logs", cached=cached, run_id=identity, overwrite=args.overwrite)
         if slurm:
             from runner.slurm.dry_run import print_plan
             print_plan(plan, config, script, run_dir, args.timeout)
@@ -121,17 +126,19 @@ def plan_and_run(args, run_dir, slurm):
         print("nothing to do", file=sys.stderr)
         status = 0
     else:
-        status = run(args, config, tasks, cached, skipped, run_dir, script, history, slurm, say)
+        identity = run_id(run_dir, fresh=not args.resume)
+        status = run(args, config, tasks, cached, skipped, run_dir, script, history, slurm, say, identity)
     if status in (0, 1):
         with contextlib.chdir(workdir):  # the jobs' result folders are relative to it
             print_report_headline(jobs)
     return status
 
 
-def run(args, config, tasks, cached, skipped, run_dir, script, history, slurm, say):
+def run(args, config, tasks, cached, skipped, run_dir, script, history, slurm, say, identity):
     """The planned tasks on the config's backend; returns the exit status."""
     ledger = Ledger(run_dir / "ledger.jsonl")
-    plan = Plan(tasks, ledger, run_dir / "logs", retries=args.retries, cached=cached, say=say)
+    plan = Plan(tasks, ledger, run_dir / "logs", retries=args.retries, cached=cached, say=say, run_id=identity,
+                overwrite=args.overwrite)
     previous = signal.signal(signal.SIGTERM, raise_interrupt)  # `kill <runner>` stops like Ctrl-C
     try:
         if slurm:

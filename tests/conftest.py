@@ -64,6 +64,7 @@ p.add_argument("--started_dir")        # touch <dir>/<pid> when starting
 p.add_argument("--linger_file")        # after publishing, stay running while this file exists
 p.add_argument("--env_names", nargs="*", default=[])  # record these variables' values
 p.add_argument("--overwrite", action="store_true")
+p.add_argument("--run_token")
 p.add_argument("--no_result_line", action="store_true")  # leave the runner to find the folder
 p.add_argument("--tag")
 args = p.parse_args()
@@ -82,7 +83,13 @@ time.sleep(args.sleep)
 while args.block_file and os.path.exists(args.block_file):
     time.sleep(0.1)
 final = Path(args.experiments_dir, args.prefix, f"fold{args.fold}_p{args.fold}")
-if final.exists() and not args.overwrite:
+def token(folder):  # the engine's rule (engine.results): only --overwrite or its own run token replace
+    try:
+        return json.loads((folder / "hyperparameters.json").read_text()).get("run_token")
+    except OSError:
+        return None
+if final.exists() and not args.overwrite and not (args.run_token and token(final) == args.run_token):
+    print(f"RESULT_EXISTS {final}", flush=True)
     print(f"{final}: result folder exists", file=sys.stderr)
     sys.exit(2)
 tmp = final.parent / f".tmp{os.getpid()}"
@@ -90,6 +97,7 @@ tmp = final.parent / f".tmp{os.getpid()}"
 record = {"argv": sys.argv[1:], "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
           "cwd": os.getcwd(), "fold": args.fold, "env": {n: os.environ.get(n) for n in args.env_names}}
 (tmp / "record.json").write_text(json.dumps(record))
+(tmp / "hyperparameters.json").write_text(json.dumps({"run_token": args.run_token}))
 (tmp / "sub" / "weights.bin").write_bytes(os.urandom(1000 + 37 * args.fold))
 if final.exists():
     import shutil; shutil.rmtree(final)

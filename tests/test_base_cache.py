@@ -172,6 +172,7 @@ BASE_SETTING_CHANGES = {
     "seed": ["--seed", "1"],
     "base validation share": ["--base_val_pct", "0.5"],
     "preset original (lr, patience, base validation share)": ["--preset", "original"],
+    "historic CPU kernels (never a base trained with the fast ones)": ["--cpu_kernels", "reference"],
 }
 
 

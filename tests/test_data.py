@@ -117,6 +117,8 @@ BAD_FILES = {
     "NaN in X": (replace("b_val.pt", with_value(float("nan"))), "nan"),
     "inf in X": (replace("c_test.pt", with_value(float("inf"))), "inf"),
     "-inf in X": (replace("a_train.pt", with_value(float("-inf"))), "inf"),
+    # Finite in float64, inf once cast to the float32 the engine trains in.
+    "float64 beyond float32": (replace("b_test.pt", lambda X, y: with_value(1e300)(X.double(), y)), "inf"),
     "empty split": (replace("c_val.pt", lambda X, y: (X[:0], y[:0])), "empty"),
     "channel count differs": (replace("c_train.pt", lambda X, y: (X[:, :2].contiguous(), y)), "differs"),
     "window length differs": (replace("a_test.pt", lambda X, y: (X[:, :, :32].contiguous(), y)), "differs"),

@@ -148,11 +148,15 @@ def test_the_members_validation_is_one_vmapped_pass_that_scores_as_the_solo_eval
     indices = [torch.arange(700), torch.arange(5, 40), torch.arange(600, 700)]  # 700 needs two chunks of 512
     reads = []
     store.gather_into = lambda index, x, y, read=store.gather_into: reads.append(index.shape) or read(index, x, y)
-    counts = PackedValidation(build_model("test", 3).eval(), stacked, store, indices).counts()
+    validation = PackedValidation(build_model("test", 3).eval(), stacked, store, indices)
+    exact = validation.counts()  # the CPU's path: member by member, to the bit
+    validation.by_member = False  # the GPU's path, vmapped
+    counts = validation.counts()
     assert reads == [(3, 512), (3, 188)]  # one read of the store per chunk, for every member at once
-    for model, index, row in zip(models, indices, counts):
+    for model, index, row, exact_row in zip(models, indices, counts, exact):
         solo = evaluation_counts(model.eval(), store.X[index], store.y[index], torch.device("cpu"))
         assert torch.allclose(row, solo, rtol=1e-5) and row[1:].sum() == len(index)
+        assert torch.equal(exact_row, solo)
 
 
 def test_a_cuda_device_with_an_index_becomes_the_current_device(monkeypatch):

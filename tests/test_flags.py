@@ -62,6 +62,7 @@ def test_registering_a_target_flag_keeps_the_base_key(monkeypatch):
 def test_base_keys_of_existing_settings_are_unchanged():
     # Computed with the code before the registry: a changed key would orphan every cached base model.
     assert key_of(KEY_FLAGS) == "02bde6c7b5f52c4d9ad8"
+    assert key_of(KEY_FLAGS + ["--cpu_kernels", "fast"]) == "02bde6c7b5f52c4d9ad8"  # the default stays out of it
     assert key_of(KEY_FLAGS + ["--preset", "original"]) == "8407fb23a26baf8cd91e"
     assert key_of(KEY_FLAGS + ["--use_augmentation", "--augmentation", "batch", "--jitter_std", "0.1"]) \
         == "cb4a35df496b4133a137"

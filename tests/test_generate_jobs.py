@@ -192,6 +192,8 @@ def test_cli_errors_are_one_line(tmp_path):
     ("[1, 2]", [], "expected an object"),
     ('{"grid": {}}', ["--set", "nope"], "expected flag=value"),
     ('{"grid": {}, "fixed": {"data_path": "/nonexistent/data"}}', [], 'give "participants"'),
+    ('{"grid": {}, "fixed": [1]}', [], '"fixed" must be an object of flag: values, got [1]'),
+    ('{"grid": [["lr", 1]]}', ["--set", "seed=1,2"], '"grid" must be an object of flag: values'),
 ])
 def test_cli_error_messages(tmp_path, capsys, content, argv, expected):
     bad = tmp_path / "bad.json"

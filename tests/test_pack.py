@@ -260,23 +260,32 @@ def test_json_members_print_member_done_after_their_lines_and_none_when_skipped(
     (key,) = [p.name for p in cache.iterdir() if p.is_dir()]
     assert protocol_lines(out) == [f"BASE_KEY {key}", f"BASE_MODEL {cache / key}", "MEMBER_DONE 0",
                                    f"RESULT_DIR {exp / 'p' / 'fold2_c'}", "MEMBER_DONE 2"]
-    assert f"{exp / 'p' / 'fold1_b'}: exists; member skipped" in out
+    assert f"RESULT_EXISTS {exp / 'p' / 'fold1_b'}\n{exp / 'p' / 'fold1_b'}: result folder exists" in out
     assert list((exp / "p" / "fold1_b").iterdir()) == []
 
 
-def test_overwrite_is_per_member(data, tmp_path, capsys):
+def test_overwrite_and_the_run_token_are_per_member(data, tmp_path, capsys):
     exp = tmp_path / "exp"
     common = dict(shared(data, exp, tmp_path / "cache", epochs=1), prefix="p", mode="target_only")
-    for name in ("fold0_a", "fold1_b"):
+    tokens = {"fold0_a": None, "fold1_b": "run1.b", "fold2_c": "run1.c", "fold3_d": None}
+    for name, token in tokens.items():
         (exp / "p" / name).mkdir(parents=True)
-        (exp / "p" / name / "old.txt").write_text("an earlier run")
-    jobs = [dict(common, fold=0, overwrite=True), dict(common, fold=1)]
+        (exp / "p" / name / "hyperparameters.json").write_text(json.dumps({"run_token": token}))
+    jobs = [dict(common, fold=0, overwrite=True),  # the user says so
+            dict(common, fold=1, run_token="run1.b"),  # its own earlier attempt's folder
+            dict(common, fold=2, run_token="run2.c"),  # another run's: kept
+            dict(common, fold=3)]  # nobody's: kept
     assert pack_train.main(["--json", json.dumps(jobs)]) == 0
-    assert protocol_lines(capsys.readouterr().out) == [f"RESULT_DIR {exp / 'p' / 'fold0_a'}", "MEMBER_DONE 0"]
-    replaced = {p.name for p in (exp / "p" / "fold0_a").iterdir()}
-    assert "old.txt" not in replaced and {"hyperparameters.json", "metrics.json"} <= replaced
+    out = capsys.readouterr().out
+    assert protocol_lines(out) == [f"RESULT_DIR {exp / 'p' / 'fold0_a'}", "MEMBER_DONE 0",
+                                   f"RESULT_DIR {exp / 'p' / 'fold1_b'}", "MEMBER_DONE 1"]
+    for name in ("fold0_a", "fold1_b"):
+        assert {"hyperparameters.json", "metrics.json"} <= {p.name for p in (exp / "p" / name).iterdir()}
     assert read(exp / "p" / "fold0_a")["hyperparameters.json"]["overwrite"] is True
-    assert [p.name for p in (exp / "p" / "fold1_b").iterdir()] == ["old.txt"]  # without --overwrite: kept
+    assert read(exp / "p" / "fold1_b")["hyperparameters.json"]["run_token"] == "run1.b"
+    for name in ("fold2_c", "fold3_d"):
+        assert f"RESULT_EXISTS {exp / 'p' / name}" in out
+        assert [p.name for p in (exp / "p" / name).iterdir()] == ["hyperparameters.json"]  # kept
 
 
 def test_a_folder_that_cannot_be_published_ends_the_pack_and_the_finished_members_stay(data, tmp_path, capsys, monkeypatch):
@@ -324,10 +333,11 @@ def test_cuda_graphs_on_without_cuda_is_a_one_line_error(data, tmp_path, capsys)
     assert not (tmp_path / "exp").exists() and not (tmp_path / "cache").exists()
 
 
-def test_the_packed_step_keeps_its_state_in_place_and_an_idle_step_changes_nothing():
-    """What capturing the step as a CUDA graph relies on, checked on the CPU: the warm-up runs
-    before a capture (no member active) change nothing, and a step updates every tensor in place,
-    so a replay reads and writes the same memory."""
+@pytest.mark.parametrize("by_member", [False, True], ids=["vmapped", "by member"])
+def test_the_packed_step_keeps_its_state_in_place_and_an_idle_step_changes_nothing(by_member):
+    """What capturing the step as a CUDA graph relies on, checked on the CPU (on the vmapped path
+    a GPU runs, and on the CPU's own): the warm-up runs before a capture (no member active) change
+    nothing, and a step updates every tensor in place, so a replay reads and writes the same memory."""
     cpu = torch.device("cpu")
     torch.manual_seed(0)
     model = build_model("test", 3)
@@ -337,6 +347,7 @@ def test_the_packed_step_keeps_its_state_in_place_and_an_idle_step_changes_nothi
     optimizer = StackedAdamW(params, [1e-2, 1e-2], cpu)
     store = Store({"a": {"train": (torch.randn(3, 3, 32), torch.tensor([1.0, 0.0, 1.0]))}}, cpu)
     step = PackedStep(model, stacked, optimizer, 4, store)
+    step.by_member = by_member
 
     def state():
         return [*params.values(), *optimizer.exp_avg.values(), *optimizer.exp_avg_sq.values(), optimizer.steps,

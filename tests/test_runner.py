@@ -312,24 +312,35 @@ def test_the_run_ends_with_the_report_headline(tmp_path, capsys):
     assert "F1 0.550 -> 0.725 (gain +0.175), responders 2/2" in out[1]
 
 
-def test_a_job_tried_before_reruns_over_its_stale_folder(fake_script, tmp_path, capsys, monkeypatch):
-    # An earlier attempt published its folder but never came home (the runner died):
-    # the ledger says unfinished, so the rerun replaces the folder instead of failing.
+def test_a_job_tried_before_reruns_over_its_own_folder_only(fake_script, tmp_path, capsys, monkeypatch):
+    # An earlier attempt of this run published "again"'s folder but never came home (the runner
+    # died): the ledger says unfinished and the folder records this run's token, so the rerun
+    # replaces it. "fresh"'s folder records another run's token: it is kept, the job fails in one
+    # line and is not retried, and only --overwrite replaces it.
     monkeypatch.chdir(tmp_path)
     cluster = local_cluster(tmp_path, fake_script)
     jobs = write_json(tmp_path / "jobs.json", [{"prefix": "again", "fold": 0, "job_id": "again"},
                                                {"prefix": "again", "fold": 1, "job_id": "fresh"}])
-    (tmp_path / "experiments" / "again" / "fold0_p0").mkdir(parents=True)
-    (tmp_path / "experiments" / "again" / "fold1_p1").mkdir(parents=True)
+    for name, token in (("fold0_p0", "r1.again"), ("fold1_p1", "other-run.fresh")):
+        (tmp_path / "experiments" / "again" / name).mkdir(parents=True)
+        (tmp_path / "experiments" / "again" / name / "hyperparameters.json").write_text(
+            json.dumps({"run_token": token}))
     (tmp_path / "runs" / "jobs").mkdir(parents=True)
+    (tmp_path / "runs" / "jobs" / "run_id").write_text("r1\n")
     (tmp_path / "runs" / "jobs" / "ledger.jsonl").write_text(
         json.dumps({"job_id": "again", "attempt": 1, "status": "failed"}) + "\n")
-    assert rdt.main(["--cluster-config", cluster, "--jobs-config", jobs, "--quiet"]) == 1
+    argv = ["--cluster-config", cluster, "--jobs-config", jobs, "--retries", "2"]
+    assert rdt.main(argv) == 1
     status = {(r["job_id"], r["attempt"]): r["status"] for r in ledger(tmp_path)}
-    assert status[("again", 2)] == "ok"  # ran with --overwrite
-    assert status[("fresh", 1)] == "failed"  # never tried: an unknown folder is not overwritten
+    assert status == {("again", 1): "failed", ("again", 2): "ok", ("fresh", 1): "failed"}  # not retried
     record = json.loads((tmp_path / "experiments" / "again" / "fold0_p0" / "record.json").read_text())
-    assert "--overwrite" in record["argv"]
+    assert "--run_token" in record["argv"] and "--overwrite" not in record["argv"]
+    kept = tmp_path / "experiments" / "again" / "fold1_p1"
+    assert [p.name for p in kept.iterdir()] == ["hyperparameters.json"]
+    out = capsys.readouterr().out
+    assert "fresh  failed (exit 2)" in out and f"{Path('experiments/again/fold1_p1')}: result folder exists" in out
+    assert rdt.main(argv + ["--overwrite"]) == 0
+    assert "--overwrite" in json.loads((kept / "record.json").read_text())["argv"]
 
 
 class RecordingHost:

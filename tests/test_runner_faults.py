@@ -40,8 +40,11 @@ def start_runner(folder, cluster, jobs, *options):
                              "--quiet", *options], cwd=folder, stderr=subprocess.PIPE, text=True)
 
 
-def ran_with_overwrite(result_dir):
-    return "--overwrite" in json.loads((Path(result_dir) / "record.json").read_text())["argv"]
+def replaced_its_own_folder(result_dir):
+    """The folder was written by a run with the job's run token and without --overwrite: a retry
+    that replaced what its own earlier attempt left."""
+    argv = json.loads((Path(result_dir) / "record.json").read_text())["argv"]
+    return "--run_token" in argv and "--overwrite" not in argv
 
 
 # 1. A NUL byte (or newline) in a job value ran commands on the host.
@@ -124,9 +127,10 @@ def test_2_a_host_without_sftp_is_taken_out_and_its_jobs_go_elsewhere(sshd_pair,
 
 
 # 3. A connection lost after the job published its folder: every retry failed ("folder exists").
+# Now the retry carries the run's token, so it may replace that folder (and nothing else).
 
 @pytest.mark.ssh
-def test_3_a_connection_lost_after_result_dir_ends_ok_with_overwrite(sshd_pair, user_key, known_hosts,
+def test_3_a_connection_lost_after_result_dir_ends_ok_replacing_its_own_folder(sshd_pair, user_key, known_hosts,
                                                                    fake_script, tmp_path):
     host = sshd_pair[1]
     linger = tmp_path / "linger"
@@ -143,7 +147,7 @@ def test_3_a_connection_lost_after_result_dir_ends_ok_with_overwrite(sshd_pair, 
     assert runner.returncode == 0, stderr
     records = ledger(tmp_path / "runs" / "jobs")
     assert [r["status"] for r in records] == ["requeued", "ok"]
-    assert ran_with_overwrite(tmp_path / "experiments" / "lost" / "fold0_p0")
+    assert replaced_its_own_folder(tmp_path / "experiments" / "lost" / "fold0_p0")
 
 
 # 4. The runner SIGKILLed after a job published: the rerun failed the same way.
@@ -167,7 +171,7 @@ def test_4_a_rerun_after_a_sigkill_finishes_a_published_job(fake_script, tmp_pat
     monkeypatch.chdir(tmp_path)
     assert rdt.main(["--cluster-config", cluster, "--jobs-config", jobs, "--quiet"]) == 0
     assert [(r["attempt"], r["status"]) for r in ledger(tmp_path / "runs" / "jobs")] == [(2, "ok")]
-    assert ran_with_overwrite(published)
+    assert replaced_its_own_folder(published)
 
 
 # 5. Secrets leaked into logs, the dry run, and the host's `ps` for the job's lifetime.
@@ -315,13 +319,16 @@ def test_a_ledger_written_before_start_lines_still_resumes(fake_script, tmp_path
          "exit_status": 0, "status": "ok", "log": "a.log"},
         {"job_id": "b", "attempt": 1, "status": "requeued", "error": "h: connection lost"},
         {"job_id": "b", "attempt": 2, "status": "requeued", "error": "h: connection lost"}]))
-    (tmp_path / "experiments" / "old" / "fold1_p1").mkdir(parents=True)  # b's stranded folder
+    # b's stranded folder: such a ledger records no run token, so nothing shows this run wrote it.
+    (tmp_path / "experiments" / "old" / "fold1_p1").mkdir(parents=True)
     jobs = write_json(tmp_path / "jobs.json", [{"prefix": "old", "fold": k, "job_id": j}
                                                for k, j in enumerate("ab")])
     monkeypatch.chdir(tmp_path)
-    assert rdt.main(["--cluster-config", local_cluster(tmp_path, fake_script), "--jobs-config", jobs,
-                     "--quiet"]) == 0
+    argv = ["--cluster-config", local_cluster(tmp_path, fake_script), "--jobs-config", jobs, "--quiet"]
+    assert rdt.main(argv) == 1  # kept, in one line, not retried
     assert "resume: 1 of 2 jobs already finished" in capsys.readouterr().err
     again = ledger(tmp_path / "runs" / "jobs", starts=True)[3:]
-    assert [(r["job_id"], r["attempt"], r["status"]) for r in again] == [("b", 3, "started"), ("b", 3, "ok")]
-    assert ran_with_overwrite(tmp_path / "experiments" / "old" / "fold1_p1")
+    assert [(r["job_id"], r["attempt"], r["status"]) for r in again] == [("b", 3, "started"), ("b", 3, "failed")]
+    assert list((tmp_path / "experiments" / "old" / "fold1_p1").iterdir()) == []
+    assert rdt.main(argv + ["--overwrite"]) == 0  # the user says so
+    assert ledger(tmp_path / "runs" / "jobs")[-1]["status"] == "ok"

@@ -56,6 +56,7 @@ def test_dry_run_packs_only_compatible_jobs_of_one_phase(data, tmp_path, capsys,
            dict(jobs[1], job_id="medium", model="medium")]  # dropout: never packed
     for job in odd:
         job.pop("base_key", None)
+        job["prefix"] = f"odd/{job['job_id']}"  # a result folder of its own
     write_json(jobs_path, jobs + odd)
     argv = ["--cluster-config", local_cluster(tmp_path, pack=8), "--jobs-config", jobs_path, "--dry-run"]
     assert rdt.main(argv) == 0

@@ -115,7 +115,7 @@ def test_a_second_runner_and_ssh_only_flags_are_refused_before_slurm_is_asked(tm
 
 def test_dry_run_prints_the_arrays_and_their_dependencies(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    write_tiny_dataset(tmp_path / "data")
+    write_tiny_dataset(tmp_path / "data", participants=("a", "b", "c", "d; rm -rf ~"))
     jobs_path, jobs = generate(tmp_path, {"mode": ["target_only_fine_tuning", "target_only"],
                                           "target_data_pct": [0.5, 1.0]}, [0, 1],
                                data_path=str(tmp_path / "data"), participants=["a", "b", "c", "d; rm -rf ~"])

@@ -137,7 +137,7 @@ def test_a_resume_after_slurm_forgot_a_finished_job_does_not_run_it_again(cluste
 
 def started(tmp_path, *tasks):
     """A plan and its Slurm backend, each task out as its own array task (<n>_0)."""
-    plan = Plan(list(tasks), Ledger(tmp_path / "ledger.jsonl"), tmp_path / "logs", retries=1)
+    plan = Plan(list(tasks), Ledger(tmp_path / "ledger.jsonl"), tmp_path / "logs", retries=1, run_id="r1")
     settings, _ = load_slurm_config(write_json(tmp_path / "slurm.json", {"slurm": {"workdir": str(tmp_path)}}))
     backend = SlurmBackend(plan, settings, "oct1_train.py", tmp_path, Say(quiet=True))
     for n, task in enumerate(tasks):
@@ -176,16 +176,18 @@ def test_a_preempted_task_runs_again_without_spending_a_retry(tmp_path):
     tell_plan(plan, Say(quiet=True), str(tmp_path), tmp_path / "x.out", [task], "PREEMPTED", 0, {})
     [requeued] = [r for r in ledger(tmp_path) if r["status"] == "requeued"]
     assert requeued["error"] == "lost to the cluster (PREEMPTED); it runs again" and task.failures == 0
-    assert plan.waiting == [task] and plan.job_to_run(task)["overwrite"] is True
+    # Its next attempt may replace what this one left, and only that: its run token, no --overwrite.
+    assert plan.waiting == [task] and plan.job_to_run(task) == {"job_id": "job0", "fold": 0, "run_token": "r1.job0"}
 
 
 def test_a_job_slurm_requeues_itself_replaces_its_folder_and_the_runners_options_are_its_own(tmp_path):
     job, base = Task({"job_id": "job0", "fold": 0}), Task({"job_id": "base-k", "fold": 0}, builds="k")
-    plan = Plan([job, base], None, tmp_path / "logs")
+    plan = Plan([job, base], None, tmp_path / "logs", run_id="r1")
     settings, _ = load_slurm_config(write_json(tmp_path / "slurm.json", {"slurm": {"workdir": str(tmp_path)}}))
     solo, built = (array_script([[task]], plan, settings, "oct1_train.py") for task in (job, base))
-    assert '$([ "${SLURM_RESTART_COUNT:-0}" -gt 0 ] && echo --overwrite)' in solo
-    assert "SLURM_RESTART_COUNT" not in built  # a base model's entry is reused, never replaced
+    # Requeued by Slurm, the same line runs again: its token lets it replace its own folder, only that.
+    assert "--run_token r1.job0" in solo and "--overwrite" not in solo
+    assert "--run_token" not in built  # a base model's entry is reused, never replaced
     for arg in ("--array=0-3", "--output=x.out", "-Jname", "--dependency=afterok:1"):
         bad = write_json(tmp_path / "bad.json", {"slurm": {"sbatch_args": [arg]}})
         with pytest.raises(Exception, match="is an option the runner sets itself on every array"):

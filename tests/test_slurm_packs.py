@@ -205,7 +205,7 @@ def test_the_dry_run_shows_the_packs_and_the_arrays_split_to_the_limit(cluster, 
 
     target_only = write_json(tmp_path / "jobs.json", [dict(job, mode="target_only", base_key=None) for job in jobs]
                              + [dict(job, mode="target_only", base_key=None, job_id=job["job_id"] + "-again",
-                                     seed=2) for job in jobs[:4]])
+                                     seed=2, prefix=job["prefix"] + "-seed2") for job in jobs[:4]])
     assert len(json.loads(Path(target_only).read_text())) == 16
     lines = dry_run(pack=1)  # 16 tasks: two arrays of MaxArraySize
     assert [line for line in lines if line.startswith("# array")] == ["# array jobs: 8 tasks"] * 2

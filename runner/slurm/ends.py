@@ -76,11 +76,11 @@ def tell_plan(plan, say, workdir, out_file, tasks, state, exit_status, times):
             why = "exit status 0 but no MEMBER_DONE for it" if exit_status == 0 else f"{state}, exit {exit_status}"
             plan.unfinished(task, len(members), output.out_of_memory, why, output.tail(), **fields)
         else:
-            bad_flags = exit_status == 2 and output.usage  # fails the same way every time
+            alike = None if error else output.fails_alike(exit_status)
             again = plan.fail(task, "timeout" if state == "TIMEOUT" else "failed", output.tail(),
-                              retry=not bad_flags, **fields, **({"error": error} if error else {}))
+                              retry=not alike, **fields, **({"error": error} if error else {}))
             where = task.record["log"] if found else out_file
-            say(f"{task.job_id}: {error or f'{state} (exit {exit_status})'}"
+            say(f"{task.job_id}: {error or alike or f'{state} (exit {exit_status})'}"
                 + (", retrying" if again else f"; log: {where}"))
 
 

@@ -25,10 +25,6 @@ def sbatch_options(settings, timeout=None):
     return options + settings["sbatch_args"]
 
 
-# A solo job that Slurm itself requeued (preemption, a node failure) may have published its folder.
-RESTARTED = '$([ "${SLURM_RESTART_COUNT:-0}" -gt 0 ] && echo --overwrite)'
-
-
 def header(task):
     """The line that opens an attempt in the job's log (the runner finds the attempt's output by it)."""
     return (f"=== {task.job_id} attempt {task.attempt + 1}: slurm job ${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}} "
@@ -44,8 +40,6 @@ def task_line(pack, plan, settings, script, after_base):
     jobs = [plan.job_to_run(task) for task in pack]
     args = ([shell_path(script), *job_command_args(jobs[0])] if len(pack) == 1 else
             [shell_path(trainer_path(script)), "--json", shlex.quote(json.dumps(jobs))])
-    if len(pack) == 1 and not pack[0].builds and not jobs[0].get("overwrite"):
-        args.append(RESTARTED)
     line = " ".join([env, shell_path(settings["python"]), *args])
     if len(pack) == 1 and pack[0].builds:  # it succeeds only with its base model complete under the key planned
         line += " && " + intact_check(settings, script, cache_entry(pack[0].job, pack[0].builds))

@@ -79,7 +79,7 @@ def attempt(context, slot, tasks, command, shown):
         try:
             bring = (context.transfer.bring_base_home if task.job.get("mode") == "base_only"
                      else context.transfer.bring_home)
-            result_dir = bring(slot, task.job, text)
+            result_dir = bring(slot, plan.job_to_run(task), text)
         except (CopyError, OSError) as e:
             failed(context, slot, task, output.tail(), 0, False, str(e))
         else:
@@ -140,23 +140,22 @@ def attempt(context, slot, tasks, command, shown):
                             if exit_status == 0 else what_ended(exit_status, timed_out, context.timeout))
             plan.unfinished(tasks[i], len(tasks), output.out_of_memory, why, output.tail(), exit_status=exit_status)
         else:
-            failed(context, slot, tasks[i], output.tail(), exit_status, timed_out, error, output.usage)
+            alike = None if error else output.fails_alike(exit_status)
+            failed(context, slot, tasks[i], output.tail(), exit_status, timed_out, error, alike)
 
 
-def failed(context, slot, task, tail, exit_status, timed_out, error, usage=False):
-    """A job that did not finish: interrupted, retried, or failed for good. usage: its output
-    had argparse's usage line."""
+def failed(context, slot, task, tail, exit_status, timed_out, error, alike=None):
+    """A job that did not finish: interrupted, retried, or failed for good. alike: why it would
+    fail the same way again (OutputLines.fails_alike), so it is not retried."""
     plan = context.plan
     if context.stop.is_set():
         plan.interrupted(task, tail, exit_status=exit_status)
         return
     fields = {"error": error} if error else {}
     what = error or what_ended(exit_status, timed_out, context.timeout)
-    # An argparse error fails the same way on every slot: never retried.
-    bad_flags = exit_status == 2 and not error and usage
-    if bad_flags:
-        what += " (bad flags: not retried)"
-    again = plan.fail(task, "timeout" if timed_out else "failed", tail, retry=not bad_flags,
+    if alike:
+        what += f" ({alike})"
+    again = plan.fail(task, "timeout" if timed_out else "failed", tail, retry=not alike,
                       exit_status=exit_status, **fields)
     if again:
         context.say(f"{task.job_id}: {what} on {slot.label}; retry {task.failures}/{plan.retries}")

@@ -9,7 +9,7 @@ import threading
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
-from engine import base_cache, fileio
+from engine import base_cache, fileio, results
 from runner.commands import intact_command, shell_path
 from runner.jobs import cache_entry
 from runner.output import printed
@@ -55,8 +55,9 @@ class HostTransfer:
         self.send_locks = {}  # (host, key): held while that entry is being sent
 
     def bring_home(self, slot, job, output):
-        """Copy the job's experiment folder (its output's RESULT_DIR) into the local experiments/
-        and check it."""
+        """Copy the job's result folder (its output's RESULT_DIR) to the same place here, under the
+        job's experiments_dir, and check it. A folder there that this run did not write is kept
+        (CopyError), unless the job runs with --overwrite. job: the flags it ran with."""
         host, server = slot.host, slot.server
         rel = printed(output, "RESULT_DIR") or self.find_result_dir(slot, job)
         if rel is None:
@@ -69,7 +70,10 @@ class HostTransfer:
         if not inside.parts or inside.is_absolute() or ".." in inside.parts:
             raise CopyError(f"RESULT_DIR {rel!r} is not a folder under {top}")
         source = rel if path.is_absolute() else posixpath.join(server["workdir"], rel)
-        dest = Path("experiments", *inside.parts)
+        dest = Path(top, *inside.parts)
+        refusal = results.replace_refusal(dest, job.get("overwrite"), job.get("run_token"))
+        if refusal:
+            raise CopyError(f"{refusal}; kept it, and the job's results on {host.name}:{source}")
         fetch_dir(host, source, dest)
         if server["remove_results"] and not path.is_relative_to(top):
             # The job printed a folder outside its experiments_dir: never delete what we cannot place.
