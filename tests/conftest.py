@@ -56,6 +56,7 @@ p = argparse.ArgumentParser()
 p.add_argument("--prefix", default="fake")
 p.add_argument("--fold", type=int, default=0)
 p.add_argument("--participants", nargs="*")
+p.add_argument("--data_path")  # not read: the runner reads it to know the folder's name
 p.add_argument("--experiments_dir", default="experiments")
 p.add_argument("--sleep", type=float, default=0.0)
 p.add_argument("--fail_once_dir")      # exit 1 the first time each fold runs

@@ -41,8 +41,8 @@ def run(tmp_path, jobs, *options, pack=1):
 
 
 def fingerprints(folder):
-    """Each result folder's metrics and run token, to show that nothing was replaced."""
-    return {f.name: ((f / "metrics.json").read_bytes(),
+    """Each result folder's record and run token, to show that nothing was replaced."""
+    return {f.name: ((f / "record.json").read_bytes(),
                      json.loads((f / "hyperparameters.json").read_text())["run_token"])
             for f in sorted(folder.iterdir())}
 
@@ -59,34 +59,44 @@ def test_two_jobs_on_one_folder_are_refused_before_anything_runs(data, tmp_path,
     assert not (tmp_path / "experiments").exists() and not (tmp_path / "runs" / "jobs" / "ledger.jsonl").exists()
 
 
-def test_a_rerun_elsewhere_keeps_the_results_and_a_gone_folder_runs_again(data, tmp_path, capsys, monkeypatch):
+def test_a_rerun_elsewhere_keeps_the_results_and_a_gone_folder_runs_again(fake_script, tmp_path, capsys,
+                                                                          monkeypatch):
+    # The stand-in trainer (tests/conftest.py) keeps the trainer's rule on existing folders; the
+    # data's participants p0, p1 name the folders it writes, so the runner knows them before the run.
+    write_tiny_dataset(tmp_path / "data", participants=("p0", "p1"), sizes=(2, 2, 2))
     monkeypatch.chdir(tmp_path)
-    jobs = [quick_job(tmp_path, f"j{fold}", fold, "kept") for fold in (0, 1)]
-    assert run(tmp_path, jobs, pack=2) == 0
+    cluster = write_json(tmp_path / "cluster.json", {"servers": [{"host": "here", "local": True, "gpus": 0}],
+                                                     "script_path": str(fake_script)})
+    jobs = write_json(tmp_path / "jobs.json", [{"job_id": f"j{k}", "data_path": "data", "prefix": "kept", "fold": k}
+                                               for k in (0, 1)])
+
+    def run_again(*options):
+        return rdt.main(["--cluster-config", cluster, "--jobs-config", jobs, "--quiet", *options])
+    assert run_again() == 0
     results = tmp_path / "experiments" / "kept"
     first = fingerprints(results)
-    assert sorted(first) == ["fold0_a", "fold1_b"]
+    assert sorted(first) == ["fold0_p0", "fold1_p1"]
     capsys.readouterr()
 
     # The same jobs under another run dir: refused before anything runs, the results untouched.
-    assert run(tmp_path, jobs, "--run-dir", "runs/other", pack=2) == 2
+    assert run_again("--run-dir", "runs/other") == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "2 jobs would replace result folders this run did not write" in err
     assert "--overwrite" in err and fingerprints(results) == first
 
     # The ledger says j1 finished but its folder is gone: said in one line, and it runs again.
-    shutil.rmtree(results / "fold1_b")
-    assert run(tmp_path, jobs, pack=2) == 0
+    shutil.rmtree(results / "fold1_p1")
+    assert run_again() == 0
     err = capsys.readouterr().err
-    assert "1 finished jobs' result folders are gone: j1 (experiments/kept/fold1_b); they run again" in err
+    assert "1 finished jobs' result folders are gone: j1 (experiments/kept/fold1_p1); they run again" in err
     again = fingerprints(results)
-    assert again["fold0_a"] == first["fold0_a"] and again["fold1_b"][1] == first["fold1_b"][1]
+    assert again["fold0_p0"] == first["fold0_p0"] and again["fold1_p1"][1] == first["fold1_p1"][1]
 
     # Asked for in so many words: replaced, under the new run's token.
-    assert run(tmp_path, jobs, "--run-dir", "runs/other", "--overwrite", pack=2) == 0
+    assert run_again("--run-dir", "runs/other", "--overwrite") == 0
     tokens = {name: token for name, (_, token) in fingerprints(results).items()}
     other = (tmp_path / "runs" / "other" / "run_id").read_text().strip()
-    assert tokens == {"fold0_a": f"{other}.j0", "fold1_b": f"{other}.j1"}
+    assert tokens == {"fold0_p0": f"{other}.j0", "fold1_p1": f"{other}.j1"}
 
 
 @pytest.mark.parametrize("flags,said", [({"fold": -2}, "--fold -2 out of range"),
