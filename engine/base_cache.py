@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine import flags
+from engine.modes import mode_of
 from engine.fileio import publish_folder, staged_folder
 
 log = logging.getLogger("experiment")
@@ -49,8 +50,8 @@ def key_for_args(args):
     """The base key of a run's flags; reads only the folder listing, and not
     even that when --participants is given."""
     from engine.data import check_base, check_participants, resolve_fold
-    if args.mode == "target_only":
-        raise CacheError("--mode target_only trains no base model, so it has no base key")
+    if not mode_of(args.mode).base_phase:
+        raise CacheError(f"--mode {args.mode} trains no base model, so it has no base key")
     participants = args.participants or check_participants(args.data_path, None)
     target, base_names = resolve_fold(participants, args.fold, args.n_base_participants)
     check_base(args.mode, target, base_names)

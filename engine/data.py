@@ -6,7 +6,7 @@ exit status 2 before anything is written.
 """
 from pathlib import Path
 
-from engine.flags import BASE_MODES
+from engine.modes import mode_of
 
 SPLITS = ("train", "val", "test")
 
@@ -110,7 +110,7 @@ def resolve_fold(participants, fold, n_base_participants="all"):
 
 def check_base(mode, target, base_names):
     """A mode with a base phase needs at least one participant besides the target."""
-    if mode in BASE_MODES and not base_names:
+    if mode_of(mode).base_phase and not base_names:
         raise DataError(f"--mode {mode} trains a base model on the participants other than the target "
                         f"{target}, and there are none; give more participants or use --mode target_only")
 

@@ -25,12 +25,13 @@ import argparse
 import math
 from dataclasses import dataclass, field
 
+from engine import modes
 from engine.fileio import ConfigError
 
 ROLES = ("base", "target", "output", "runtime")
-MODES = ("target_only", "full_fine_tuning", "target_only_fine_tuning")
-BASE_MODES = ("full_fine_tuning", "target_only_fine_tuning", "base_only")
-ALL_MODES = MODES + ("base_only",)
+MODES = modes.names(target_phase=True)  # train.py's choices; oct1_train.py adds base_only
+BASE_MODES = modes.names(base_phase=True)
+ALL_MODES = modes.names()
 EPOCH_RULES = ("target_pass", "shortest")
 COUNT_RULES = ("round", "floor")
 MODEL_NAMES = ("medium", "test", "test_pool4")  # engine.models.MODELS (which needs torch) builds them
@@ -171,7 +172,7 @@ FLAGS = (
     Flag("fold", "base", "index of the target participant", default=0, keyed=False, options={"type": int}),
     Flag("n_base_participants", "base", "use the first N other participants as the base", default="all",
          keyed=False, modes=BASE_MODES, options={"type": n_base}),
-    Flag("mode", "target", "which phases run and on what the target phase trains", default="full_fine_tuning",
+    Flag("mode", "target", "which phases run and on what the target phase trains (engine/modes.py)", default=modes.DEFAULT,
          base_job=True, options={"choices": MODES}),
     Flag("model", "base", "model architecture (models.py)", default="test", options={"choices": MODEL_NAMES}),
     Flag("window_size", "base", "must equal the data's window length when given", default_text="the data's",
@@ -226,9 +227,9 @@ FLAGS = (
          "OMP_NUM_THREADS", options={"type": positive_int}),
     Flag("target_batch_pct", "target", "exact share of target windows in every fine-tuning batch",
          default_text="none: batches mix base and target windows as they come",
-         modes=("full_fine_tuning",), enhanced=True, options={"type": fraction}),
+         modes=modes.names(mixed_batches=True), enhanced=True, options={"type": fraction}),
     _preset_flag("epoch_rule", "target", "with --target_batch_pct: an epoch is one pass over the target windows, "
-                 "or ends when the shorter side runs out, like the original", modes=("full_fine_tuning",),
+                 "or ends when the shorter side runs out, like the original", modes=modes.names(mixed_batches=True),
                  needs=_composing, enhanced=True, options={"choices": EPOCH_RULES}),
     Flag("base_cache_dir", "output", "the shared base-model cache", default="experiments/base_models",
          enhanced=True, base_job=True),
@@ -289,15 +290,16 @@ def check_args(args):
     if not 0 <= args.aug_prob <= 1:
         raise ConfigError(f"--aug_prob {args.aug_prob}: must be within [0, 1]")
     pct = getattr(args, "target_batch_pct", None)
-    if pct is not None and args.mode != "full_fine_tuning":
-        raise ConfigError(f"--target_batch_pct works only with --mode full_fine_tuning, not {args.mode}")
+    if pct is not None and not modes.mode_of(args.mode).mixed_batches:
+        raise ConfigError(f"--target_batch_pct works only with --mode {' or '.join(modes.names(mixed_batches=True))}"
+                          f", not {args.mode}")
     if pct is not None:
         k = target_windows_per_batch(args)
         if not 0 < k < args.batch_size:
             raise ConfigError(f"--target_batch_pct {pct} of --batch_size {args.batch_size} gives {k} target "
                               f"windows per batch (--target_count {args.target_count}); both sides need at least one")
-    if args.mode == "base_only" and args.no_base_cache:
-        raise ConfigError("--mode base_only stores the base model in the cache; it cannot run with --no_base_cache")
+    if not modes.mode_of(args.mode).target_phase and args.no_base_cache:
+        raise ConfigError(f"--mode {args.mode} stores the base model in the cache; it cannot run with --no_base_cache")
 
 
 def job_argv(job):
@@ -359,4 +361,4 @@ def not_settings():
 
 def base_phase_only():
     """Flags that mean nothing without a base phase (a target_only run leaves them blank)."""
-    return {flag.name for flag in FLAGS if "target_only" not in flag.modes}
+    return {flag.name for flag in FLAGS if not set(flag.modes) & set(modes.names(base_phase=False))}

@@ -23,6 +23,7 @@ from engine.fileio import ConfigError, publish_folder, staged_folder
 from engine.flags import check_args, share_count, target_windows_per_batch
 from engine.metrics import evaluate, positive_class_scores
 from engine.models import build_model
+from engine.modes import mode_of
 from engine.phase import CURVES, phase_generators, train_phase
 from engine.results import RESULT_EXISTS, replace_refusal, result_dir
 from engine.runlog import file_handler, log
@@ -60,7 +61,7 @@ def train_base_model(args, base_data, n_channels, device, who):
 
 def target_loader(args, base_train, target_train, generator):
     """Fine-tuning batches: target only, plain mixing, or exact composition."""
-    if args.mode in ("target_only", "target_only_fine_tuning"):
+    if not mode_of(args.mode).mixed_batches:
         return TensorBatchLoader(*target_train, args.batch_size, shuffle=True, generator=generator)
     if getattr(args, "target_batch_pct", None) is not None:
         return ComposedBatchDataLoader(base_train, target_train, args.batch_size, args.target_batch_pct,
@@ -173,13 +174,14 @@ def run_fold(args):
     device = resolve_device(args.device)
     graphs_wanted(getattr(args, "cuda_graphs", "auto"), device)  # --cuda_graphs on without CUDA: refused now
     participants = check_participants(args.data_path, args.participants)
+    mode = mode_of(args.mode)
     target_name, base_names = resolve_fold(participants, args.fold, args.n_base_participants)
-    if args.mode == "target_only":
+    if not mode.base_phase:
         base_names = []
     check_base(args.mode, target_name, base_names)
     who = f"fold {args.fold} ({target_name})"
     final = result_dir(args, args.fold, target_name)
-    if args.mode != "base_only":
+    if mode.target_phase:
         refuse_existing(final, args)
     data = load_participants(args.data_path, [target_name] + base_names, args.window_size)
     fingerprint = base_cache.data_fingerprint(args.data_path, [target_name] + base_names)
@@ -196,20 +198,20 @@ def run_fold(args):
         base_files = {name: digest for name, digest in fingerprint.items()
                       if name.rsplit("_", 1)[0] in base_names}
         base, base_entry = obtain_base(args, base_names, base_data, n_channels, device, base_files, who)
-    if args.mode == "base_only":
+    if not mode.target_phase:
         print(f"BASE_KEY {base_entry.key}")
         print(f"BASE_MODEL {base_entry.path}")
         return None
 
     # One decision for every tensor of the phase: the composed loader needs them on one device.
     base_train = concat([base_data[p][s] for p in base_names for s in ("train", "val")]) \
-        if args.mode == "full_fine_tuning" else ()
+        if mode.mixed_batches else ()
     tensors = place([*target_train, *target_val, *base_train], device)
     target_train, target_val, base_train = tuple(tensors[:2]), tuple(tensors[2:4]), tuple(tensors[4:]) or None
     # The target phase has its own seed so it is the same whether the base was trained or reused.
     loader_gen, augment_gen = phase_generators(args.seed + 1000, device)
     model = build_model(args.model, n_channels, fast_kernels(args, device)).to(device)
-    if base is not None:
+    if mode.from_base:
         model.load_state_dict(base["state"])
     loader = target_loader(args, base_train, target_train, loader_gen)
     log.info(f"target phase ({args.mode}): {len(target_train[0])} target train windows, "

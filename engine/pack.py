@@ -52,6 +52,7 @@ from engine.fileio import ConfigError, read_json
 from engine.flags import MAY_DIFFER, check_args, job_argv
 from engine.fold import check_composition, check_window, concat, finish_fold, subsample, target_loader
 from engine.models import build_model
+from engine.modes import mode_of
 from engine.packed_step import PhaseJob, train_pack
 from engine.phase import NotFiniteError, phase_generators
 from engine.results import RESULT_EXISTS, replace_refusal, result_dir
@@ -169,14 +170,15 @@ def run_pack(members, size, identity):
                           "draw as the solo runs do; run its jobs with oct1_train.py")
     todo, finals = [], set()
     for member, args in enumerate(members):
+        mode = mode_of(args.mode)
         target_name, base_names = resolve_fold(participants, args.fold, args.n_base_participants)
-        base_names = [] if args.mode == "target_only" else base_names
+        base_names = base_names if mode.base_phase else []
         final = result_dir(args, args.fold, target_name)
-        if args.mode != "base_only":  # base_only publishes no result folder
+        if mode.target_phase:  # base_only publishes no result folder
             if final in finals:
                 raise ConfigError(f"{final}: two members of the pack would write this result folder")
             finals.add(final)
-        refusal = args.mode != "base_only" and replace_refusal(final, args.overwrite, args.run_token)
+        refusal = mode.target_phase and replace_refusal(final, args.overwrite, args.run_token)
         if refusal:
             print(f"{RESULT_EXISTS} {final}\n{refusal}: member skipped", flush=True)
             continue
@@ -202,10 +204,10 @@ def run_pack(members, size, identity):
         base, entry = bases.get(id(fold), (None, None))
         fold["base"], fold["entry"] = base, entry
         # base_only: finished, obtain_bases announced it once its base model was cached
-        if args.mode == "base_only" or fold["failed"]:
+        if not mode_of(args.mode).target_phase or fold["failed"]:
             continue
         loader_gen, augment, state = seeded_start(args, args.seed + 1000, n_channels, device)
-        if base is not None:
+        if mode_of(args.mode).from_base:
             state = base["state"]
         loader = target_loader(args, fold["base_train"], fold["target_train"], loader_gen)
         jobs.append(PhaseJob(fold["who"], state, loader, fold["target_val"],
@@ -274,7 +276,7 @@ def obtain_bases(folds, model, store, n_channels, fingerprint):
 
     def settle(fold, result, entry):
         found[id(fold)] = (result, entry)
-        if fold["args"].mode == "base_only":
+        if not mode_of(fold["args"].mode).target_phase:
             announce(fold["member"], f"BASE_KEY {entry.key}", f"BASE_MODEL {entry.path}")
 
     for fold in folds:

@@ -1,6 +1,6 @@
 """The personalization report: finished fold folders read into per-fold and per-configuration
 tables with the Wilcoxon test across participants, as Markdown, CSV, JSON and plots.
 
-It may import engine.flags and engine.fileio, the top-level plotting module, numpy, scipy and
+It may import engine.flags, engine.modes and engine.fileio, the top-level plotting module, numpy, scipy and
 matplotlib; never the runner. summarize_results.py is its CLI; the runner prints its headline.
 """

@@ -11,7 +11,7 @@ import re
 import sys
 from pathlib import Path
 
-from engine import flags
+from engine import flags, modes
 from engine.fileio import ConfigError, read_json
 
 # Not settings: the registry's output and runtime flags and fold, and the fields the engine adds per run.
@@ -26,6 +26,12 @@ METRICS = {
 }
 FOLD_DIR = re.compile(r"fold(\d+)_(.+)")
 
+
+
+def ignores_base_settings(mode):
+    """A mode without a base phase: the base-phase settings of its runs mean nothing."""
+    known = modes.BY_NAME.get(mode)
+    return known is not None and not known.base_phase
 
 def warn(message):
     print(f"warning: {message}", file=sys.stderr)
@@ -97,7 +103,9 @@ def load_run(fold_dir, metric="f1"):
     if not isinstance(mode, str):
         warn(f"{fold_dir}: skipped, no mode in metrics.json or hyperparameters.json")
         return None
-    needed = {"target_only": [personalized_key], "base_only": [base_key]}.get(mode, [base_key, personalized_key])
+    known = modes.BY_NAME.get(mode)  # a mode this version does not know needs both scores
+    needed = ([base_key] if not known or known.base_phase else []) + \
+        ([personalized_key] if not known or known.target_phase else [])
     missing = [key for key in needed if as_number(metrics.get(key)) is None]
     if missing:
         warn(f"{fold_dir}: skipped, metrics.json has no {' or '.join(missing)} (mode {mode})")
@@ -151,6 +159,6 @@ def load_runs(prefix_dirs, metric="f1"):
     for run in runs:
         for key in keys:
             run["settings"].setdefault(key, None)
-            if run["mode"] == "target_only" and key in BASE_PHASE_SETTINGS:
+            if ignores_base_settings(run["mode"]) and key in BASE_PHASE_SETTINGS:
                 run["settings"][key] = None
     return runs

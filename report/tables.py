@@ -1,7 +1,7 @@
 """The report's tables: one row per fold (base, personalized and target-only F1, gain, room
 captured, best epochs, under-trained phases) and one per configuration (mean, sd and median of
 each figure, responders, the Wilcoxon signed-rank test across participants)."""
-from report.runs import BASE_PHASE_SETTINGS, as_number, order_key, warn
+from report.runs import BASE_PHASE_SETTINGS, as_number, ignores_base_settings, order_key, warn
 from report.stats import describe, wilcoxon
 
 MODE_ORDER = ["target_only", "target_only_fine_tuning", "full_fine_tuning", "base_only"]
@@ -18,7 +18,7 @@ def varying_settings(runs):
     values = {}
     for run in runs:
         for key, value in run["settings"].items():
-            if key != "mode" and not (run["mode"] == "target_only" and key in BASE_PHASE_SETTINGS):
+            if key != "mode" and not (ignores_base_settings(run["mode"]) and key in BASE_PHASE_SETTINGS):
                 values.setdefault(key, set()).add(value)
     return sorted(key for key, seen in values.items() if len(seen) > 1)
 

@@ -17,6 +17,7 @@ from engine import results
 from engine.data import DataError, check_participants, resolve_fold
 from engine.fileio import ConfigError
 from engine.flags import settings_with_defaults
+from engine.modes import publishes
 
 
 def job_folder(job, workdir="."):
@@ -24,7 +25,7 @@ def job_folder(job, workdir="."):
     here. A fold out of range or an unknown participant is a ConfigError naming the job."""
     settings = SimpleNamespace(**settings_with_defaults(job))
     data_path = Path(workdir, settings.data_path)
-    if settings.mode == "base_only" or not data_path.is_dir():
+    if not publishes(settings.mode) or not data_path.is_dir():
         return None
     try:
         participants = check_participants(data_path, settings.participants)

@@ -233,7 +233,7 @@ def expand(spec, parser):
 
 
 def summary(jobs, duplicates):
-    per_mode = Counter(job.get("mode", "full_fine_tuning") for job in jobs)
+    per_mode = Counter(job.get("mode", BY_NAME["mode"].default) for job in jobs)
     need_base = [job for job in jobs if "base_key" in job]
     keys = {job["base_key"] for job in need_base}
     per_fold = {(job["base_key"], job["fold"]) for job in need_base}

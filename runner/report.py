@@ -8,6 +8,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from engine import fileio
+from engine.modes import publishes
 from runner.commands import job_counts
 
 
@@ -97,7 +98,7 @@ def print_report_headline(jobs, max_lines=10):
     """The personalization report's headline for the prefixes these jobs write, and its command."""
     patterns = set()
     for job in jobs:
-        if job.get("prefix") is None or job.get("mode") == "base_only":
+        if job.get("prefix") is None or not publishes(job.get("mode")):
             continue
         top, _, rest = str(job["prefix"]).partition("/")
         root = Path(job.get("experiments_dir") or "experiments") / top

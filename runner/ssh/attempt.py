@@ -11,6 +11,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 
+from engine.modes import publishes
 from runner.output import OutputLines
 from runner.ssh.shell import HostDown, HostRefused
 from runner.ssh.transfer import CopyError
@@ -77,8 +78,8 @@ def attempt(context, slot, tasks, command, shown):
         task = tasks[i]
         count_trainings([task.builds])
         try:
-            bring = (context.transfer.bring_base_home if task.job.get("mode") == "base_only"
-                     else context.transfer.bring_home)
+            transfer = context.transfer
+            bring = transfer.bring_home if publishes(task.job.get("mode")) else transfer.bring_base_home
             result_dir = bring(slot, plan.job_to_run(task), text)
         except (CopyError, OSError) as e:
             failed(context, slot, task, output.tail(), 0, False, str(e))
