@@ -191,5 +191,5 @@ def get_or_train(cache_dir, key, fingerprint, settings, train):
             _write_entry(tmp, result, settings, fingerprint)
             publish_folder(tmp, folder, replace=False)
         log.info(f"base model {key}: stored in {folder}")
-        print(f"BASE_TRAINED {key}", flush=True)  # the runner counts base trainings by this line (CONTRACTS.md)
+        print(f"BASE_TRAINED {key}", flush=True)  # the runner counts base trainings by this line (docs/contracts.md)
         return Entry(key, folder, result, reused=False)

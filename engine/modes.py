@@ -1,6 +1,6 @@
 """What each --mode means, in one table: whether it has a base phase, whether it has a target
-phase (and so publishes a result folder), where the target phase starts and what its batches
-hold. The fold, the pack, the flag registry, the base cache, the runner and the report read
+phase (and so publishes a result folder), where the target phase starts, what its batches hold
+and whether its jobs may be packed. Every mode trains all of the model's parameters. The fold, the pack, the flag registry, the base cache, the runner and the report read
 these facts here instead of naming modes; a new mode is one row.
 
 No torch: the planners read it too.
@@ -15,6 +15,7 @@ class Mode:
     target_phase: bool  # trains on the target's data and publishes a result folder
     from_base: bool = False  # the target phase starts from the base model's weights
     mixed_batches: bool = False  # the target phase's batches hold base windows as well as the target's
+    packable: bool = True  # its jobs may train in a pack (runner.packing); every mode so far can
 
 
 TABLE = (

@@ -346,7 +346,7 @@ def main(jobs_path, json_text, prog="pack_train.py"):
         try:
             run_pack(members, len(members), pack_id(members))
         except torch.OutOfMemoryError:
-            # The runner runs the unfinished members again in smaller packs (CONTRACTS.md).
+            # The runner runs the unfinished members again in smaller packs (docs/contracts.md).
             print(f"{OUT_OF_MEMORY} {len(members)}", flush=True)
             print(f"{prog}: error: the device ran out of memory with {len(members)} members in one process; the "
                   f"finished ones are published, run the others in smaller packs", file=sys.stderr)

@@ -160,7 +160,7 @@ def answer(needs, devices=True):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m engine.provenance", description="Print this checkout's code hash, "
                                 "the fingerprints of data files, the Python and torch versions and the GPUs it sees, "
-                                "as JSON (for the runner's check).")
+                                "as JSON (for the runner's check).", allow_abbrev=False)
     p.add_argument("--needs", type=json.loads, default={},
                    help='JSON {data folder: [participants] or null for all}, e.g. \'{"data/demo": null}\'')
     args = p.parse_args(argv)

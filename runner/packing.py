@@ -9,6 +9,7 @@ import posixpath
 
 from engine import flags
 from engine.flags import MAY_DIFFER, NOT_FLAGS
+from engine.modes import mode_of
 
 # A pack cannot draw the dropout masks of the solo runs: models with dropout train alone.
 # (tests/test_packing.py checks this list against models.py.)
@@ -28,7 +29,8 @@ MAX_JOBS_TEXT = 100_000  # characters of the members' JSON on a pack's command l
 def pack_group(job, phase):
     """What jobs must share to train in one pack: the phase and every flag outside MAY_DIFFER
     (job_id and base_key aside). None for a job that trains alone."""
-    if job.get("model", flags.BY_NAME["model"].default) not in PACKABLE_MODELS or job.get("print_base_key"):
+    if (job.get("model", flags.BY_NAME["model"].default) not in PACKABLE_MODELS or job.get("print_base_key")
+            or not mode_of(job.get("mode")).packable):
         return None
     shared = {k: v for k, v in job.items() if k not in MAY_DIFFER and k not in NOT_FLAGS}
     return json.dumps([phase, shared], sort_keys=True)

@@ -406,3 +406,10 @@ def test_the_summary_counts_base_model_jobs_apart_from_the_jobs_not_run(tmp_path
     line = summary_lines(plan, 0, 1.0)[0]
     assert line.startswith("1 done, 0 failed, 0 cancelled, 0 blocked, 0 skipped (finished earlier), 1 not run "
                            "(and 1 base-model jobs)")
+
+
+def test_an_abbreviated_runner_option_is_refused(capsys):
+    # --retry was taken for --retries; an abbreviation may later name another option.
+    with pytest.raises(SystemExit) as exit_:
+        rdt.parse_args(["--retry", "2"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --retry" in capsys.readouterr().err

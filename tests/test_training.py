@@ -256,7 +256,7 @@ def test_base_only_trains_and_stores_the_base_then_composed_fine_tuning_reuses_i
 
 
 def test_base_only_stores_only_the_cache_entry(clean, tmp_path, capsys):
-    # CONTRACTS.md: base_only prints the key and the entry path and publishes no result folder.
+    # docs/contracts.md: base_only prints the key and the entry path and publishes no result folder.
     exp = tmp_path / "exp"
     cache = tmp_path / "cache"
     rc, out, err = run(flags(clean, exp, "--mode", "base_only", "--prefix", "b",
