@@ -23,7 +23,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine import flags
+from engine import flags, markers
 from engine.modes import mode_of
 from engine.fileio import publish_folder, staged_folder
 
@@ -191,5 +191,5 @@ def get_or_train(cache_dir, key, fingerprint, settings, train):
             _write_entry(tmp, result, settings, fingerprint)
             publish_folder(tmp, folder, replace=False)
         log.info(f"base model {key}: stored in {folder}")
-        print(f"BASE_TRAINED {key}", flush=True)  # the runner counts base trainings by this line (docs/contracts.md)
+        markers.say(markers.BASE_TRAINED, key)  # the runner counts base trainings by this line
         return Entry(key, folder, result, reused=False)

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from dataset.synthetic import ensure_demo_data
-from engine import base_cache, flags
+from engine import base_cache, flags, markers
 from engine.data import DataError
 from engine.fileio import ConfigError
 from engine.flags import resolve_preset
@@ -66,7 +66,7 @@ def main(argv=None, enhanced=False):
         print(f"log: {log_path} (every epoch; copied into the result folder at the end)", flush=True)
         final = run_fold(args)
         if final is not None:
-            print(f"RESULT_DIR {final}")
+            markers.say(markers.RESULT_DIR, final)
         return 0
     return run_cli(parser.prog, work, "nothing was published")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from composed_loader import ComposedBatchDataLoader, TensorBatchLoader
-from engine import base_cache, provenance
+from engine import base_cache, markers, provenance
 from engine.augment import make_augmenter
 from engine.data import check_base, check_participants, load_participants, resolve_fold
 from engine.device import fast_kernels, graphs_wanted, place, resolve_device
@@ -25,7 +25,7 @@ from engine.metrics import evaluate, positive_class_scores
 from engine.models import build_model
 from engine.modes import mode_of
 from engine.phase import CURVES, phase_generators, train_phase
-from engine.results import RESULT_EXISTS, replace_refusal, result_dir
+from engine.results import replace_refusal, result_dir
 from engine.runlog import file_handler, log
 
 
@@ -162,7 +162,7 @@ def refuse_existing(final, args, appeared=False):
     another process published it while this one trained."""
     refusal = replace_refusal(final, args.overwrite, getattr(args, "run_token", None))
     if refusal:
-        print(f"{RESULT_EXISTS} {final}", flush=True)
+        markers.say(markers.RESULT_EXISTS, final)
         raise ConfigError(f"{final}: result folder appeared during the run; kept the existing one" if appeared
                           else refusal)
 
@@ -199,8 +199,8 @@ def run_fold(args):
                       if name.rsplit("_", 1)[0] in base_names}
         base, base_entry = obtain_base(args, base_names, base_data, n_channels, device, base_files, who)
     if not mode.target_phase:
-        print(f"BASE_KEY {base_entry.key}")
-        print(f"BASE_MODEL {base_entry.path}")
+        markers.say(markers.BASE_KEY, base_entry.key)
+        markers.say(markers.BASE_MODEL, base_entry.path)
         return None
 
     # One decision for every tensor of the phase: the composed loader needs them on one device.

@@ -43,7 +43,7 @@ from torch import nn
 
 from composed_loader import TensorBatchLoader
 from dataset.synthetic import ensure_demo_data
-from engine import base_cache, provenance
+from engine import base_cache, markers, provenance
 from engine.augment import make_augmenter
 from engine.cli import build_parser, run_cli
 from engine.data import check_base, check_participants, load_participants, resolve_fold
@@ -55,11 +55,10 @@ from engine.models import build_model
 from engine.modes import mode_of
 from engine.packed_step import PhaseJob, train_pack
 from engine.phase import NotFiniteError, phase_generators
-from engine.results import RESULT_EXISTS, replace_refusal, result_dir
+from engine.results import replace_refusal, result_dir
 from engine.runlog import setup_logging
 
 log = logging.getLogger("experiment")
-OUT_OF_MEMORY = "PACK_OUT_OF_MEMORY"  # printed, with the pack's size, when the device runs out of memory
 
 
 # ---------------------------------------------------------------- members
@@ -180,7 +179,8 @@ def run_pack(members, size, identity):
             finals.add(final)
         refusal = mode.target_phase and replace_refusal(final, args.overwrite, args.run_token)
         if refusal:
-            print(f"{RESULT_EXISTS} {final}\n{refusal}: member skipped", flush=True)
+            markers.say(markers.RESULT_EXISTS, final)
+            print(f"{refusal}: member skipped", flush=True)
             continue
         todo.append((member, args, target_name, base_names, final))
     if not todo:
@@ -220,7 +220,7 @@ def run_pack(members, size, identity):
         finish_fold(fold["args"], model, device, fold["final"], participants, fold["target"], fold["base_names"],
                     store.gather(fold["target_val"]), data[fold["target"]]["test"], fold["base"], fold["entry"],
                     target, started, fold["fingerprint"], started_at, {"pack_size": size, "pack_id": identity})
-        announce(fold["member"], f"RESULT_DIR {fold['final']}")
+        announce(fold["member"], markers.line(markers.RESULT_DIR, fold["final"]))
         published.append(fold["final"])
 
     if jobs:
@@ -261,7 +261,7 @@ def fail(fold, error):
 
 def announce(member, *lines):
     """Member `member` has finished: its solo run's lines, then MEMBER_DONE, flushed (the runner reads them live)."""
-    for line in (*lines, f"MEMBER_DONE {member}"):
+    for line in (*lines, markers.line(markers.MEMBER_DONE, member)):
         print(line, flush=True)
 
 
@@ -277,7 +277,8 @@ def obtain_bases(folds, model, store, n_channels, fingerprint):
     def settle(fold, result, entry):
         found[id(fold)] = (result, entry)
         if not mode_of(fold["args"].mode).target_phase:
-            announce(fold["member"], f"BASE_KEY {entry.key}", f"BASE_MODEL {entry.path}")
+            announce(fold["member"], markers.line(markers.BASE_KEY, entry.key),
+                     markers.line(markers.BASE_MODEL, entry.path))
 
     for fold in folds:
         args, names = fold["args"], fold["base_names"]
@@ -347,7 +348,7 @@ def main(jobs_path, json_text, prog="pack_train.py"):
             run_pack(members, len(members), pack_id(members))
         except torch.OutOfMemoryError:
             # The runner runs the unfinished members again in smaller packs (docs/contracts.md).
-            print(f"{OUT_OF_MEMORY} {len(members)}", flush=True)
+            markers.say(markers.OUT_OF_MEMORY, len(members))
             print(f"{prog}: error: the device ran out of memory with {len(members)} members in one process; the "
                   f"finished ones are published, run the others in smaller packs", file=sys.stderr)
             return 3

@@ -10,7 +10,6 @@ not retry) before its one-line error. No torch here: the runner reads folders wi
 import json
 from pathlib import Path
 
-RESULT_EXISTS = "RESULT_EXISTS"
 
 
 def result_dir(args, fold, target_name):

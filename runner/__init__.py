@@ -3,6 +3,6 @@
 
 It may import engine.flags, engine.fileio, engine.base_cache (the base key and entries),
 engine.provenance (code and data fingerprints), engine.data (participant names, for the grid and
-the jobs' result folders), engine.results (who may replace a result folder), engine.modes (what a mode means),
+the jobs' result folders), engine.results (who may replace a result folder), engine.modes (what a mode means), engine.markers (the lines a trainer prints),
 dataset.synthetic (the demo data, for the grid) and report.text (the headline); never a fold's internals.
 """

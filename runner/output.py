@@ -4,8 +4,7 @@ argparse's usage line, a result folder it refused to replace (RESULT_EXISTS), an
 MEMBER_DONE and PACK_OUT_OF_MEMORY lines (engine.pack prints them)."""
 from collections import deque
 
-from engine.results import RESULT_EXISTS
-from runner.packing import MEMBER_DONE, OUT_OF_MEMORY
+from engine.markers import BASE_KEY, BASE_MODEL, BASE_TRAINED, MEMBER_DONE, OUT_OF_MEMORY, RESULT_DIR, RESULT_EXISTS
 
 
 class OutputLines:
@@ -13,7 +12,7 @@ class OutputLines:
     (BASE_TRAINED <key>) and the lines the runner acts on (RESULT_DIR, BASE_KEY, BASE_MODEL).
     In a pack's output, MEMBER_DONE <i> ends member i's lines: on_member_done(i, its lines)."""
 
-    TAGS = ("RESULT_DIR ", "BASE_KEY ", "BASE_MODEL ")
+    TAGS = tuple(f"{tag} " for tag in (RESULT_DIR, BASE_KEY, BASE_MODEL))
 
     def __init__(self, on_member_done=None):
         self.on_member_done = on_member_done
@@ -40,7 +39,7 @@ class OutputLines:
         self.out_of_memory = self.out_of_memory or line.startswith(f"{OUT_OF_MEMORY} ")
         if line.startswith(f"{RESULT_EXISTS} "):
             self.exists = line.split(" ", 1)[1].strip()
-        if line.startswith("BASE_TRAINED "):
+        if line.startswith(f"{BASE_TRAINED} "):
             self.trained.add(line.split(" ", 1)[1].strip())
         elif line.startswith(self.TAGS):
             self.tagged.append(line)

@@ -16,8 +16,6 @@ from engine.modes import mode_of
 PACKABLE_MODELS = ("test", "test_pool4")
 PACK_SCRIPT = "oct1_train.py"  # the CLI whose jobs pack_train.py trains (it parses them with its parser)
 TRAINER = "pack_train.py"  # beside it
-MEMBER_DONE = "MEMBER_DONE"  # pack_train.py prints "MEMBER_DONE <i>" once member i's folder is published
-OUT_OF_MEMORY = "PACK_OUT_OF_MEMORY"  # ... and "PACK_OUT_OF_MEMORY <size>" when the device ran out of memory
 # pack "auto" on a GPU: members per process. 32 is the measured peak of issue 15's table (32 models in
 # one process: 5.3x one eager job on an H200); 512 MiB per member is a documented allowance, not a
 # measurement (the `test` CNN's parameters, AdamW state and a batch of 64 windows of 6 x 3000 need far less).

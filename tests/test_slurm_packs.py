@@ -16,7 +16,7 @@ import summarize_results
 from conftest import write_json
 from engine import provenance
 from runner.ledger import Ledger
-from runner.packing import OUT_OF_MEMORY
+from engine.markers import OUT_OF_MEMORY
 from runner.plan import Plan, Task
 from runner.report import Say
 from runner.slurm.ends import tell_plan

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from engine.base_cache import entry_intact
+from engine.markers import RESULT_DIR
 from runner.jobs import cache_entry
 from runner.output import OutputLines, printed
 
@@ -51,7 +52,7 @@ def incomplete_base(task, workdir):
 
 def result_dir(task, text):
     """Where a finished member's results are: its cache entry, or the folder it printed."""
-    return str(cache_entry(task.job, task.builds)) if task.builds else printed(text, "RESULT_DIR")
+    return str(cache_entry(task.job, task.builds)) if task.builds else printed(text, RESULT_DIR)
 
 
 def tell_plan(plan, say, workdir, out_file, tasks, state, exit_status, times):
@@ -92,7 +93,7 @@ def finished_in_log(task, record, workdir):
     members = record.get("pack", [task.job_id])
     output, done, _ = read_members([task], solo_done=len(members) == 1)
     text = done.get(members.index(task.job_id))
-    if text is None or (not task.builds and not printed(text, "RESULT_DIR")) or incomplete_base(task, workdir):
+    if text is None or (not task.builds and not printed(text, RESULT_DIR)) or incomplete_base(task, workdir):
         return None
     found = result_dir(task, text)
     return found if found and (Path(workdir) / found).is_dir() else None

@@ -9,7 +9,7 @@ import threading
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
-from engine import base_cache, fileio, results
+from engine import base_cache, fileio, markers, results
 from runner.commands import intact_command, shell_path
 from runner.jobs import cache_entry
 from runner.output import printed
@@ -59,7 +59,7 @@ class HostTransfer:
         job's experiments_dir, and check it. A folder there that this run did not write is kept
         (CopyError), unless the job runs with --overwrite. job: the flags it ran with."""
         host, server = slot.host, slot.server
-        rel = printed(output, "RESULT_DIR") or self.find_result_dir(slot, job)
+        rel = printed(output, markers.RESULT_DIR) or self.find_result_dir(slot, job)
         if rel is None:
             return None
         if server["local"] or server["shared_fs"]:
@@ -88,7 +88,7 @@ class HostTransfer:
         """A base_only job ended: check that it built the key the jobs file names (its output's
         BASE_KEY), and copy its entry into the local cache unless the host shares it. Returns
         the local entry."""
-        key, where = printed(output, "BASE_KEY"), printed(output, "BASE_MODEL")
+        key, where = printed(output, markers.BASE_KEY), printed(output, markers.BASE_MODEL)
         if key is None or where is None:
             raise CopyError("no BASE_KEY and BASE_MODEL lines in its output")
         expected = job.get("base_key")
