@@ -23,7 +23,7 @@ from engine.adamw import StackedAdamW
 from engine.device import graphs_wanted
 from engine.fileio import ConfigError
 from engine.metrics import EVAL_BATCH_SIZE, batch_counts, loss_and_f1
-from engine.phase import CURVES, NotFiniteError, check_finite
+from engine.phase import NotFiniteError, PhaseTracker
 
 log = logging.getLogger("experiment")
 
@@ -219,8 +219,7 @@ def train_pack(phase, jobs, model, store, batch_size, max_epochs, cuda_graphs, o
         step.capture(cuda_graphs)
     validation = PackedValidation(model, stacked, store, [job.val for job in jobs])
 
-    tracks = [{"curves": {name: [] for name in CURVES}, "best": None, "best_f1": None,
-               "best_f1_epoch": None, "stale": 0, "windows": 0, "seconds": 0.0} for _ in jobs]
+    trackers = [PhaseTracker(job.label, phase, job.first_epoch, job.patience) for job in jobs]
     running = list(range(k))
     for epoch in range(max_epochs):
         start = time.perf_counter()
@@ -240,7 +239,7 @@ def train_pack(phase, jobs, model, store, batch_size, max_epochs, cuda_graphs, o
         elapsed = time.perf_counter() - start
         for i in list(running):
             try:
-                stops = end_epoch(phase, jobs[i], tracks[i], stacked, i, epoch, counts[i], seen[i], val_counts[i],
+                stops = end_epoch(phase, jobs[i], trackers[i], stacked, i, epoch, counts[i], seen[i], val_counts[i],
                                   elapsed, max_epochs)
             except NotFiniteError as error:  # it steps no more; its NaN stays in its own rows of the stack
                 running.remove(i)
@@ -248,37 +247,16 @@ def train_pack(phase, jobs, model, store, batch_size, max_epochs, cuda_graphs, o
                 continue
             if stops:
                 running.remove(i)
-                on_done(i, phase_result(tracks[i], step.graph is not None, model.fast_kernels))
+                on_done(i, trackers[i].result(step.graph is not None, model.fast_kernels))
         if not running:
             break
 
 
-def end_epoch(phase, job, track, stacked, i, epoch, counts, n, val_counts, elapsed, max_epochs):
-    """Record member i's epoch as train_phase does; True when it stops here."""
+def end_epoch(phase, job, tracker, stacked, i, epoch, counts, n, val_counts, elapsed, max_epochs):
+    """Record member i's epoch in its tracker, as train_phase does; True when it stops here."""
     train_loss, train_f1 = loss_and_f1(counts, n)
     val_loss, val_f1 = loss_and_f1(val_counts, len(job.val))
-    check_finite(job.label, phase, job.first_epoch + epoch, val_loss)
-    track["windows"] += n
-    track["seconds"] += elapsed
-    for name, value in zip(CURVES, (train_loss, val_loss, train_f1, val_f1)):
-        track["curves"][name].append(value)
-    number = job.first_epoch + epoch
-    if track["best"] is None or val_loss < track["best"]["val_loss"]:
-        track["best"] = {"epoch": number, "val_loss": val_loss, "val_f1": val_f1, "state": member_state(stacked, i)}
-        track["stale"] = 0
-    else:
-        track["stale"] += 1
-    if track["best_f1"] is None or val_f1 > track["best_f1"]:
-        track["best_f1"], track["best_f1_epoch"] = val_f1, number
-    log.debug(f"{job.label} {phase} epoch {number}: train loss {train_loss:.4f} f1 {train_f1:.3f} | "
+    stops = tracker.end_epoch((train_loss, val_loss, train_f1, val_f1), n, elapsed, lambda: member_state(stacked, i))
+    log.debug(f"{job.label} {phase} epoch {job.first_epoch + epoch}: train loss {train_loss:.4f} f1 {train_f1:.3f} | "
               f"val loss {val_loss:.4f} f1 {val_f1:.3f}")
-    return track["stale"] >= job.patience or epoch + 1 == max_epochs
-
-
-def phase_result(track, cuda_graphs_used, fast_kernels):
-    best = track["best"]
-    return {"best_epoch": best["epoch"], "best_val_loss": best["val_loss"], "val_f1_at_best_loss": best["val_f1"],
-            "best_val_f1": track["best_f1"], "best_val_f1_epoch": track["best_f1_epoch"], "state": best["state"],
-            "curves": track["curves"], "epochs_run": len(track["curves"]["train_loss"]),
-            "windows_per_s": track["windows"] / track["seconds"] if track["seconds"] else None,
-            "cuda_graphs": cuda_graphs_used, "fast_kernels": fast_kernels}
+    return stops or epoch + 1 == max_epochs

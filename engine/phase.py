@@ -95,69 +95,110 @@ def capture_steps(model, optimizer, loader, val, device, setting):
         return None, None
 
 
-def train_phase(phase, model, loader, val, args, patience, device, augment, first_epoch, who):
-    """Train until the validation loss has not improved for `patience` epochs. who: the fold, for
-    the one-line error of a validation loss that is not finite (NotFiniteError).
+class PhaseTracker:
+    """One phase's epochs as both loops keep them (train_phase for a solo run, engine.packed_step for
+    each member of a pack): the curves, the best checkpoint by validation loss (the first epoch
+    with the lowest), the best validation F1 and the first epoch that reached it, the patience
+    count and the speed. So a pack and a solo run stop and keep alike by construction."""
 
-    Returns the best state (by validation loss), its epoch and scores, the
-    best validation F1 over the epochs and its epoch (the first that reached
-    it), the per-epoch curves, and the windows seen per second.
-    """
+    def __init__(self, who, phase, first_epoch, patience):
+        self.who, self.phase, self.first_epoch, self.patience = who, phase, first_epoch, patience
+        self.curves = {name: [] for name in CURVES}
+        self.best = {"epoch": None, "val_loss": math.inf, "val_f1": None, "state": None}
+        self.best_f1, self.best_f1_epoch = None, None
+        self.stale, self.windows, self.seconds = 0, 0, 0.0
+
+    @property
+    def epochs_run(self):
+        return len(self.curves["train_loss"])
+
+    def end_epoch(self, scores, n, elapsed, state):
+        """Record an epoch: scores (train loss, val loss, train F1, val F1, as CURVES), n training
+        windows, elapsed seconds, state() the model's weights (called only for a new best). True
+        when the patience has run out. A validation loss that is not finite: NotFiniteError."""
+        epoch = self.first_epoch + self.epochs_run
+        val_loss, val_f1 = scores[1], scores[3]
+        check_finite(self.who, self.phase, epoch, val_loss)
+        self.windows, self.seconds = self.windows + n, self.seconds + elapsed
+        for name, value in zip(CURVES, scores):
+            self.curves[name].append(value)
+        if val_loss < self.best["val_loss"]:
+            self.best = {"epoch": epoch, "val_loss": val_loss, "val_f1": val_f1, "state": state()}
+            self.stale = 0
+        else:
+            self.stale += 1
+        if self.best_f1 is None or val_f1 > self.best_f1:
+            self.best_f1, self.best_f1_epoch = val_f1, epoch
+        return self.stale >= self.patience
+
+    def result(self, cuda_graphs, fast_kernels):
+        """The phase result every reader takes (engine.fold, engine.pack, the base cache)."""
+        best = self.best
+        return {"best_epoch": best["epoch"], "best_val_loss": best["val_loss"], "val_f1_at_best_loss": best["val_f1"],
+                "best_val_f1": self.best_f1, "best_val_f1_epoch": self.best_f1_epoch, "state": best["state"],
+                "curves": self.curves, "epochs_run": self.epochs_run,
+                "windows_per_s": self.windows / self.seconds if self.seconds else None,
+                "cuda_graphs": cuda_graphs, "fast_kernels": fast_kernels}
+
+
+class Progress:
+    """A phase's epochs on the console: a bar on a terminal, else an epoch line at most every
+    progress_every seconds (always the first); every epoch's line goes to the log file."""
+
+    def __init__(self, phase, max_epochs, every):
+        self.show_bar, self.every, self.shown_at = sys.stderr.isatty(), every, None
+        self.bar = tqdm(total=max_epochs, desc=phase, unit="epoch", leave=False, disable=not self.show_bar)
+
+    def epoch(self, line, val_loss, val_f1):
+        if self.show_bar:
+            self.bar.set_postfix(val_loss=f"{val_loss:.4f}", val_f1=f"{val_f1:.3f}")
+            self.bar.update()
+        due = not self.show_bar and (self.shown_at is None or time.monotonic() - self.shown_at >= self.every)
+        self.shown_at = time.monotonic() if due else self.shown_at
+        log.log(logging.INFO if due else logging.DEBUG, line)
+
+    def close(self):
+        self.bar.close()
+
+
+def train_phase(phase, model, loader, val, args, patience, device, augment, first_epoch, who):
+    """Train until the validation loss has not improved for `patience` epochs (PhaseTracker).
+    who: the fold, for the one-line error of a validation loss that is not finite."""
     graphs = graphs_wanted(getattr(args, "cuda_graphs", "auto"), device)
     optimizer = make_optimizer(model, args.lr, device, graphs)
-    training, evaluation = None, None
-    if graphs:
-        training, evaluation = capture_steps(model, optimizer, loader, val, device, args.cuda_graphs)
-    curves = {name: [] for name in CURVES}
-    best = {"epoch": None, "val_loss": math.inf, "val_f1": None, "state": None}
-    best_f1, best_f1_epoch = None, None
-    windows, seconds = 0, 0.0
-    stale = 0
-    show_bar = sys.stderr.isatty()
-    shown_at = None  # when the console last got an epoch line (no terminal)
-    bar = tqdm(total=args.max_epochs, desc=phase, unit="epoch", leave=False, disable=not show_bar)
-    for epoch in range(args.max_epochs):
-        start = time.perf_counter()
-        if training is not None:
-            counts, n = training.epoch(loader, augment)
-            train_loss, train_f1 = loss_and_f1(counts, n)
-        else:
-            train_loss, train_f1, n = train_epoch(model, loader, optimizer, augment, device)
-        val_loss, val_f1 = evaluate(model, *val, device, evaluation)
-        check_finite(who, phase, first_epoch + epoch, val_loss)
-        elapsed = time.perf_counter() - start
-        windows, seconds = windows + n, seconds + elapsed
-        for name, value in zip(CURVES, (train_loss, val_loss, train_f1, val_f1)):
-            curves[name].append(value)
-        if val_loss < best["val_loss"]:
-            best = {"epoch": first_epoch + epoch, "val_loss": val_loss, "val_f1": val_f1,
-                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-            stale = 0
-        else:
-            stale += 1
-        if best_f1 is None or val_f1 > best_f1:
-            best_f1, best_f1_epoch = val_f1, first_epoch + epoch
-        line = (f"{phase} epoch {first_epoch + epoch}: train loss {train_loss:.4f} f1 {train_f1:.3f} | "
-                f"val loss {val_loss:.4f} f1 {val_f1:.3f} | {elapsed:.2f}s, {n / elapsed:.0f} windows/s")
-        # Every epoch goes to the log file; the console gets a bar or a line every progress_every seconds.
-        if show_bar:
-            bar.set_postfix(val_loss=f"{val_loss:.4f}", val_f1=f"{val_f1:.3f}")
-            bar.update()
-        every = getattr(args, "progress_every", 30)
-        due = not show_bar and (shown_at is None or time.monotonic() - shown_at >= every)
-        shown_at = time.monotonic() if due else shown_at
-        log.log(logging.INFO if due else logging.DEBUG, line)
-        if stale >= patience:
-            break
-    bar.close()
-    epochs_run = len(curves["train_loss"])
-    log.info(f"{phase}: {epochs_run} epochs, best epoch {best['epoch']} "
+    steps = capture_steps(model, optimizer, loader, val, device, args.cuda_graphs) if graphs else (None, None)
+    tracker = PhaseTracker(who, phase, first_epoch, patience)
+    progress = Progress(phase, args.max_epochs, getattr(args, "progress_every", 30))
+    try:
+        for _ in range(args.max_epochs):
+            if one_epoch(model, loader, val, optimizer, augment, device, steps, tracker, progress):
+                break
+    finally:
+        progress.close()
+    best = tracker.best
+    log.info(f"{phase}: {tracker.epochs_run} epochs, best epoch {best['epoch']} "
              f"(val loss {best['val_loss']:.4f}, f1 {best['val_f1']:.3f})")
-    if best["epoch"] == first_epoch + epochs_run - 1:
+    if best["epoch"] == first_epoch + tracker.epochs_run - 1:
         log.warning(f"{phase}: the best epoch is the last one, so early stopping never fired: "
                     f"may be under-trained: raise --max_epochs (now {args.max_epochs})")
-    return {"best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
-            "val_f1_at_best_loss": best["val_f1"], "best_val_f1": best_f1, "best_val_f1_epoch": best_f1_epoch,
-            "state": best["state"], "curves": curves, "epochs_run": epochs_run,
-            "windows_per_s": windows / seconds if seconds else None, "cuda_graphs": training is not None,
-            "fast_kernels": getattr(model, "fast_kernels", False)}
+    return tracker.result(steps[0] is not None, getattr(model, "fast_kernels", False))
+
+
+def one_epoch(model, loader, val, optimizer, augment, device, steps, tracker, progress):
+    """Train one epoch (replayed from CUDA graphs where steps holds them), validate, record it;
+    True when the phase stops here."""
+    training, evaluation = steps
+    start = time.perf_counter()
+    if training is not None:
+        counts, n = training.epoch(loader, augment)
+        train_loss, train_f1 = loss_and_f1(counts, n)
+    else:
+        train_loss, train_f1, n = train_epoch(model, loader, optimizer, augment, device)
+    val_loss, val_f1 = evaluate(model, *val, device, evaluation)
+    elapsed = time.perf_counter() - start
+    stops = tracker.end_epoch((train_loss, val_loss, train_f1, val_f1), n, elapsed,
+                              lambda: {k: v.detach().clone() for k, v in model.state_dict().items()})
+    progress.epoch(f"{tracker.phase} epoch {tracker.first_epoch + tracker.epochs_run - 1}: train loss "
+                   f"{train_loss:.4f} f1 {train_f1:.3f} | val loss {val_loss:.4f} f1 {val_f1:.3f} | "
+                   f"{elapsed:.2f}s, {n / elapsed:.0f} windows/s", val_loss, val_f1)
+    return stops
