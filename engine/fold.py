@@ -17,15 +17,16 @@ import torch
 from composed_loader import ComposedBatchDataLoader, TensorBatchLoader
 from engine import base_cache, markers, provenance
 from engine.augment import make_augmenter
-from engine.data import check_base, check_participants, load_participants, resolve_fold
+from engine.data import check_participants, load_participants
 from engine.device import fast_kernels, graphs_wanted, place, resolve_device
 from engine.fileio import ConfigError, publish_folder, staged_folder
 from engine.flags import check_args, share_count, target_windows_per_batch
+from engine.fold_plan import plan_fold
 from engine.metrics import evaluate, positive_class_scores
 from engine.models import build_model
 from engine.modes import mode_of
 from engine.phase import CURVES, phase_generators, train_phase
-from engine.results import replace_refusal, result_dir
+from engine.results import replace_refusal
 from engine.runlog import file_handler, log
 
 
@@ -42,21 +43,20 @@ def subsample(X, y, pct, seed, count_rule="round"):
     return X[index], y[index]
 
 
-def train_base_model(args, base_data, n_channels, device, who):
-    """Base phase: train on the base participants' train+val, early-stop on their test.
-    who: the fold, for a one-line error (engine.phase.check_finite)."""
+def train_base_model(args, plan, base_data, n_channels, device):
+    """Base phase: train on the base participants' train+val, early-stop on their test."""
     X_train, y_train = concat([base_data[p][s] for p in base_data for s in ("train", "val")])
-    # Seeded apart from the other draws; --base_val_pct is part of the base key.
+    # --base_val_pct is part of the base key.
     X_stop, y_stop = subsample(*concat([base_data[p]["test"] for p in base_data]), args.base_val_pct,
-                               args.seed + 2)
+                               plan.seeds.base_stop)
     X_train, y_train, X_stop, y_stop = place([X_train, y_train, X_stop, y_stop], device)
-    loader_gen, augment_gen = phase_generators(args.seed, device)
+    loader_gen, augment_gen = phase_generators(plan.seeds.base, device)
     model = build_model(args.model, n_channels, fast_kernels(args, device)).to(device)
     loader = TensorBatchLoader(X_train, y_train, args.batch_size, shuffle=True, generator=loader_gen)
     log.info(f"base phase: {len(X_train)} windows from {', '.join(base_data)}, "
              f"early stopping on their test split ({len(X_stop)} windows)")
     return train_phase("base", model, loader, (X_stop, y_stop), args, args.early_stopping_patience,
-                       device, make_augmenter(args, augment_gen), first_epoch=1, who=who)
+                       device, make_augmenter(args, augment_gen), first_epoch=1, who=plan.who)
 
 
 def target_loader(args, base_train, target_train, generator):
@@ -119,12 +119,14 @@ def fold_metrics(args, fold, target_name, base, target, scores, base_entry):
     return metrics
 
 
-def obtain_base(args, base_names, base_data, n_channels, device, fingerprint, who):
+def obtain_base(args, plan, base_data, n_channels, device, fingerprint):
     """The fold's base model: from the cache when the CLI has one, else trained here.
-    fingerprint: the base participants' data files (base_cache.data_fingerprint); who: the fold."""
+    fingerprint: the base participants' data files (base_cache.data_fingerprint)."""
+    base_names = plan.base_names
+
     def train():
         started = provenance.now()
-        result = train_base_model(args, base_data, n_channels, device, who)
+        result = train_base_model(args, plan, base_data, n_channels, device)
         return dict(result, provenance=provenance.record(device, fingerprint, started, result))
     if not getattr(args, "base_cache_dir", None) or args.no_base_cache:
         return train(), None
@@ -174,22 +176,18 @@ def run_fold(args):
     device = resolve_device(args.device)
     graphs_wanted(getattr(args, "cuda_graphs", "auto"), device)  # --cuda_graphs on without CUDA: refused now
     participants = check_participants(args.data_path, args.participants)
-    mode = mode_of(args.mode)
-    target_name, base_names = resolve_fold(participants, args.fold, args.n_base_participants)
-    if not mode.base_phase:
-        base_names = []
-    check_base(args.mode, target_name, base_names)
-    who = f"fold {args.fold} ({target_name})"
-    final = result_dir(args, args.fold, target_name)
-    if mode.target_phase:
-        refuse_existing(final, args)
+    plan = plan_fold(args, participants)
+    target_name, base_names = plan.target, plan.base_names
+    if plan.mode.target_phase:
+        refuse_existing(plan.final, args)
     data = load_participants(args.data_path, [target_name] + base_names, args.window_size)
     fingerprint = base_cache.data_fingerprint(args.data_path, [target_name] + base_names)
     n_channels, window_size = data[target_name]["train"][0].shape[1:]
     check_window(args, n_channels, window_size)
     base_data = {p: data[p] for p in base_names}
-    target_train = subsample(*data[target_name]["train"], args.target_data_pct, args.seed, args.target_count)
-    target_val = subsample(*data[target_name]["val"], args.target_val_pct, args.seed + 3)
+    target_train = subsample(*data[target_name]["train"], args.target_data_pct, plan.seeds.target_data,
+                             args.target_count)
+    target_val = subsample(*data[target_name]["val"], args.target_val_pct, plan.seeds.target_val)
     check_composition(args, len(target_train[0]), sum(len(base_data[p][s][0]) for p in base_names
                                                        for s in ("train", "val")))
 
@@ -197,34 +195,41 @@ def run_fold(args):
     if base_names:
         base_files = {name: digest for name, digest in fingerprint.items()
                       if name.rsplit("_", 1)[0] in base_names}
-        base, base_entry = obtain_base(args, base_names, base_data, n_channels, device, base_files, who)
-    if not mode.target_phase:
+        base, base_entry = obtain_base(args, plan, base_data, n_channels, device, base_files)
+    if not plan.mode.target_phase:
         markers.say(markers.BASE_KEY, base_entry.key)
         markers.say(markers.BASE_MODEL, base_entry.path)
         return None
 
     # One decision for every tensor of the phase: the composed loader needs them on one device.
     base_train = concat([base_data[p][s] for p in base_names for s in ("train", "val")]) \
-        if mode.mixed_batches else ()
+        if plan.mode.mixed_batches else ()
     tensors = place([*target_train, *target_val, *base_train], device)
     target_train, target_val, base_train = tuple(tensors[:2]), tuple(tensors[2:4]), tuple(tensors[4:]) or None
-    # The target phase has its own seed so it is the same whether the base was trained or reused.
-    loader_gen, augment_gen = phase_generators(args.seed + 1000, device)
+    model, target = train_target(args, plan, base, n_channels, device, (base_train, target_train, target_val))
+
+    # The target's test split is read here, once, for the final scores only.
+    finish_fold(args, model, device, plan.final, participants, target_name, base_names,
+                target_val, data[target_name]["test"], base, base_entry, target, started, fingerprint, started_at)
+    return plan.final
+
+
+def train_target(args, plan, base, n_channels, device, windows):
+    """The target phase, from the base model where the mode starts there: (the model, the phase's
+    result). windows: (base train, target train, target val), on the device."""
+    base_train, target_train, target_val = windows
+    # Seeded apart: the target phase is the same whether the base was trained or reused.
+    loader_gen, augment_gen = phase_generators(plan.seeds.target, device)
     model = build_model(args.model, n_channels, fast_kernels(args, device)).to(device)
-    if mode.from_base:
+    if plan.mode.from_base:
         model.load_state_dict(base["state"])
     loader = target_loader(args, base_train, target_train, loader_gen)
     log.info(f"target phase ({args.mode}): {len(target_train[0])} target train windows, "
-             f"{len(loader)} batches per epoch, early stopping on {target_name}'s val split "
+             f"{len(loader)} batches per epoch, early stopping on {plan.target}'s val split "
              f"({len(target_val[0])} windows)")
     first_epoch = (base["epochs_run"] if base else 0) + 1
-    target = train_phase("target", model, loader, target_val, args, args.early_stopping_patience_target,
-                         device, make_augmenter(args, augment_gen), first_epoch, who)
-
-    # The target's test split is read here, once, for the final scores only.
-    finish_fold(args, model, device, final, participants, target_name, base_names, target_val,
-                data[target_name]["test"], base, base_entry, target, started, fingerprint, started_at)
-    return final
+    return model, train_phase("target", model, loader, target_val, args, args.early_stopping_patience_target,
+                              device, make_augmenter(args, augment_gen), first_epoch, plan.who)
 
 
 def finish_fold(args, model, device, final, participants, target_name, base_names, target_val, target_test,

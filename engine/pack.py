@@ -46,16 +46,16 @@ from dataset.synthetic import ensure_demo_data
 from engine import base_cache, markers, provenance
 from engine.augment import make_augmenter
 from engine.cli import build_parser, run_cli
-from engine.data import check_base, check_participants, load_participants, resolve_fold
+from engine.data import check_participants, load_participants
 from engine.device import apply_threads, fast_kernels, graphs_wanted, place, resolve_device
 from engine.fileio import ConfigError, read_json
 from engine.flags import MAY_DIFFER, check_args, job_argv
 from engine.fold import check_composition, check_window, concat, finish_fold, subsample, target_loader
+from engine.fold_plan import plan_fold
 from engine.models import build_model
-from engine.modes import mode_of
 from engine.packed_step import PhaseJob, train_pack
 from engine.phase import NotFiniteError, phase_generators
-from engine.results import replace_refusal, result_dir
+from engine.results import replace_refusal
 from engine.runlog import setup_logging
 
 log = logging.getLogger("experiment")
@@ -169,23 +169,20 @@ def run_pack(members, size, identity):
                           "draw as the solo runs do; run its jobs with oct1_train.py")
     todo, finals = [], set()
     for member, args in enumerate(members):
-        mode = mode_of(args.mode)
-        target_name, base_names = resolve_fold(participants, args.fold, args.n_base_participants)
-        base_names = base_names if mode.base_phase else []
-        final = result_dir(args, args.fold, target_name)
-        if mode.target_phase:  # base_only publishes no result folder
-            if final in finals:
-                raise ConfigError(f"{final}: two members of the pack would write this result folder")
-            finals.add(final)
-        refusal = mode.target_phase and replace_refusal(final, args.overwrite, args.run_token)
+        plan = plan_fold(args, participants)
+        if plan.mode.target_phase:  # base_only publishes no result folder
+            if plan.final in finals:
+                raise ConfigError(f"{plan.final}: two members of the pack would write this result folder")
+            finals.add(plan.final)
+        refusal = plan.mode.target_phase and replace_refusal(plan.final, args.overwrite, args.run_token)
         if refusal:
-            markers.say(markers.RESULT_EXISTS, final)
+            markers.say(markers.RESULT_EXISTS, plan.final)
             print(f"{refusal}: member skipped", flush=True)
             continue
-        todo.append((member, args, target_name, base_names, final))
+        todo.append((member, args, plan))
     if not todo:
         return []
-    needed = [p for p in participants if any(p == target or p in bases for _, _, target, bases, _ in todo)]
+    needed = [p for p in participants if any(p == plan.target or p in plan.base_names for _, _, plan in todo)]
     data = load_participants(first.data_path, needed, first.window_size)
     store = Store(data, device)
     n_channels = store.X.shape[1]
@@ -203,11 +200,12 @@ def run_pack(members, size, identity):
         args = fold["args"]
         base, entry = bases.get(id(fold), (None, None))
         fold["base"], fold["entry"] = base, entry
+        plan = fold["plan"]
         # base_only: finished, obtain_bases announced it once its base model was cached
-        if not mode_of(args.mode).target_phase or fold["failed"]:
+        if not plan.mode.target_phase or fold["failed"]:
             continue
-        loader_gen, augment, state = seeded_start(args, args.seed + 1000, n_channels, device)
-        if mode_of(args.mode).from_base:
+        loader_gen, augment, state = seeded_start(args, plan.seeds.target, n_channels, device)
+        if plan.mode.from_base:
             state = base["state"]
         loader = target_loader(args, fold["base_train"], fold["target_train"], loader_gen)
         jobs.append(PhaseJob(fold["who"], state, loader, fold["target_val"],
@@ -238,17 +236,17 @@ def plan_folds(todo, store, fingerprint):
     """Each member's fold: its participants, its windows (indices into the store), checked before
     any training."""
     folds = []
-    for member, args, target_name, base_names, final in todo:
-        check_base(args.mode, target_name, base_names)
-        target_train = subsample(*store.indices([target_name], ["train"]), args.target_data_pct,
-                                 args.seed, args.target_count)
-        target_val = subsample(*store.indices([target_name], ["val"]), args.target_val_pct, args.seed + 3)
-        base_train = store.indices(base_names, ["train", "val"]) if base_names else None
+    for member, args, plan in todo:
+        target_train = subsample(*store.indices([plan.target], ["train"]), args.target_data_pct,
+                                 plan.seeds.target_data, args.target_count)
+        target_val = subsample(*store.indices([plan.target], ["val"]), args.target_val_pct, plan.seeds.target_val)
+        base_train = store.indices(plan.base_names, ["train", "val"]) if plan.base_names else None
         check_composition(args, len(target_train[0]), len(base_train[0]) if base_train else 0)
-        folds.append({"member": member, "args": args, "target": target_name, "base_names": base_names,
-                      "final": final, "fingerprint": fingerprint(frozenset([target_name, *base_names])),
+        folds.append({"member": member, "args": args, "plan": plan, "target": plan.target,
+                      "base_names": plan.base_names, "final": plan.final,
+                      "fingerprint": fingerprint(frozenset([plan.target, *plan.base_names])),
                       "target_train": target_train, "target_val": target_val[0],
-                      "base_train": base_train, "who": f"fold {args.fold} ({target_name})", "failed": False})
+                      "base_train": base_train, "who": plan.who, "failed": False})
     return folds
 
 
@@ -276,7 +274,7 @@ def obtain_bases(folds, model, store, n_channels, fingerprint):
 
     def settle(fold, result, entry):
         found[id(fold)] = (result, entry)
-        if not mode_of(fold["args"].mode).target_phase:
+        if not fold["plan"].mode.target_phase:
             announce(fold["member"], markers.line(markers.BASE_KEY, entry.key),
                      markers.line(markers.BASE_MODEL, entry.path))
 
@@ -325,9 +323,9 @@ def obtain_bases(folds, model, store, n_channels, fingerprint):
 
 def base_job(group, store, n_channels):
     """The base phase of engine.fold.train_base_model, over indices, for the folds that share it."""
-    args, names = group[0]["args"], group[0]["base_names"]
-    stop = subsample(*store.indices(names, ["test"]), args.base_val_pct, args.seed + 2)
-    loader_gen, augment, state = seeded_start(args, args.seed, n_channels, store.device)
+    args, names, seeds = group[0]["args"], group[0]["base_names"], group[0]["plan"].seeds
+    stop = subsample(*store.indices(names, ["test"]), args.base_val_pct, seeds.base_stop)
+    loader_gen, augment, state = seeded_start(args, seeds.base, n_channels, store.device)
     loader = TensorBatchLoader(*store.indices(names, ["train", "val"]), args.batch_size, shuffle=True,
                                generator=loader_gen)
     return PhaseJob(", ".join(fold["who"] for fold in group), state, loader, stop[0],
