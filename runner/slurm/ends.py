@@ -7,6 +7,7 @@ from pathlib import Path
 
 from engine.base_cache import entry_intact
 from engine.markers import RESULT_DIR
+from runner.ending import Ending
 from runner.jobs import cache_entry
 from runner.output import OutputLines, printed
 
@@ -56,33 +57,30 @@ def result_dir(task, text):
 
 
 def tell_plan(plan, say, workdir, out_file, tasks, state, exit_status, times):
-    """Each member's end, to the planner. out_file: Slurm's own output of the task (where setup's
-    errors go), named when the member's log has nothing of this attempt."""
+    """Each member's end, to the planner, as plain facts (runner.ending.Ending). out_file: Slurm's own
+    output of the task (where setup's errors go), named when the member's log has nothing of this attempt."""
     output, done, found = read_members(tasks, state == DONE and exit_status == 0)
     plan.count_trainings(output.trained)
     members = tasks[0].record.get("pack", [tasks[0].job_id])
-    fields = {"state": state, "exit_status": exit_status, **times}
     for task in tasks:
         text = done.get(members.index(task.job_id))
         error = incomplete_base(task, workdir) if text is not None else None
-        if text is not None and not error:
-            plan.succeeded(task, output.tail(), result_dir=result_dir(task, text), **fields)
-        elif state in NOT_RETRIED:
-            plan.fail(task, "cancelled", output.tail(), retry=False, **fields)
+        why = "exit status 0 but no MEMBER_DONE for it" if exit_status == 0 else f"{state}, exit {exit_status}"
+        end = Ending(output.tail(), done=text is not None, result_dir=text and result_dir(task, text), error=error,
+                     exit_status=exit_status, timed_out=state == "TIMEOUT",
+                     alike=None if error else output.fails_alike(exit_status),
+                     lost=f"lost to the cluster ({state}); it runs again" if state in LOST_TO_CLUSTER else None,
+                     cancelled=state in NOT_RETRIED, pack_size=len(members), out_of_memory=output.out_of_memory,
+                     why=why, fields={"state": state, "exit_status": exit_status, **times})
+        outcome = plan.ended(task, end)
+        if outcome == "cancelled":
             say(f"{task.job_id}: {state} (exit {exit_status})")
-        elif state in LOST_TO_CLUSTER:
-            plan.requeue(task, output.tail(), error=f"lost to the cluster ({state}); it runs again", **fields)
+        elif outcome == "requeued":
             say(f"{task.job_id}: {state}, runs again (no retry spent)")
-        elif len(members) > 1 and not error:
-            why = "exit status 0 but no MEMBER_DONE for it" if exit_status == 0 else f"{state}, exit {exit_status}"
-            plan.unfinished(task, len(members), output.out_of_memory, why, output.tail(), **fields)
-        else:
-            alike = None if error else output.fails_alike(exit_status)
-            again = plan.fail(task, "timeout" if state == "TIMEOUT" else "failed", output.tail(),
-                              retry=not alike, **fields, **({"error": error} if error else {}))
+        elif outcome in ("retry", "failed"):
             where = task.record["log"] if found else out_file
-            say(f"{task.job_id}: {error or alike or f'{state} (exit {exit_status})'}"
-                + (", retrying" if again else f"; log: {where}"))
+            say(f"{task.job_id}: {error or end.alike or f'{state} (exit {exit_status})'}"
+                + (", retrying" if outcome == "retry" else f"; log: {where}"))
 
 
 def finished_in_log(task, record, workdir):

@@ -12,6 +12,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 from engine.modes import publishes
+from runner.ending import Ending
 from runner.output import OutputLines
 from runner.ssh.shell import HostDown, HostRefused
 from runner.ssh.transfer import CopyError
@@ -80,12 +81,11 @@ def attempt(context, slot, tasks, command, shown):
         try:
             transfer = context.transfer
             bring = transfer.bring_home if publishes(task.job.get("mode")) else transfer.bring_base_home
-            result_dir = bring(slot, plan.job_to_run(task), text)
+            end = Ending(output.tail(), done=True, result_dir=bring(slot, plan.job_to_run(task), text))
         except (CopyError, OSError) as e:
-            failed(context, slot, task, output.tail(), 0, False, str(e))
-        else:
-            plan.succeeded(task, output.tail(), exit_status=0, result_dir=result_dir)
-            slot.ok += 1
+            end = Ending(output.tail(), error=str(e), stopping=context.stop.is_set())
+        end.exit_status = end.fields["exit_status"] = 0
+        tell(context, slot, task, end)
         left.remove(i)
 
     # A pack's finished members are copied home by a thread of their own while it trains the
@@ -125,7 +125,7 @@ def attempt(context, slot, tasks, command, shown):
         # Not the jobs' fault: back to the front of the queue, no retry spent. A job may have
         # published its folder before the host went, so the next attempt replaces it.
         for i in left:
-            plan.requeue(tasks[i], error=str(e))
+            plan.ended(tasks[i], Ending(lost=str(e)))
         health = context.health[slot.host.name]
         health.lost(slot.host, e, context.say) if isinstance(e, HostDown) else health.refuse(e, context.say)
         return
@@ -135,31 +135,29 @@ def attempt(context, slot, tasks, command, shown):
         slot.busy_s += time.time() - started
         count_trainings([task.builds or task.needs for task in tasks])
     exit_status, timed_out = (result.exit_status, result.timed_out) if result else (None, False)
+    why = error or ("exit status 0 but no MEMBER_DONE for it: skipped, its folder exists there?"
+                    if exit_status == 0 else what_ended(exit_status, timed_out, context.timeout))
     for i in list(left):
-        if packed and not context.stop.is_set():
-            why = error or ("exit status 0 but no MEMBER_DONE for it: skipped, its folder exists there?"
-                            if exit_status == 0 else what_ended(exit_status, timed_out, context.timeout))
-            plan.unfinished(tasks[i], len(tasks), output.out_of_memory, why, output.tail(), exit_status=exit_status)
-        else:
-            alike = None if error else output.fails_alike(exit_status)
-            failed(context, slot, tasks[i], output.tail(), exit_status, timed_out, error, alike)
+        # A pack's member: what ended the pack is why it did not finish (it runs again alone).
+        tell(context, slot, tasks[i], Ending(
+            output.tail(), error=None if packed else error, exit_status=exit_status, timed_out=timed_out,
+            alike=None if error else output.fails_alike(exit_status), stopping=context.stop.is_set(),
+            pack_size=len(tasks), out_of_memory=output.out_of_memory, why=why, fields={"exit_status": exit_status}))
 
 
-def failed(context, slot, task, tail, exit_status, timed_out, error, alike=None):
-    """A job that did not finish: interrupted, retried, or failed for good. alike: why it would
-    fail the same way again (OutputLines.fails_alike), so it is not retried."""
-    plan = context.plan
-    if context.stop.is_set():
-        plan.interrupted(task, tail, exit_status=exit_status)
+def tell(context, slot, task, end):
+    """A task's end to the planner, which decides what becomes of it (runner.plan.Plan.ended), then
+    its line and the slot's counts."""
+    outcome = context.plan.ended(task, end)
+    if outcome == "ok":
+        slot.ok += 1
+    if outcome not in ("retry", "failed"):
         return
-    fields = {"error": error} if error else {}
-    what = error or what_ended(exit_status, timed_out, context.timeout)
-    if alike:
-        what += f" ({alike})"
-    again = plan.fail(task, "timeout" if timed_out else "failed", tail, retry=not alike,
-                      exit_status=exit_status, **fields)
-    if again:
-        context.say(f"{task.job_id}: {what} on {slot.label}; retry {task.failures}/{plan.retries}")
+    what = end.error or what_ended(end.exit_status, end.timed_out, context.timeout)
+    if end.alike:
+        what += f" ({end.alike})"
+    if outcome == "retry":
+        context.say(f"{task.job_id}: {what} on {slot.label}; retry {task.failures}/{context.plan.retries}")
     else:
         context.say(f"{task.job_id}: {what} on {slot.label}; log: {task.record['log']}")
         slot.failed += 1
