@@ -1,7 +1,7 @@
 """How one task's attempt ended, as plain facts a backend sees (its output, exit status, whether
-its host or the cluster lost it, whether the run is stopping). The planner alone turns them into
-done, interrupted, cancelled, requeued, run again alone or in a smaller pack, retried or failed
-for good (runner.plan.Plan.ended), so every backend ends tasks by the same table."""
+its host or the cluster lost it, whether the run is stopping), and the one table (settle) that turns
+them into the planner's decision: done, interrupted, cancelled, requeued, run again alone or in a
+smaller pack, retried or failed for good. Every backend ends its tasks through it."""
 from dataclasses import dataclass, field
 
 
@@ -21,3 +21,28 @@ class Ending:
     out_of_memory: bool = False  # its pack ran out of device memory
     why: str = None  # how its pack ended, for a member the pack ended without
     fields: dict = field(default_factory=dict)  # the backend's ledger fields (exit status, state, times)
+
+
+def settle(plan, task, end):
+    """Tell the planner (runner.plan.Plan) how the task's attempt ended; returns what became of it:
+    "ok", "interrupted", "cancelled", "requeued", "unfinished" (a pack member that runs again alone
+    or in a smaller pack), "retry" or "failed" (for good)."""
+    fields = end.fields
+    if end.done and not end.error:
+        plan.succeeded(task, end.tail, result_dir=end.result_dir, **fields)
+        return "ok"
+    if end.stopping:
+        plan.interrupted(task, end.tail, **fields)
+        return "interrupted"
+    if end.cancelled:
+        plan.fail(task, "cancelled", end.tail, retry=False, **fields)
+        return "cancelled"
+    if end.lost:
+        plan.requeue(task, end.tail, error=end.lost, **fields)
+        return "requeued"
+    if end.pack_size > 1 and not end.error:
+        plan.unfinished(task, end.pack_size, end.out_of_memory, end.why, end.tail, **fields)
+        return "unfinished"
+    again = plan.fail(task, "timeout" if end.timed_out else "failed", end.tail, retry=not end.alike,
+                      **fields, **({"error": end.error} if end.error else {}))
+    return "retry" if again else "failed"

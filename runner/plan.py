@@ -227,30 +227,6 @@ class Plan:
             self._waiting.appendleft(task)
             self._cond.notify_all()
 
-    def ended(self, task, end):
-        """How an attempt ended (a runner.ending.Ending), in one table whichever backend saw it;
-        returns what became of it: "ok", "interrupted", "cancelled", "requeued", "unfinished" (a pack
-        member that runs again alone or in a smaller pack), "retry" or "failed" (for good)."""
-        fields = end.fields
-        if end.done and not end.error:
-            self.succeeded(task, end.tail, result_dir=end.result_dir, **fields)
-            return "ok"
-        if end.stopping:
-            self.interrupted(task, end.tail, **fields)
-            return "interrupted"
-        if end.cancelled:
-            self.fail(task, "cancelled", end.tail, retry=False, **fields)
-            return "cancelled"
-        if end.lost:
-            self.requeue(task, end.tail, error=end.lost, **fields)
-            return "requeued"
-        if end.pack_size > 1 and not end.error:
-            self.unfinished(task, end.pack_size, end.out_of_memory, end.why, end.tail, **fields)
-            return "unfinished"
-        again = self.fail(task, "timeout" if end.timed_out else "failed", end.tail, retry=not end.alike,
-                          **fields, **({"error": end.error} if end.error else {}))
-        return "retry" if again else "failed"
-
     def unfinished(self, task, pack_size, out_of_memory, why, tail="", **fields):
         """A member its pack ended without (why: how the pack ended): not charged, since the failure
         may be another member's or the pack's size. Out of memory: it runs in packs of half the

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from engine.base_cache import entry_intact
 from engine.markers import RESULT_DIR
-from runner.ending import Ending
+from runner.ending import Ending, settle
 from runner.jobs import cache_entry
 from runner.output import OutputLines, printed
 
@@ -57,7 +57,7 @@ def result_dir(task, text):
 
 
 def tell_plan(plan, say, workdir, out_file, tasks, state, exit_status, times):
-    """Each member's end, to the planner, as plain facts (runner.ending.Ending). out_file: Slurm's own
+    """Each member's end, to the planner, as plain facts (runner.ending). out_file: Slurm's own
     output of the task (where setup's errors go), named when the member's log has nothing of this attempt."""
     output, done, found = read_members(tasks, state == DONE and exit_status == 0)
     plan.count_trainings(output.trained)
@@ -72,7 +72,7 @@ def tell_plan(plan, say, workdir, out_file, tasks, state, exit_status, times):
                      lost=f"lost to the cluster ({state}); it runs again" if state in LOST_TO_CLUSTER else None,
                      cancelled=state in NOT_RETRIED, pack_size=len(members), out_of_memory=output.out_of_memory,
                      why=why, fields={"state": state, "exit_status": exit_status, **times})
-        outcome = plan.ended(task, end)
+        outcome = settle(plan, task, end)
         if outcome == "cancelled":
             say(f"{task.job_id}: {state} (exit {exit_status})")
         elif outcome == "requeued":

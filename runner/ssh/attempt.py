@@ -12,7 +12,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 from engine.modes import publishes
-from runner.ending import Ending
+from runner.ending import Ending, settle
 from runner.output import OutputLines
 from runner.ssh.shell import HostDown, HostRefused
 from runner.ssh.transfer import CopyError
@@ -125,7 +125,7 @@ def attempt(context, slot, tasks, command, shown):
         # Not the jobs' fault: back to the front of the queue, no retry spent. A job may have
         # published its folder before the host went, so the next attempt replaces it.
         for i in left:
-            plan.ended(tasks[i], Ending(lost=str(e)))
+            settle(plan, tasks[i], Ending(lost=str(e)))
         health = context.health[slot.host.name]
         health.lost(slot.host, e, context.say) if isinstance(e, HostDown) else health.refuse(e, context.say)
         return
@@ -146,9 +146,9 @@ def attempt(context, slot, tasks, command, shown):
 
 
 def tell(context, slot, task, end):
-    """A task's end to the planner, which decides what becomes of it (runner.plan.Plan.ended), then
+    """A task's end to the planner, which decides what becomes of it (runner.ending.settle), then
     its line and the slot's counts."""
-    outcome = context.plan.ended(task, end)
+    outcome = settle(context.plan, task, end)
     if outcome == "ok":
         slot.ok += 1
     if outcome not in ("retry", "failed"):
