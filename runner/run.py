@@ -14,16 +14,14 @@ from pathlib import Path
 
 from engine import base_cache
 from engine.fileio import ConfigError
-from runner.config import PROG, is_slurm_config, load_cluster_config
+from runner.backends import backend_for, load, options_elsewhere
+from runner.config import PROG
 from runner.jobs import cache_entry, needed_base, plan_jobs, validate_jobs
 from runner.folders import job_folders, refuse_foreign
 from runner.ledger import Ledger, run_dir_lock, run_id
-from runner.packing import PACK_SCRIPT, pack_group, trainer_path
+from runner.packing import pack_group, trainer_path
 from runner.plan import Plan, Task, run_token
 from runner.report import Say, print_report_headline
-
-SSH_ONLY = ("sync_code", "sync_data", "accept_new_hosts")
-
 
 def raise_interrupt(signum, frame):
     """A SIGTERM handler: `kill <runner>` stops the run as Ctrl-C does."""
@@ -40,48 +38,26 @@ def main(args):
     if args.backend is not None:
         return error("--backend: the cluster config chooses the backend; give it a \"slurm\" section for "
                      "Slurm (see examples/slurm_cluster.json)")
-    slurm = is_slurm_config(args.cluster_config)
-    ssh_only = [f"--{name.replace('_', '-')}" for name in SSH_ONLY if getattr(args, name)]
-    if slurm and ssh_only:
-        return error(f"{', '.join(ssh_only)}: for SSH servers only (a Slurm cluster config names one shared "
-                     f"workdir)")
-    if args.detach and not slurm:
-        return error("--detach needs a Slurm cluster config (SSH jobs end with the runner)")
+    kind = backend_for(args.cluster_config)
+    refusal = options_elsewhere(args, kind)
+    if refusal:
+        return error(refusal)
     run_dir = Path(args.run_dir or Path("runs", Path(args.jobs_config).stem))
-    if slurm:  # the compute nodes write there from the workdir: an absolute path
+    if kind.absolute_run_dir:
         run_dir = run_dir.absolute()
     if args.dry_run:
-        return plan_and_run(args, run_dir, slurm)
+        return plan_and_run(args, run_dir, kind)
     try:
         with run_dir_lock(run_dir):  # one runner per run dir, whichever backend
-            return plan_and_run(args, run_dir, slurm)
+            return plan_and_run(args, run_dir, kind)
     except ConfigError as e:
         return error(e)
-
-
-def load_config(args, slurm):
-    """(cluster config, script, workdir here): a "slurm" section's settings, or the SSH servers."""
-    if slurm:
-        from runner.slurm.config import load_slurm_config
-        settings, script = load_slurm_config(args.cluster_config)
-        script = args.script_path or script
-        packs = ["the slurm section"] if settings["pack"] != "auto" and settings["pack"] > 1 else []
-        config, workdir = settings, Path(settings["workdir"])
-    else:
-        config = load_cluster_config(args.cluster_config)
-        script = args.script_path or config["script_path"]
-        packs = [f"servers {s['name']}" for s in config["servers"] if s["pack"] != "auto" and s["pack"] > 1]
-        workdir = Path(".")
-    if packs and not trainer_path(script):
-        raise ConfigError(f"{args.cluster_config}: {', '.join(packs)} set \"pack\", but only "
-                          f"{PACK_SCRIPT} jobs can be packed (the script is {script})")
-    return config, script, workdir
 
 
 def make_tasks(todo, bases, cached, history, packs, by_base=False):
     """Phase 1 (a base job per key missing from the cache) first, then the jobs, each with its
     attempts so far; packs: whether jobs get a pack group; by_base: a pack's jobs need one base
-    model (Slurm: a pack waits for one base task, and is withdrawn with it)."""
+    model (a backend that queues a task behind its base task: it is withdrawn with it)."""
     earlier = Ledger.attempts(history)
 
     def group(job, phase):
@@ -93,12 +69,12 @@ def make_tasks(todo, bases, cached, history, packs, by_base=False):
                     for job in todo]
 
 
-def plan_and_run(args, run_dir, slurm):
+def plan_and_run(args, run_dir, kind):
     """main() after the arguments: the plan from the files and the ledger, then the run."""
     history = Ledger.read(run_dir / "ledger.jsonl")
     identity = run_id(run_dir, fresh=not args.resume, create=False)  # None: no folder can carry it yet
     try:
-        config, script, workdir = load_config(args, slurm)
+        config, script, workdir = load(args, kind)
         jobs, todo, bases = plan_jobs(args.jobs_config, run_dir / "ledger.jsonl", history, args.resume, workdir)
         note = validate_jobs(jobs, args.jobs_config, str(workdir / script))
         # Nothing runs that would lose a result: two jobs on one folder, or a folder from elsewhere.
@@ -111,41 +87,32 @@ def plan_and_run(args, run_dir, slurm):
         say(note)
     # A base model already complete in the local cache is not trained again, only sent.
     cached = {key: job for key, job in bases.items() if base_cache.entry_intact(workdir / cache_entry(job, key))}
-    tasks = make_tasks(todo, bases, cached, history, packs=trainer_path(script) is not None, by_base=slurm)
-    skipped = len(jobs) - len(todo)
+    tasks = make_tasks(todo, bases, cached, history, packs=trainer_path(script) is not None, by_base=kind.early)
     if args.dry_run:
-        plan = Plan(tasks, None, run_dir / "logs", cached=cached, run_id=identity, overwrite=args.overwrite)
-        if slurm:
-            from runner.slurm.dry_run import print_plan
-            print_plan(plan, config, script, run_dir, args.timeout)
-        else:
-            from runner.ssh.dry_run import print_plan
-            print_plan(config["servers"], tasks, script, trainer_path(script), cached)
+        kind.dry_run(args, config, Plan(tasks, None, run_dir / "logs", cached=cached, run_id=identity,
+                                        overwrite=args.overwrite), script, run_dir)
         return 0
     if not tasks:
         print("nothing to do", file=sys.stderr)
         status = 0
     else:
         identity = run_id(run_dir, fresh=not args.resume)
-        status = run(args, config, tasks, cached, skipped, run_dir, script, history, slurm, say, identity)
+        status = run(args, kind, config, tasks, cached, len(jobs) - len(todo), run_dir, script, history, say,
+                     identity)
     if status in (0, 1):
         with contextlib.chdir(workdir):  # the jobs' result folders are relative to it
             print_report_headline(jobs)
     return status
 
 
-def run(args, config, tasks, cached, skipped, run_dir, script, history, slurm, say, identity):
+def run(args, kind, config, tasks, cached, skipped, run_dir, script, history, say, identity):
     """The planned tasks on the config's backend; returns the exit status."""
     ledger = Ledger(run_dir / "ledger.jsonl")
     plan = Plan(tasks, ledger, run_dir / "logs", retries=args.retries, cached=cached, say=say, run_id=identity,
                 overwrite=args.overwrite)
     previous = signal.signal(signal.SIGTERM, raise_interrupt)  # `kill <runner>` stops like Ctrl-C
     try:
-        if slurm:
-            from runner.slurm.run import run as run_on
-            return run_on(args, config, plan, script, skipped, run_dir, history, say)
-        from runner.ssh.run import run as run_on  # paramiko, only for SSH
-        return run_on(args, config, plan, script, skipped, run_dir, say)
+        return kind.run(args, config, plan, script, skipped, run_dir, history, say)
     finally:
         signal.signal(signal.SIGTERM, previous)
         ledger.close()
