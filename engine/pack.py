@@ -167,19 +167,7 @@ def run_pack(members, size, identity):
     if any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
         raise ConfigError(f"--model {first.model} uses dropout, whose random masks a pack cannot "
                           "draw as the solo runs do; run its jobs with oct1_train.py")
-    todo, finals = [], set()
-    for member, args in enumerate(members):
-        plan = plan_fold(args, participants)
-        if plan.mode.target_phase:  # base_only publishes no result folder
-            if plan.final in finals:
-                raise ConfigError(f"{plan.final}: two members of the pack would write this result folder")
-            finals.add(plan.final)
-        refusal = plan.mode.target_phase and replace_refusal(plan.final, args.overwrite, args.run_token)
-        if refusal:
-            markers.say(markers.RESULT_EXISTS, plan.final)
-            print(f"{refusal}: member skipped", flush=True)
-            continue
-        todo.append((member, args, plan))
+    todo = members_to_train(members, participants)
     if not todo:
         return []
     needed = [p for p in participants if any(p == plan.target or p in plan.base_names for _, _, plan in todo)]
@@ -230,6 +218,25 @@ def run_pack(members, size, identity):
         raise NotFiniteError(f"member(s) {', '.join(failed)} ended on a validation loss that is not finite (each "
                              f"said so above): nothing of theirs is published or cached; the others went on")
     return published
+
+
+def members_to_train(members, participants):
+    """[(member, its flags, its FoldPlan)] of the members to train: not those whose result folder
+    exists and may not be replaced (each says so: RESULT_EXISTS); two on one folder is an error."""
+    todo, finals = [], set()
+    for member, args in enumerate(members):
+        plan = plan_fold(args, participants)
+        if plan.mode.target_phase:  # base_only publishes no result folder
+            if plan.final in finals:
+                raise ConfigError(f"{plan.final}: two members of the pack would write this result folder")
+            finals.add(plan.final)
+        refusal = plan.mode.target_phase and replace_refusal(plan.final, args.overwrite, args.run_token)
+        if refusal:
+            markers.say(markers.RESULT_EXISTS, plan.final)
+            print(f"{refusal}: member skipped", flush=True)
+            continue
+        todo.append((member, args, plan))
+    return todo
 
 
 def plan_folds(todo, store, fingerprint):

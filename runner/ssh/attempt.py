@@ -59,90 +59,111 @@ def run_logged(host, command, shown, log_paths, header, on_output, timeout):
 def attempt(context, slot, tasks, command, shown):
     """Run the tasks (one job, or a pack) as one process on the slot; every member's end goes to
     the planner."""
-    plan = context.plan
-    packed = len(tasks) > 1
-    plan.start(tasks, host=slot.host.name, device=str(slot.device), slot=slot.label, start=time.time(),
-               end=None, exit_status=None)
-    left = list(range(len(tasks)))  # members not finished yet
-    counted = set()  # base keys whose training this attempt has counted
-    started = time.time()
+    Attempt(context, slot, tasks).run(command, shown)
 
-    def count_trainings(keys):
-        new = (set(keys) & output.trained) - counted
-        counted.update(new)
-        plan.count_trainings(new)
 
-    def member_done(i, text):
-        """Member i printed its last line: its folder home, then its ledger line."""
-        if i not in left:
-            return  # an index printed twice, or out of range
-        task = tasks[i]
-        count_trainings([task.builds])
+class Attempt:
+    """One process on a slot and the members it runs: which have finished, the base trainings
+    counted, the output read as it streams."""
+
+    def __init__(self, context, slot, tasks):
+        self.context, self.slot, self.tasks = context, slot, tasks
+        self.packed = len(tasks) > 1
+        self.left = list(range(len(tasks)))  # members not finished yet
+        self.counted = set()  # base keys whose training this attempt has counted
+        # A pack's finished members are copied home by a thread of their own while it trains the
+        # others: a copy needs a session of the host, and the pack may hold the last free one.
+        self.copies, self.copy_errors = queue.Queue(), []
+        self.output = OutputLines((lambda i, text: self.copies.put((i, text))) if self.packed else None)
+        self.result = None  # the process's result, once it has ended
+
+    def run(self, command, shown):
+        context, slot, tasks, plan = self.context, self.slot, self.tasks, self.context.plan
+        plan.start(tasks, host=slot.host.name, device=str(slot.device), slot=slot.label, start=time.time(),
+                   end=None, exit_status=None)
+        started, error = time.time(), None
         try:
-            transfer = context.transfer
-            bring = transfer.bring_home if publishes(task.job.get("mode")) else transfer.bring_base_home
-            end = Ending(output.tail(), done=True, result_dir=bring(slot, plan.job_to_run(task), text))
-        except (CopyError, OSError) as e:
-            end = Ending(output.tail(), error=str(e), stopping=context.stop.is_set())
-        end.exit_status = end.fields["exit_status"] = 0
-        tell(context, slot, task, end)
-        left.remove(i)
+            self.process(command, shown)
+        except (HostDown, HostRefused) as e:
+            # Not the jobs' fault: back to the front of the queue, no retry spent. A job may have
+            # published its folder before the host went: its run token lets the next attempt replace it.
+            for i in self.left:
+                settle(plan, tasks[i], Ending(lost=str(e)))
+            health = context.health[slot.host.name]
+            health.lost(slot.host, e, context.say) if isinstance(e, HostDown) else health.refuse(e, context.say)
+            return
+        except Exception as e:  # a copy that failed, or anything unforeseen: the jobs left fail, not the run
+            error = str(e) if isinstance(e, (CopyError, OSError)) else f"{type(e).__name__}: {e}"
+        finally:
+            slot.busy_s += time.time() - started
+            self.count_trainings([task.builds or task.needs for task in tasks])
+        self.end_the_rest(self.result, error)
 
-    # A pack's finished members are copied home by a thread of their own while it trains the
-    # others: a copy needs a session of the host, and the pack may hold the last free one.
-    copies, copy_errors = queue.Queue(), []
-
-    def copy_members():
-        for i, text in iter(copies.get, None):
-            try:
-                if not lost(copy_errors):  # after a lost host the rest are requeued, below
-                    member_done(i, text)
-            except Exception as e:
-                copy_errors.append(e)
-
-    output = OutputLines((lambda i, text: copies.put((i, text))) if packed else None)
-    result = error = None
-    try:
+    def process(self, command, shown):
+        """Send the base models the members need, run the command with the copier beside it, and
+        bring home a job that ran alone."""
+        context, slot, tasks = self.context, self.slot, self.tasks
         for task in tasks:
             if task.needs:
                 context.transfer.send_base(slot, task.job, task.needs)
-        header = f"attempt {tasks[0].attempt} on {slot.label}" if not packed else \
+        header = f"attempt {tasks[0].attempt} on {slot.label}" if not self.packed else \
             f"{slot.label}: a pack of {len(tasks)} ({', '.join(t.job_id for t in tasks)})"
-        copier = threading.Thread(target=copy_members, daemon=True, name=f"{slot.label} copies")
+        copier = threading.Thread(target=self.copy_members, daemon=True, name=f"{slot.label} copies")
         copier.start()
         try:
-            result = run_logged(slot.host, command, shown, [plan.log_path(t) for t in tasks], header,
-                                output.feed, context.timeout)
-            output.close()
+            self.result = run_logged(slot.host, command, shown, [context.plan.log_path(t) for t in tasks], header,
+                                     self.output.feed, context.timeout)
+            self.output.close()
         finally:
-            copies.put(None)
+            self.copies.put(None)
             copier.join()
-        if copy_errors:
-            raise lost(copy_errors) or copy_errors[0]
-        if result.ok and not packed:
-            member_done(0, output.text())
-    except (HostDown, HostRefused) as e:
-        # Not the jobs' fault: back to the front of the queue, no retry spent. A job may have
-        # published its folder before the host went, so the next attempt replaces it.
-        for i in left:
-            settle(plan, tasks[i], Ending(lost=str(e)))
-        health = context.health[slot.host.name]
-        health.lost(slot.host, e, context.say) if isinstance(e, HostDown) else health.refuse(e, context.say)
-        return
-    except Exception as e:  # a copy that failed, or anything unforeseen: the jobs left fail, not the run
-        error = str(e) if isinstance(e, (CopyError, OSError)) else f"{type(e).__name__}: {e}"
-    finally:
-        slot.busy_s += time.time() - started
-        count_trainings([task.builds or task.needs for task in tasks])
-    exit_status, timed_out = (result.exit_status, result.timed_out) if result else (None, False)
-    why = error or ("exit status 0 but no MEMBER_DONE for it: skipped, its folder exists there?"
-                    if exit_status == 0 else what_ended(exit_status, timed_out, context.timeout))
-    for i in list(left):
-        # A pack's member: what ended the pack is why it did not finish (it runs again alone).
-        tell(context, slot, tasks[i], Ending(
-            output.tail(), error=None if packed else error, exit_status=exit_status, timed_out=timed_out,
-            alike=None if error else output.fails_alike(exit_status), stopping=context.stop.is_set(),
-            pack_size=len(tasks), out_of_memory=output.out_of_memory, why=why, fields={"exit_status": exit_status}))
+        if self.copy_errors:
+            raise lost(self.copy_errors) or self.copy_errors[0]
+        if self.result.ok and not self.packed:
+            self.member_done(0, self.output.text())
+
+    def count_trainings(self, keys):
+        new = (set(keys) & self.output.trained) - self.counted
+        self.counted.update(new)
+        self.context.plan.count_trainings(new)
+
+    def copy_members(self):
+        for i, text in iter(self.copies.get, None):
+            try:
+                if not lost(self.copy_errors):  # after a lost host the rest are requeued (run)
+                    self.member_done(i, text)
+            except Exception as e:
+                self.copy_errors.append(e)
+
+    def member_done(self, i, text):
+        """Member i printed its last line: its folder home, then its ledger line."""
+        if i not in self.left:
+            return  # an index printed twice, or out of range
+        context, task = self.context, self.tasks[i]
+        self.count_trainings([task.builds])
+        try:
+            transfer = context.transfer
+            bring = transfer.bring_home if publishes(task.job.get("mode")) else transfer.bring_base_home
+            end = Ending(self.output.tail(), done=True, result_dir=bring(self.slot, context.plan.job_to_run(task), text))
+        except (CopyError, OSError) as e:
+            end = Ending(self.output.tail(), error=str(e), stopping=context.stop.is_set())
+        end.exit_status = end.fields["exit_status"] = 0
+        tell(context, self.slot, task, end)
+        self.left.remove(i)
+
+    def end_the_rest(self, result, error):
+        """The members that did not finish, told as they ended: a pack's, by what ended the pack (they
+        run again alone); a job alone, failed, retried or interrupted."""
+        output = self.output
+        exit_status, timed_out = (result.exit_status, result.timed_out) if result else (None, False)
+        why = error or ("exit status 0 but no MEMBER_DONE for it: skipped, its folder exists there?"
+                        if exit_status == 0 else what_ended(exit_status, timed_out, self.context.timeout))
+        for i in list(self.left):
+            tell(self.context, self.slot, self.tasks[i], Ending(
+                output.tail(), error=None if self.packed else error, exit_status=exit_status, timed_out=timed_out,
+                alike=None if error else output.fails_alike(exit_status), stopping=self.context.stop.is_set(),
+                pack_size=len(self.tasks), out_of_memory=output.out_of_memory, why=why,
+                fields={"exit_status": exit_status}))
 
 
 def tell(context, slot, task, end):
