@@ -16,7 +16,9 @@ the cache as soon as it stops, then the target phases. Each member's result
 folder is published (atomically) as soon as it finishes, with pack_size and
 pack_id added to hyperparameters.json; a member whose folder exists is skipped
 (it prints RESULT_EXISTS) unless engine.results lets it replace that folder (--overwrite, or
-its own --run_token), so rerunning a pack after a crash trains only the unfinished ones.
+its own --run_token: the runner's rerun of a pack trains its finished members again and replaces
+their folders, which its own run wrote); run by hand, rerunning a pack after a crash trains only
+the unfinished ones.
 
 Output lines (stdout, flushed at once; the runner reads them as they come): when a
 member finishes, its solo run's lines (`RESULT_DIR <folder>`, or `BASE_KEY <key>`

@@ -9,6 +9,7 @@ host as here (the SSH backend copies a host's folder to the same place here). Be
 The target's name comes from the data folder, so a job whose data is not here (it is on the
 hosts only) is checked by the trainer on its host instead, by the same rules (engine.results).
 """
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,22 +18,31 @@ from engine import results
 from engine.data import DataError, check_participants, resolve_fold
 from engine.fileio import ConfigError
 from engine.flags import settings_with_defaults
-from engine.modes import publishes
+from engine import modes
 
 
 def job_folder(job, workdir="."):
     """The job's result folder under workdir, or None: a base_only job, or its data folder is not
-    here. A fold out of range or an unknown participant is a ConfigError naming the job."""
-    settings = SimpleNamespace(**settings_with_defaults(job))
-    data_path = Path(workdir, settings.data_path)
-    if not publishes(settings.mode) or not data_path.is_dir():
+    here. An unknown mode, a fold out of range or an unknown participant is a ConfigError naming
+    the job. Values are read as the trainer reads them: null leaves a flag at its default, a lone
+    value of a list flag is a list of one."""
+    settings = SimpleNamespace(**settings_with_defaults({k: v for k, v in job.items() if v is not None}))
+    if settings.mode not in modes.BY_NAME:
+        raise ConfigError(f"job {job['job_id']}: unknown --mode {settings.mode!r}; choose one of "
+                          f"{', '.join(modes.BY_NAME)}")
+    data_path = Path(workdir, str(settings.data_path))
+    if not modes.publishes(settings.mode) or not data_path.is_dir():
         return None
+    participants = settings.participants
+    participants = [participants] if isinstance(participants, (str, int, float)) else participants
     try:
-        participants = check_participants(data_path, settings.participants)
-        target, _ = resolve_fold(participants, int(settings.fold), settings.n_base_participants)
+        participants = check_participants(data_path, [str(p) for p in participants] if participants else None)
+        fold = int(str(settings.fold))
+        target, _ = resolve_fold(participants, fold, settings.n_base_participants)
     except (DataError, ValueError) as e:
         raise ConfigError(f"job {job['job_id']}: {e}") from None
-    return Path(workdir) / results.result_dir(settings, int(settings.fold), target)
+    where = SimpleNamespace(experiments_dir=str(settings.experiments_dir), prefix=str(settings.prefix))
+    return Path(os.path.abspath(Path(workdir) / results.result_dir(where, fold, target)))
 
 
 def job_folders(jobs, workdir="."):
@@ -51,10 +61,10 @@ def job_folders(jobs, workdir="."):
 
 
 def refuse_foreign(jobs, folders, token_of, overwrite):
-    """ConfigError when a job would replace a result folder this run did not write (unless
-    overwrite). token_of(job): the run token the job runs with."""
+    """ConfigError when a job would replace a result folder this run did not write (unless the
+    runner's overwrite, or the job's own "overwrite": true). token_of(job): its run token."""
     foreign = [str(folders[job["job_id"]]) for job in jobs if job["job_id"] in folders and
-               results.replace_refusal(folders[job["job_id"]], overwrite, token_of(job))]
+               results.replace_refusal(folders[job["job_id"]], overwrite or job.get("overwrite"), token_of(job))]
     if foreign:
         more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
         raise ConfigError(f"{len(foreign)} jobs would replace result folders this run did not write "

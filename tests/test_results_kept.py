@@ -13,7 +13,9 @@ import pytest
 import run_distributed_training as rdt
 from conftest import write_json
 from engine import cli as engine_cli
-from test_remote import known_hosts, write_cluster  # noqa: F401 (known_hosts: a fixture)
+from engine.fileio import ConfigError
+from runner.folders import job_folder, refuse_foreign
+from test_remote import known_hosts, ledger, write_cluster  # noqa: F401 (known_hosts: a fixture)
 from test_two_phase import ONE_THREAD, SCRIPT
 from tiny_data import write_tiny_dataset
 
@@ -110,6 +112,22 @@ def test_a_job_the_data_cannot_run_is_refused_before_the_run(flags, said, data, 
     assert not (tmp_path / "experiments").exists()
 
 
+def test_job_values_are_read_as_the_trainer_reads_them(data, tmp_path):
+    # null leaves a flag at its default, and a lone participant is a list of one.
+    job = dict(quick_job(tmp_path, "j", 1, "p"), fold=None, participants="b", prefix=5)
+    assert job_folder(job, tmp_path) == tmp_path / "experiments" / "5" / "fold0_b"
+    # The job's own "overwrite": true is asked for in so many words, as the runner's flag is.
+    folder = job_folder(dict(job, participants=["a", "b"]), tmp_path)
+    folder.mkdir(parents=True)
+    with pytest.raises(ConfigError, match="would replace result folders this run did not write"):
+        refuse_foreign([job], {"j": folder}, lambda job: None, overwrite=False)
+    refuse_foreign([dict(job, overwrite=True)], {"j": folder}, lambda job: None, overwrite=False)
+    # Where the script is not here to check a job first: one line, not a traceback.
+    for odd, said in (({"mode": "fine_tune"}, "unknown --mode 'fine_tune'"), ({"fold": "x"}, "invalid literal")):
+        with pytest.raises(ConfigError, match=said):
+            job_folder(dict(job, **odd), tmp_path)
+
+
 def test_the_trainer_replaces_only_its_own_folder(data, tmp_path, capsys):
     exp = tmp_path / "exp"
     argv = ["--data_path", str(tmp_path / "data"), "--device", "cpu", "--mode", "target_only", "--max_epochs",
@@ -139,7 +157,8 @@ def test_results_come_home_to_the_jobs_experiments_dir_and_never_over_a_folder_h
     taken.mkdir(parents=True)
     (taken / "hyperparameters.json").write_text(json.dumps({"run_token": "someone-else"}))
     monkeypatch.chdir(tmp_path)
-    assert rdt.main(["--cluster-config", cluster, "--jobs-config", jobs, "--quiet"]) == 1
+    assert rdt.main(["--cluster-config", cluster, "--jobs-config", jobs, "--quiet", "--retries", "2"]) == 1
+    assert [r["status"] for r in ledger(tmp_path / "runs" / "jobs") if r["job_id"] == "j1"] == ["failed"]  # once
     assert (tmp_path / "elsewhere" / "p" / "fold0_p0" / "record.json").exists()
     assert not (tmp_path / "experiments").exists()
     assert [p.name for p in taken.iterdir()] == ["hyperparameters.json"]

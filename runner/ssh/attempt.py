@@ -15,7 +15,7 @@ from engine.modes import publishes
 from runner.ending import Ending, settle
 from runner.output import OutputLines
 from runner.ssh.shell import HostDown, HostRefused
-from runner.ssh.transfer import CopyError
+from runner.ssh.transfer import CopyError, ResultKept
 
 
 @dataclass
@@ -146,7 +146,8 @@ class Attempt:
             bring = transfer.bring_home if publishes(task.job.get("mode")) else transfer.bring_base_home
             end = Ending(self.output.tail(), done=True, result_dir=bring(self.slot, context.plan.job_to_run(task), text))
         except (CopyError, OSError) as e:
-            end = Ending(self.output.tail(), error=str(e), stopping=context.stop.is_set())
+            end = Ending(self.output.tail(), error=str(e), stopping=context.stop.is_set(),
+                         alike="not retried" if isinstance(e, ResultKept) else None)
         end.exit_status = end.fields["exit_status"] = 0
         tell(context, self.slot, task, end)
         self.left.remove(i)

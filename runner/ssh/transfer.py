@@ -20,11 +20,16 @@ class CopyError(Exception):
     """A result folder did not come home intact."""
 
 
+class ResultKept(CopyError):
+    """A folder here that this run did not write stands where a result would come home: it is kept,
+    and the job fails alike on every try (not retried)."""
+
+
 def fetch_dir(host, source, dest, check=None):
     """Copy a host's folder to dest whole: into a hidden sibling, compared file by file (names
     and sizes) and, given check(folder), checked by it; only then renamed into place."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(f".{dest.name}.partial{os.getpid()}")
+    partial = fileio.hidden_sibling(dest, "partial")  # its own name: slots copy home at once
     shutil.rmtree(partial, ignore_errors=True)
     try:
         expected = host.get_dir(source, partial)
@@ -73,7 +78,7 @@ class HostTransfer:
         dest = Path(top, *inside.parts)
         refusal = results.replace_refusal(dest, job.get("overwrite"), job.get("run_token"))
         if refusal:
-            raise CopyError(f"{refusal}; kept it, and the job's results on {host.name}:{source}")
+            raise ResultKept(f"{refusal}; kept it, and the job's results on {host.name}:{source}")
         fetch_dir(host, source, dest)
         if server["remove_results"] and not path.is_relative_to(top):
             # The job printed a folder outside its experiments_dir: never delete what we cannot place.
