@@ -4,9 +4,7 @@ back to eager and the provenance says so; and the defects found by reading the G
 import json
 import types
 
-import pytest
 import torch
-from torch import nn
 
 import pack_train
 import run_distributed_training as rdt

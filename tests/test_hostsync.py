@@ -1,7 +1,6 @@
 """runner.ssh.hostsync against a real loopback sshd: the check names what differs, sync copies only that."""
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 

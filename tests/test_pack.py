@@ -6,8 +6,6 @@ test, which kills a pack subprocess.
 """
 import json
 import math
-import os
-import re
 import signal
 import subprocess
 import sys

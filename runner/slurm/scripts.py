@@ -7,7 +7,7 @@ import json
 import math
 import shlex
 
-from runner.commands import intact_check, job_command_args, plural, shell_path
+from runner.commands import intact_check, job_command_args, shell_path
 from runner.jobs import cache_entry
 from runner.packing import MAX_AUTO, auto_size, trainer_path
 
