@@ -2,10 +2,8 @@
 training, the CPU kernels in the base-model key, and the inputs that used to end in a traceback
 (one participant with a base phase, windows too short for the model, a pack's batch far above
 its data). Tiny data on the CPU; every run in-process."""
-import fcntl
 import json
 import math
-import os
 import threading
 import time
 
@@ -17,6 +15,7 @@ from engine import base_cache, flags, packed_step
 from engine import cli as engine_cli
 from engine import phase as engine_phase
 from engine.models import MODELS, build_model
+from test_base_cache import flock_is_free
 from tiny_data import write_tiny_dataset
 
 DIVERGES = "1e30"  # an lr whose first AdamW step sends the weights past float32: the loss is NaN
@@ -215,17 +214,6 @@ def test_a_failed_training_leaves_no_lock_file(tmp_path):
     assert cache_files(tmp_path) == []
 
 
-def flock_held(path):
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 def test_a_waiter_on_a_removed_lock_file_locks_the_file_now_there(tmp_path):
     path = tmp_path / "k.lock"
     held, seen = threading.Event(), []
@@ -239,7 +227,7 @@ def test_a_waiter_on_a_removed_lock_file_locks_the_file_now_there(tmp_path):
     def waiter():
         assert held.wait(timeout=30)
         with base_cache.key_lock(path):
-            seen.append(path.exists() and flock_held(path))
+            seen.append(path.exists() and not flock_is_free(path))
     threads = [threading.Thread(target=failing_holder, daemon=True), threading.Thread(target=waiter, daemon=True)]
     for thread in threads:
         thread.start()
