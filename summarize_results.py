@@ -1,26 +1,35 @@
 #!/usr/bin/env python3
 """Per-participant tables, statistics and plots from finished LOPO experiments.
 
-    python summarize_results.py experiments/demo ['experiments/grid_*' ...]
-                                [-o DIR] [--format md|csv|json] [--metric f1|f1_pos] [--ylim LOW HIGH]
+    python summarize_results.py experiments/demo ['experiments/grid_*' ...] [-o DIR]
+                                [--format md|csv|json|latex] [--compare SETTING]
+                                [--metric f1|f1_pos] [--ylim LOW HIGH]
 
 Each input is an `experiments/{prefix}` folder or a glob of them; a folder
 without fold*_* folders is searched below for the prefixes that have them (a
 grid's prefix finds its configuration folders). Every `fold{k}_{target}/` is
 one run; its hyperparameters.json and metrics.json give one row of the
-per-fold table. Runs that share a configuration (below) are aggregated across
-participants into the per-configuration table.
+per-fold table. Runs of one participant that differ only in their seeds are
+replicates: their mean (and sd) over the seeds is the participant's row of the
+per-participant table. The participants of a configuration (below) are
+aggregated, each once, into the per-configuration table.
 
 F1 is macro F1 (the mean of the positive- and negative-class F1, as the
 original), `--metric f1_pos` reports the positive class's F1 instead; the
 report names the one it shows.
 
-Writes per_fold.csv, per_config.csv and the PNGs into a new folder
-reports/NAME (NAME from the inputs; NAME-2, NAME-3, ... when taken, so no
-report is overwritten), or into -o, and prints the tables to stdout as
-Markdown (or CSV or JSON with --format). Warnings go to stderr; no matching
-input, no fold folder or no complete result is a one-line error with exit
-status 2.
+--compare SETTING compares every two configurations that differ only in that
+setting, paired by participant (report/compare.py). When target_data_pct
+varies, a data-efficiency table follows (report/efficiency.py).
+
+Writes per_fold.csv, per_participant.csv, per_config.csv (comparisons.csv and
+data_efficiency.csv when there are some), the PNGs and report.html (one
+self-contained page) into a new folder reports/NAME (NAME from the inputs;
+NAME-2, NAME-3, ... when taken, so no report is overwritten), or into -o, and
+prints the tables to stdout as Markdown (or CSV, JSON or LaTeX with --format;
+latex also writes each table's .tex and macros.tex). Warnings go to stderr; no
+matching input, no fold folder, no complete result or a --compare setting that
+cannot be compared is a one-line error with exit status 2.
 
 Decisions:
 - A run is complete when both JSON files parse and metrics.json holds the F1
@@ -30,18 +39,22 @@ Decisions:
   folders (a running job's hidden temporary sibling, a report folder) are not
   runs and are passed over silently.
 - A configuration is the mode plus every hyperparameter except the per-fold
-  and bookkeeping ones in NOT_SETTINGS. data_path and seed are kept: other data
-  or another seed is another experiment (a seed sweep gives one configuration
-  per seed). n_base_participants becomes the resolved number of base
-  participants, so 'all' and its number are one configuration. A target_only
+  and bookkeeping ones in NOT_SETTINGS and the seeds (seed, seed_finetune): runs
+  that differ only in their seeds are replicates of one configuration. Every
+  figure across participants, and every test, takes each participant once, as
+  the mean over its seeds; n_seeds is the seeds per participant ("2-3", and a
+  warning, when participants have different counts). data_path is kept: other
+  data is another experiment. n_base_participants becomes the resolved number
+  of base participants, so 'all' and its number are one configuration. A target_only
   run has no base phase, so its BASE_PHASE_SETTINGS are blank and do not make
   a setting "vary". A setting a run lacks counts as blank (null).
-- The same configuration twice for one participant (a rerun under another
-  prefix): the first input wins and the other is skipped with a warning, so
-  the paired test sees one pair per participant.
-- Target-only F1 of a run: the personalized F1 of the target_only run of the
-  same participant whose settings equal the run's on everything but mode and
-  the BASE_PHASE_SETTINGS (so same target_data_pct, batch_size, lr, seed, ...).
+- The same configuration and seeds twice for one participant (a rerun under
+  another prefix): the first input wins and the other is skipped with a
+  warning, so a seed mean counts each run once.
+- Target-only F1 of a run: the personalized F1 of the target_only runs of the
+  same participant whose settings equal the run's on everything but mode, seeds
+  and the BASE_PHASE_SETTINGS (so same target_data_pct, batch_size, lr, ...),
+  their mean over seeds.
   No exact match leaves the cell blank; a near match would mislead.
 - Gain = personalized - base, rounded to 1e-12 so float noise cannot turn a
   tie into a change. Gain % = gain / base * 100 (blank when base = 0). Room
@@ -53,6 +66,10 @@ Decisions:
   differences are dropped (Wilcoxon's rule), ties get average ranks, W = min(W+, W-).
   For up to 20 differences p is exact; above that, the normal approximation with
   tie correction and no continuity correction.
+- Precision and recall are the positive class's (metrics.json's
+  ..._target_test_precision and _recall): of the base model, of the model the
+  target phase ends with (personalized, or a target_only run's own), and the
+  change from one to the other; blank in runs made before they were recorded.
 - Epochs: best epochs are counted within their phase (metrics.json counts the
   target phase after the base phase's epochs). A run whose best epoch is its
   phase's last one never early-stopped: the under_trained column names the
@@ -66,12 +83,15 @@ Decisions:
   participant's F1 at a point is first averaged over them, so every fold counts
   once (the per-configuration table keeps them apart). The y axis is fixed
   (0-1, or --ylim) so noise never looks like an effect; participant labels are
-  spread so they never overlap. PNGs of these names left in -o by an earlier
-  report are removed first.
+  spread so they never overlap. Each participant is a point (the mean over its
+  seeds). compare_{SETTING}.png shows --compare's per-participant differences,
+  data_efficiency.png the median and IQR against target_data_pct. Files of
+  these names left in -o by an earlier report are removed first.
 
 The report is the report/ package (runs.py: loading; tables.py, stats.py: the tables and
-the test; text.py, plots.py: Markdown, CSV and plots; output.py: writing it); this file is
-its command line.
+the tests; compare.py, efficiency.py: --compare and data efficiency; text.py, latex.py,
+html_page.py, plots.py: Markdown, CSV, LaTeX, HTML and plots; output.py: writing it); this
+file is its command line.
 """
 import argparse
 import sys
@@ -88,7 +108,13 @@ def build_parser():
                                                   "without fold*_* folders is searched below for prefixes")
     parser.add_argument("-o", "--output", help="folder for the CSVs and PNGs, replacing its earlier report "
                                                "(default: a new reports/NAME, NAME-2, ... from the inputs)")
-    parser.add_argument("--format", choices=["md", "csv", "json"], default="md", help="what stdout gets (default md)")
+    parser.add_argument("--format", choices=["md", "csv", "json", "latex"], default="md",
+                        help="what stdout gets (default md); latex also writes the tables' .tex files and macros.tex")
+    parser.add_argument("--compare", metavar="SETTING",
+                        help="compare every two configurations that differ only in SETTING (say mode), paired by "
+                             "participant: mean difference with a bootstrap CI, paired t-test, Wilcoxon, "
+                             "Shapiro-Wilk, Cohen's d_z, rank-biserial, Holm-adjusted p; comparisons.csv and a plot "
+                             "(default none)")
     parser.add_argument("--metric", choices=sorted(METRICS), default="f1",
                         help="f1: macro F1, the mean of the positive- and negative-class F1 (default, as the "
                              "original); f1_pos: the positive class's F1")

@@ -1,6 +1,7 @@
-"""The report written out: per_fold.csv, per_config.csv and the plots into a new folder
-reports/NAME (NAME-2, NAME-3, ... when taken, so no report is overwritten) or into -o, and
-the tables on stdout as Markdown, CSV or JSON."""
+"""The report written out: per_fold.csv, per_participant.csv, per_config.csv (comparisons.csv and
+data_efficiency.csv when there are some), the plots and report.html (with --format latex the tables'
+.tex files and macros.tex too) into a new folder reports/NAME (NAME-2, NAME-3, ... when taken, so no
+report is overwritten) or into -o, and the tables on stdout as Markdown, CSV, JSON or LaTeX."""
 import glob
 import io
 import itertools
@@ -10,10 +11,34 @@ import sys
 from pathlib import Path
 
 from engine.fileio import staged_folder, write_atomic
+from report import compare, efficiency, html_page, latex
 from report.plots import write_plots
 from report.runs import METRICS, expand_inputs, find_prefixes, load_runs, warn
-from report.tables import summarize
-from report.text import config_columns, config_markdown, fold_columns, fold_markdown, write_csv
+from report.tables import summarize_all
+from report.text import (config_columns, config_note, config_table, fold_columns, fold_table, markdown,
+                         participant_columns, participant_table, seeds_replicate, write_csv)
+
+TABLE_NAMES = ["per_fold", "per_participant", "per_config", "comparisons", "data_efficiency"]
+# What a report writes; in -o, the ones this report does not write are an earlier report's, removed
+# (a .tex file only when its first line says this tool wrote it: -o may be a manuscript's folder).
+OWN_FILES = ({f"{name}.csv" for name in TABLE_NAMES} | {f"{name}.tex" for name in TABLE_NAMES}
+             | {"macros.tex", "report.html"})
+TEX_MARK = "% summarize_results.py"
+
+
+def latex_file(name, headers, lines):
+    return f"{TEX_MARK}: {name}.tex\n" + latex.tabular(headers, lines)
+
+
+def remove_stale(out_dir, written):
+    """An earlier report's files in -o that this one does not write."""
+    for name in OWN_FILES - set(written):
+        path = out_dir / name
+        if path.suffix == ".tex" and path.is_file():
+            with open(path, encoding="utf-8", errors="replace") as f:
+                if not f.readline().startswith(TEX_MARK):
+                    continue
+        path.unlink(missing_ok=True)
 
 
 def report_name(patterns):
@@ -40,18 +65,87 @@ def publish_report(tmp, root, name):
                 continue
 
 
-def write_outputs(out_dir, fold_rows, config_rows, varying, ylim, f1_name):
-    """per_fold.csv, per_config.csv and the plots; returns the number of plots."""
-    for name, rows, columns in (("per_fold.csv", fold_rows, fold_columns(varying)),
-                                ("per_config.csv", config_rows, config_columns(varying))):
+def csv_tables(summary):
+    """{name: (rows, columns)} of the CSVs the data has."""
+    tables = {"per_fold": (summary.fold_rows, fold_columns(summary.varying, summary.seed_keys)),
+              "per_participant": (summary.participant_rows, participant_columns(summary.varying)),
+              "per_config": (summary.config_rows, config_columns(summary.varying))}
+    if summary.comparisons:
+        tables["comparisons"] = (summary.comparisons, compare.COLUMNS)
+    if summary.efficiency:
+        tables["data_efficiency"] = (summary.efficiency, efficiency.columns(summary))
+    return tables
+
+
+def shown_tables(summary, metric):
+    """{name: (heading, note, headers, lines)} of the tables shown as Markdown, LaTeX and HTML,
+    in reading order; the per-participant one only where seeds replicate."""
+    f1_name = METRICS[metric][2]
+    tables = {"per_config": ("Per configuration", config_note(metric),
+                             *config_table(summary.config_rows, summary.varying))}
+    if seeds_replicate(summary.participant_rows):
+        tables["per_participant"] = ("Per participant", "Each figure: mean ± sd over the participant's seeds.",
+                                     *participant_table(summary.participant_rows, summary.varying))
+    if summary.comparisons:
+        tables["comparisons"] = (f"Comparisons of {summary.compared}",
+                                 f"Difference = second − first in {f1_name}, paired by participant (seed means); "
+                                 "95% CI: bootstrap over participants; p in brackets: Holm-adjusted across "
+                                 "these comparisons.", *compare.table(summary.comparisons, f1_name))
+    if summary.efficiency:
+        tables["data_efficiency"] = ("Data efficiency", f"{f1_name} across participants at each share of target "
+                                     "data; retention: the median over the series' median on all data.",
+                                     *efficiency.table(summary.efficiency, f1_name))
+    tables["per_fold"] = ("Per fold", None, *fold_table(summary.fold_rows, summary.varying, summary.seed_keys))
+    return tables
+
+
+def write_outputs(out_dir, summary, args, title):
+    """The CSVs, the plots, report.html and, for --format latex, the .tex files; returns the names
+    of the files written and the number of plots."""
+    written = {}
+    for name, (rows, columns) in csv_tables(summary).items():
         text = io.StringIO(newline="")
         write_csv(text, rows, columns)
-        write_atomic(out_dir / name, text.getvalue())
-    return len(write_plots(fold_rows, config_rows, varying, out_dir, ylim, f1_name))
+        written[f"{name}.csv"] = text.getvalue()
+    shown = shown_tables(summary, args.metric)
+    if args.format == "latex":
+        written.update({f"{name}.tex": latex_file(name, headers, lines)
+                        for name, (_, _, headers, lines) in shown.items()})
+        written["macros.tex"] = latex.macros_tex(latex.macros(summary, args.metric))
+    plots = write_plots(summary, out_dir, args.ylim, METRICS[args.metric][2])
+    written["report.html"] = html_page.page(title, list(shown.values()), plots)
+    remove_stale(out_dir, written)
+    for name, text in written.items():
+        write_atomic(out_dir / name, text)
+    return sorted(written, key=lambda name: (name.endswith(".html"), name.endswith(".tex"))), len(plots)
 
 
-def main(args, prog="summarize_results.py"):
-    """The report of summarize_results.py's parsed arguments; returns the exit status."""
+def print_tables(summary, args):
+    """The tables on stdout in --format's form."""
+    if args.format == "json":
+        print(json.dumps({"metric": args.metric, **{name: rows for name, (rows, _) in csv_tables(summary).items()}},
+                         indent=2))
+        return
+    shown = shown_tables(summary, args.metric)
+    order = ["per_fold"] + [name for name in shown if name != "per_fold"]  # the folds first, as always
+    if args.format == "csv":
+        tables = csv_tables(summary)
+        for number, name in enumerate(order):
+            if number:
+                print()
+            write_csv(sys.stdout, *tables[name])
+    elif args.format == "latex":
+        print("\n".join(latex_file(name, *shown[name][2:]) for name in order))
+    else:
+        parts = []
+        for name in order:
+            _, note, headers, lines = shown[name]
+            parts.append((f"{note}\n\n" if note else "") + markdown(headers, lines))
+        print("\n\n".join(parts))
+
+
+def load(args, prog):
+    """The complete runs of the inputs, or an exit status after a one-line error."""
     folders = expand_inputs(args.inputs)
     if not folders:
         print(f"{prog}: error: no folder matches {' '.join(args.inputs)}", file=sys.stderr)
@@ -66,32 +160,40 @@ def main(args, prog="summarize_results.py"):
     if not runs:
         print(f"{prog}: error: no complete results in {' '.join(map(str, prefix_dirs))}", file=sys.stderr)
         return 2
-    fold_rows, config_rows, varying = summarize(runs)
-    flagged = [row for row in fold_rows if row["under_trained"]]
+    return runs
+
+
+def main(args, prog="summarize_results.py"):
+    """The report of summarize_results.py's parsed arguments; returns the exit status."""
+    runs = load(args, prog)
+    if isinstance(runs, int):
+        return runs
+    summary = summarize_all(runs)
+    if args.compare:
+        problem = compare.problem(args.compare, summary)
+        if problem:  # before anything is written
+            print(f"{prog}: error: {problem}", file=sys.stderr)
+            return 2
+        compare.compare(args.compare, summary)
+    efficiency.efficiency(summary)
+    flagged = [row for row in summary.fold_rows if row["under_trained"]]
     if flagged:
         warn(f"{len(flagged)} run(s) had their best epoch at their last one, so early stopping never fired "
              f"(may be under-trained: raise --max_epochs): see the under-trained column")
 
-    f1_name = METRICS[args.metric][2]
+    name = report_name(args.inputs)
+    title = f"Personalization report: {name}"
     if args.output:
         out_dir = Path(args.output)
         out_dir.mkdir(parents=True, exist_ok=True)
-        n_plots = write_outputs(out_dir, fold_rows, config_rows, varying, args.ylim, f1_name)
+        files, n_plots = write_outputs(out_dir, summary, args, title)
     else:
         # A new folder, written aside and renamed, so no earlier report is touched.
         root = Path("reports")
         root.mkdir(exist_ok=True)
         with staged_folder(root / "report") as tmp:
-            n_plots = write_outputs(tmp, fold_rows, config_rows, varying, args.ylim, f1_name)
-            out_dir = publish_report(tmp, root, report_name(args.inputs))
-
-    if args.format == "json":
-        print(json.dumps({"metric": args.metric, "per_fold": fold_rows, "per_config": config_rows}, indent=2))
-    elif args.format == "csv":
-        write_csv(sys.stdout, fold_rows, fold_columns(varying))
-        print()
-        write_csv(sys.stdout, config_rows, config_columns(varying))
-    else:
-        print(fold_markdown(fold_rows, varying), "", config_markdown(config_rows, varying, args.metric), sep="\n")
-    print(f"wrote per_fold.csv, per_config.csv and {n_plots} plot(s) to {out_dir}", file=sys.stderr)
+            files, n_plots = write_outputs(tmp, summary, args, title)
+            out_dir = publish_report(tmp, root, name)
+    print_tables(summary, args)
+    print(f"wrote {', '.join(files)} and {n_plots} plot(s) to {out_dir}", file=sys.stderr)
     return 0

@@ -1,6 +1,7 @@
 """The report's plots: paired base and personalized F1 per configuration, each participant's F1
-where there is nothing to pair, and F1 against a numeric setting. The y axis is fixed (0-1, or
---ylim) so noise never looks like an effect; participant labels never overlap."""
+where there is nothing to pair, F1 against a numeric setting, the per-participant differences of
+--compare and the data-efficiency curves. The y axis is fixed (0-1, or --ylim) so noise never
+looks like an effect; participant labels never overlap."""
 import math
 
 import numpy as np
@@ -114,22 +115,75 @@ def plot_against(setting, rows, path, ylim=(0.0, 1.0), f1_name="macro F1"):
     return finish(ax, f1_name, path)
 
 
-def write_plots(fold_rows, config_rows, varying, out_dir, ylim=(0.0, 1.0), f1_name="macro F1"):
-    """Draws the plots the data supports; returns their paths."""
-    for old in [p for pattern in ("paired_config*.png", "scores_config*.png", "f1_vs_*.png")
-                for p in out_dir.glob(pattern)]:
+def compare_figure(comparisons, setting, path, ylim=(0.0, 1.0), f1_name="macro F1"):
+    """Each participant's difference (second - first) per comparison, with the mean and its 95 % CI.
+    The y axis spans every possible difference of the plotted F1 range, so noise never looks like an effect."""
+    figure, ax = new_axes(max(4.0, 1.2 * len(comparisons) + 2), 4.5)
+    reach = ylim[1] - ylim[0]
+    ax.axhline(0, color="0.6", lw=1)
+    for x, row in enumerate(comparisons):
+        differences = list(row["differences"].values())
+        ax.plot([x] * len(differences), differences, "o", color="tab:blue", alpha=0.6, clip_on=False)
+        if row["mean_difference"] is not None:
+            low, high = row["ci_low"], row["ci_high"]
+            error = None if low is None else [[row["mean_difference"] - low], [high - row["mean_difference"]]]
+            ax.errorbar([x + 0.15], [row["mean_difference"]], yerr=error, fmt="s", color="black", capsize=4,
+                        label="mean, 95% CI" if x == 0 else None)
+    ax.set_xticks(range(len(comparisons)), [f"{row['comparison']}: {row['config_second']} − {row['config_first']}"
+                                            for row in comparisons], fontsize=8)
+    ax.set_xlim(-0.5, len(comparisons) - 0.5)
+    ax.set_ylim(-reach, reach)
+    ax.set_xlabel("comparison: config second − config first")
+    ax.set_title(f"{setting}: per-participant difference of {f1_name}", fontsize=10)
+    ax.set_ylabel(f"difference of {f1_name}")
+    ax.legend(fontsize=8)
+    plotting.save_atomic(figure, path, dpi=100, bbox_inches="tight")
+    return path
+
+
+def efficiency_figure(rows, path, ylim=(0.0, 1.0), f1_name="macro F1"):
+    """Median F1 against the share of target data, one line per series, band = interquartile range."""
+    figure, ax = new_axes()
+    for number in dict.fromkeys(row["series"] for row in rows):
+        mine = [row for row in rows if row["series"] == number]
+        xs = [row["target_data_pct"] for row in mine]
+        drawn = ax.plot(xs, [row["median"] for row in mine], "o-", color=MODE_COLORS.get(mine[0]["mode"]),
+                        label=mine[0]["label"])
+        ax.fill_between(xs, [row["q1"] for row in mine], [row["q3"] for row in mine], color=drawn[0].get_color(),
+                        alpha=0.15)
+    shares = [row["target_data_pct"] for row in rows]
+    if min(shares) > 0 and max(shares) / min(shares) >= 20:  # 1 % to 100 %: a log axis keeps the small shares apart
+        ax.set_xscale("log")
+    ax.set_xlabel("target_data_pct")
+    ax.set_ylim(*ylim)
+    ax.set_title(f"{f1_name} against the share of target data (median, band = IQR across participants)",
+                 fontsize=9)
+    return finish(ax, f1_name, path)
+
+
+def write_plots(summary, out_dir, ylim=(0.0, 1.0), f1_name="macro F1"):
+    """Draws the plots the data supports; returns their paths. Participants count once per
+    configuration: their rows are the means over their seeds."""
+    for old in [p for pattern in ("paired_config*.png", "scores_config*.png", "f1_vs_*.png", "compare_*.png",
+                                  "data_efficiency.png") for p in out_dir.glob(pattern)]:
         old.unlink()
     paths = []
-    for row in config_rows:
-        rows = [r for r in fold_rows if r["config"] == row["config"]]
+    rows_of = summary.participant_rows
+    for row in summary.config_rows:
+        rows = [r for r in rows_of if r["config"] == row["config"]]
         if row["n_paired"]:
-            ax = paired_figure(row, rows, varying, ylim)
+            ax = paired_figure(row, rows, summary.varying, ylim)
             paths.append(finish(ax, f1_name, out_dir / f"paired_config{row['config']}.png"))
         else:
-            ax = scores_figure(row, rows, varying, ylim)
+            ax = scores_figure(row, rows, summary.varying, ylim)
             paths.append(finish(ax, f1_name, out_dir / f"scores_config{row['config']}.png"))
     for setting in PLOT_SETTINGS:
-        xs = {as_number(row.get(setting)) for row in fold_rows} - {None}
-        if setting in varying and len(xs) > 1:
-            paths.append(plot_against(setting, fold_rows, out_dir / f"f1_vs_{setting}.png", ylim, f1_name))
+        xs = {as_number(row.get(setting)) for row in rows_of} - {None}
+        if setting in summary.varying and len(xs) > 1:
+            paths.append(plot_against(setting, rows_of, out_dir / f"f1_vs_{setting}.png", ylim, f1_name))
+    if summary.comparisons:
+        paths.append(compare_figure(summary.comparisons, summary.compared,
+                                    out_dir / f"compare_{summary.compared}.png", ylim, f1_name))
+    if summary.efficiency:
+        paths.append(efficiency_figure(summary.efficiency, out_dir / "data_efficiency.png", ylim, f1_name))
     return paths

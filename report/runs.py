@@ -2,7 +2,7 @@
 
 A run is complete when both JSON files parse and metrics.json holds the F1 its mode needs;
 an incomplete fold folder is skipped with a warning that names it. A configuration is the
-mode plus every hyperparameter except NOT_SETTINGS (see summarize_results.py).
+mode plus every hyperparameter except NOT_SETTINGS and the SEED_KEYS (see summarize_results.py).
 """
 import glob
 import math
@@ -24,8 +24,13 @@ METRICS = {
     "f1_pos": ("best_base_model_target_test_f1_pos", "best_target_model_target_test_f1_pos",
                "positive-class F1"),
 }
+# Seeds are replicates: runs that differ only in these form one configuration (seed_finetune
+# seeds the target phase; runs made before it existed lack it, and a setting a run lacks is null).
+SEED_KEYS = ("seed", "seed_finetune")
+# The positive class's precision and recall: (base model's key, the target phase's model's key).
+POSITIVE_SCORES = {name: (f"best_base_model_target_test_{name}", f"best_target_model_target_test_{name}")
+                   for name in ("precision", "recall")}
 FOLD_DIR = re.compile(r"fold(\d+)_(.+)")
-
 
 
 def ignores_base_settings(mode):
@@ -116,12 +121,16 @@ def load_run(fold_dir, metric="f1"):
     settings["mode"] = mode
     if "n_base_participants" in settings and isinstance(hyper.get("base_participants"), list):
         settings["n_base_participants"] = len(hyper["base_participants"])
-    return {"dir": fold_dir, "prefix": fold_dir.parent.name, "fold": int(number),
-            "participant": metrics.get("target_participant") or hyper.get("target_participant") or name,
-            "mode": mode, "settings": settings, "metrics": metrics,
-            "code_version": (origin or {}).get("code_hash"), "data_fingerprint": (origin or {}).get("data_fingerprint"),
-            "pack_size": hyper.get("pack_size", 1), "slurm_job": (origin or {}).get("slurm_job"),
-            "base_f1": as_number(metrics.get(base_key)), "personalized_f1": as_number(metrics.get(personalized_key))}
+    run = {"dir": fold_dir, "prefix": fold_dir.parent.name, "fold": int(number),
+           "participant": metrics.get("target_participant") or hyper.get("target_participant") or name,
+           "mode": mode, "settings": settings, "metrics": metrics,
+           "code_version": (origin or {}).get("code_hash"), "data_fingerprint": (origin or {}).get("data_fingerprint"),
+           "pack_size": hyper.get("pack_size", 1), "slurm_job": (origin or {}).get("slurm_job"),
+           "base_f1": as_number(metrics.get(base_key)), "personalized_f1": as_number(metrics.get(personalized_key))}
+    for score, (base_score, target_score) in POSITIVE_SCORES.items():  # null in runs made before they existed
+        run[f"base_{score}"] = as_number(metrics.get(base_score))
+        run[score] = as_number(metrics.get(target_score))
+    return run
 
 
 def fold_dirs_in(folder):

@@ -367,8 +367,8 @@ def test_cli_markdown_csv_files_and_plots(experiments, tmp_path):
     assert float(ft["gain_median"]) == pytest.approx(0.15)
 
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["f1_vs_target_data_pct.png", "paired_config2.png", "paired_config3.png", "paired_config4.png",
-                    "scores_config1.png"]
+    assert pngs == ["data_efficiency.png", "f1_vs_target_data_pct.png", "paired_config2.png", "paired_config3.png",
+                    "paired_config4.png", "scores_config1.png"]
     for name in pngs:
         assert_drawn(out / name)
 
