@@ -19,7 +19,10 @@ Writes report.json and report.md into --out and prints the Markdown:
   4. agreement: each fold of (c) and (d) against the same fold of (a), the same seeds: the best
      epochs must be equal and every curve within TOLERANCE relative (on CUDA looser than on the
      CPU: convolutions run in TF32 by default and cuDNN's weight gradients are not deterministic,
-     so even two eager runs differ in the last bits, and training carries that forward).
+     so even two eager runs differ in the last bits, and training carries that forward);
+  5. the lab's manuscript model (--preset manuscript: 64 channels, dilation, dropout 0.5, batch 32,
+     early stopping on F1): one fold both ways as in 2, and the grid ways (a) and (d) as in 3 and 4
+     (packs of dropout members draw each member's masks as its solo run does).
 On the CPU (--quick: 3 folds of full_fine_tuning) there are no graphs and "auto" packs one job per
 process: (b) to (d) have 2 slots, (c) and (d) pack two, (d) asks for graphs and runs eagerly, and no
 device memory is measured.
@@ -86,21 +89,22 @@ def cuda_tests(folder):
 
 # ---------------------------------------------------------------- 2. one fold
 
-def one_fold(data, folder, setting, cuda):
+def one_fold(data, folder, setting, cuda, preset="original"):
     """{phase: (original s/epoch, fast s/epoch)} and whether both found the same best epochs."""
     epochs, device = setting["fold_epochs"], "cuda" if cuda else "cpu"
     original_extra = ["--cuda_graphs", "off"] if cuda else ["--cpu_kernels", "reference"]
-    original, original_best = run_fold(data, folder / "original", epochs, original_extra, 1, device)
+    original, original_best = run_fold(data, folder / "original", epochs, original_extra, 1, device, preset)
     # One CPU thread each, like with like: torch's default threads cost more than they give on tiny data.
-    fast, fast_best = run_fold(data, folder / "fast", epochs, ["--cuda_graphs", "on"] if cuda else [], 1, device)
+    fast, fast_best = run_fold(data, folder / "fast", epochs, ["--cuda_graphs", "on"] if cuda else [], 1, device,
+                               preset)
     return {phase: (original[phase], fast[phase]) for phase in original}, original_best == fast_best
 
 
 # ---------------------------------------------------------------- 3. the grid
 
-def make_jobs(folder, data, setting, cache, graphs):
+def make_jobs(folder, data, setting, cache, graphs, preset="original"):
     spec = {"prefix": "grid", "folds": "all",
-            "fixed": {"data_path": str(data), "preset": "original", "max_epochs": setting["epochs"],
+            "fixed": {"data_path": str(data), "preset": preset, "max_epochs": setting["epochs"],
                       "early_stopping_patience": setting["epochs"] + 1,
                       "early_stopping_patience_target": setting["epochs"] + 1, "base_cache_dir": str(cache),
                       "cuda_graphs": graphs},
@@ -112,17 +116,19 @@ def make_jobs(folder, data, setting, cache, graphs):
     return json.loads((folder / "jobs.json").read_text())
 
 
-def train_base_models(folder, data, setting, cache, env):
+def train_base_models(folder, data, setting, cache, env, preset="original"):
     """Untimed: every grid run reuses them and trains fine-tuning folds only."""
-    jobs = make_jobs(folder, data, setting, cache, "off")
+    jobs = make_jobs(folder, data, setting, cache, "off", preset)
     bases = {job["base_key"]: dict(job, mode="base_only") for job in jobs}
     (folder / "base.json").write_text(json.dumps(list(bases.values())))
     run([sys.executable, str(ROOT / "pack_train.py"), "base.json"], folder, env)
 
 
-def run_grid(folder, data, setting, cache, env, cuda, slots, pack, graphs, first=None):
-    """One way of running the grid through the runner: (wall seconds, the jobs it ran)."""
-    jobs = make_jobs(folder, data, setting, cache, graphs)[:first]
+def run_grid(folder, data, setting, cache, env, cuda, way, preset="original"):
+    """One way of running the grid through the runner: (wall seconds, the jobs it ran).
+    way: (its name, slots, pack, --cuda_graphs, the first jobs only or None)."""
+    _, slots, pack, graphs, first = way
+    jobs = make_jobs(folder, data, setting, cache, graphs, preset)[:first]
     (folder / "jobs.json").write_text(json.dumps(jobs))
     (folder / "cluster.json").write_text(json.dumps({
         "servers": [{"host": "localhost", "local": True, "gpus": [0] if cuda else [], "slots_per_gpu": slots,
@@ -170,38 +176,75 @@ def agreement(folder, jobs, reference_folder, reference_jobs, tolerance):
     return compared, epochs_differ, worst, past
 
 
+def grid_ways(tmp, data, setting, env, cuda, ways, preset="original"):
+    """The grid's base models (untimed), then each way through the runner: (the rows of the report's
+    table, {way: its agreement with the first way} for each way that packs)."""
+    cache = tmp / f"base_models_{preset}"
+    train_base_models(tmp / f"bases_{preset}", data, setting, cache, env, preset)
+    rows, runs = [], {}
+    for number, way in enumerate(ways):
+        folder = tmp / f"grid_{preset}{number}"
+        wall, jobs = run_grid(folder, data, setting, cache, env, cuda, way, preset)
+        found = [results(folder, job) for job in jobs]
+        peaks = [r["metrics"].get("peak_device_memory_mb") for r in found]
+        windows = sum(training_windows(setting, job) for job in jobs)
+        rows.append({"way": way[0], "folds": len(jobs), "wall_s": wall,
+                     "folds_per_hour": len(jobs) / wall * 3600, "windows_per_s": windows / wall,
+                     "peak_mib": max(peaks) if all(p is not None for p in peaks) else None,
+                     "pack_sizes": sorted({r["hyperparameters"].get("pack_size", 1) for r in found})})
+        runs[way[0]] = (folder, jobs)
+        say(f"    {preset} {way[0]}: {len(jobs)} folds in {wall:.1f} s")
+    tolerance = TOLERANCE["cuda" if cuda else "cpu"]
+    packed = [way for way in ways if way[2] != 1]  # the ways that pack
+    return rows, {way[0]: agreement(*runs[way[0]], *runs[ways[0][0]], tolerance) for way in packed}
+
+
 # ---------------------------------------------------------------- the report
 
-def markdown(report):
-    lines = [f"# GPU check: {report['device']} ({report['date']}{', --quick' if report['quick'] else ''})", "",
-             "## CUDA-only tests", "", "| test | outcome |", "|---|---|"]
-    lines += [f"| {test} | {outcome} |" for test, outcome in report["cuda_tests"]]
-    fold = report["fold"]
-    lines += ["", "## One fold: the original's behaviour against the fast path", "",
-              "| phase | original s/epoch | fast s/epoch | ratio |", "|---|---|---|---|"]
-    # The log gives epoch times to 10 ms: an epoch of --quick's tiny data may read 0.00 s.
-    lines += [f"| {phase} | {o:.3f} | {f:.3f} | {f'{o / f:.2f}x' if f else 'n/a'} |"
-              for phase, (o, f) in fold["seconds"].items()]
-    lines += ["", f"Same best epochs: {fold['same_best_epochs']}. Both runs use one CPU thread."]
-    if report["quick"]:
-        lines += ["On --quick's tiny data an epoch is a few steps, so these times measure start-up and "
-                  "per-step overhead, not training speed: read the ratio on the full check."]
-    lines += ["", "## The grid", "",
-              "| way | folds | jobs per process | wall s | folds/hour | windows/s | peak MiB per process "
-              "| ratio to (a) |",
-              "|---|---|---|---|---|---|---|---|"]
-    base = report["grid"][0]["folds_per_hour"]
-    for row in report["grid"]:
+def grid_table(rows):
+    lines = ["| way | folds | jobs per process | wall s | folds/hour | windows/s | peak MiB per process "
+             "| ratio to (a) |", "|---|---|---|---|---|---|---|---|"]
+    base = rows[0]["folds_per_hour"]
+    for row in rows:
         peak = "n/a (CPU)" if row["peak_mib"] is None else f"{row['peak_mib']:.0f}"
         sizes = ", ".join(map(str, row["pack_sizes"]))
         lines.append(f"| {row['way']} | {row['folds']} | {sizes} | {row['wall_s']:.1f} | "
                      f"{row['folds_per_hour']:.0f} | {row['windows_per_s']:.0f} | {peak} | "
                      f"{row['folds_per_hour'] / base:.2f}x |")
-    lines += ["", f"## Agreement with (a), tolerance {report['tolerance']:g} relative", "",
-              "| way | folds compared | best epochs differ | largest curve gap | past tolerance |",
-              "|---|---|---|---|---|"]
-    for way, (compared, differ, worst, past) in report["agreement"].items():
+    return lines
+
+
+def agreement_table(agreements):
+    lines = ["| way | folds compared | best epochs differ | largest curve gap | past tolerance |", "|---|---|---|---|---|"]
+    for way, (compared, differ, worst, past) in agreements.items():
         lines.append(f"| {way} | {compared} | {len(differ)} | {worst:.2e} | {len(past)} |")
+    return lines
+
+
+def fold_table(fold):
+    lines = ["| phase | original s/epoch | fast s/epoch | ratio |", "|---|---|---|---|"]
+    # The log gives epoch times to 10 ms: an epoch of --quick's tiny data may read 0.00 s.
+    lines += [f"| {phase} | {o:.3f} | {f:.3f} | {f'{o / f:.2f}x' if f else 'n/a'} |"
+              for phase, (o, f) in fold["seconds"].items()]
+    return lines + ["", f"Same best epochs: {fold['same_best_epochs']}. Both runs use one CPU thread."]
+
+
+def markdown(report):
+    lines = [f"# GPU check: {report['device']} ({report['date']}{', --quick' if report['quick'] else ''})", "",
+             "## CUDA-only tests", "", "| test | outcome |", "|---|---|"]
+    lines += [f"| {test} | {outcome} |" for test, outcome in report["cuda_tests"]]
+    lines += ["", "## One fold: the original's behaviour against the fast path", "", *fold_table(report["fold"])]
+    if report["quick"]:
+        lines += ["On --quick's tiny data an epoch is a few steps, so these times measure start-up and "
+                  "per-step overhead, not training speed: read the ratio on the full check."]
+    lines += ["", "## The grid", "", *grid_table(report["grid"])]
+    lines += ["", f"## Agreement with (a), tolerance {report['tolerance']:g} relative", "",
+              *agreement_table(report["agreement"])]
+    manuscript = report["manuscript"]
+    lines += ["", "## The manuscript model (--preset manuscript)", "", "One fold, the reference path against the fast "
+              "path:", "", *fold_table(manuscript["fold"]), "", "The grid:", "", *grid_table(manuscript["grid"]),
+              "", f"Agreement with (a), tolerance {report['tolerance']:g} relative:", "",
+              *agreement_table(manuscript["agreement"])]
     return "\n".join(lines) + "\n"
 
 
@@ -225,41 +268,32 @@ def main():
         tmp = Path(tmp)
         say("1/4 the CUDA-only tests")
         report["cuda_tests"] = cuda_tests(out)
-        data, cache = tmp / "data", tmp / "base_models"
+        data = tmp / "data"
         synthetic.write_synthetic_dataset(str(data), **setting["data"])
         say("2/4 one fold, the original's behaviour and the fast path")
         seconds, same = one_fold(data, tmp / "fold", setting, cuda)
         report["fold"] = {"seconds": seconds, "same_best_epochs": same}
-        say("3/4 the grid: base models first (untimed), then four ways")
-        train_base_models(tmp / "bases", data, setting, cache, env)
+        say("3/4 the grid: base models first (untimed), then four ways, and their agreement with (a)")
         slots = setting["slots"]
         ways = [("(a) one eager process at a time", 1, 1, "off", setting["one_at_a_time"]),
                 (f"(b) slots_per_gpu {slots}", slots, 1, "off", None),
                 (f"(c) packs (pack {setting['pack']}), {slots} slots", slots, setting["pack"], "off", None),
                 (f"(d) packs (pack {setting['pack']}), {slots} slots, CUDA graphs", slots, setting["pack"], "auto",
                  None)]
-        report["grid"], runs = [], {}
-        for number, (way, slots, pack, graphs, first) in enumerate(ways):
-            folder = tmp / f"grid{number}"
-            wall, jobs = run_grid(folder, data, setting, cache, env, cuda, slots, pack, graphs, first)
-            found = [results(folder, job) for job in jobs]
-            peaks = [r["metrics"].get("peak_device_memory_mb") for r in found]
-            windows = sum(training_windows(setting, job) for job in jobs)
-            report["grid"].append({"way": way, "folds": len(jobs), "wall_s": wall,
-                                   "folds_per_hour": len(jobs) / wall * 3600, "windows_per_s": windows / wall,
-                                   "peak_mib": max(peaks) if all(p is not None for p in peaks) else None,
-                                   "pack_sizes": sorted({r["hyperparameters"].get("pack_size", 1) for r in found})})
-            runs[way] = (folder, jobs)
-            say(f"    {way}: {len(jobs)} folds in {wall:.1f} s")
-        say("4/4 agreement with (a)")
-        reference = runs[ways[0][0]]
-        report["agreement"] = {way: agreement(*runs[way], *reference, report["tolerance"]) for way, *_ in ways[2:]}
+        report["grid"], report["agreement"] = grid_ways(tmp, data, setting, env, cuda, ways)
+        say("4/4 the manuscript model: one fold both ways, the grid ways (a) and (d)")
+        seconds, same = one_fold(data, tmp / "fold_manuscript", setting, cuda, "manuscript")
+        rows, agreements = grid_ways(tmp, data, setting, env, cuda, [ways[0], ways[3]], "manuscript")
+        report["manuscript"] = {"fold": {"seconds": seconds, "same_best_epochs": same}, "grid": rows,
+                                "agreement": agreements}
     (out / "report.json").write_text(json.dumps(report, indent=1))
     text = markdown(report)
     (out / "report.md").write_text(text)
     print(text)
     failed = [test for test, outcome in report["cuda_tests"] if outcome == "failed"]
-    disagree = [way for way, (_, differ, _, past) in report["agreement"].items() if differ or past]
+    agreements = {**report["agreement"], **{f"manuscript {way}": found for way, found in
+                                            report["manuscript"]["agreement"].items()}}
+    disagree = [way for way, (_, differ, _, past) in agreements.items() if differ or past]
     if failed or disagree:
         say(f"gpu_check.py: {len(failed)} CUDA test(s) failed; disagreeing with (a): {', '.join(disagree) or 'none'}")
         return 1

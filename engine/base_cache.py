@@ -23,7 +23,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine import flags, markers
+from engine import flags, markers, user_model
 from engine.modes import mode_of
 from engine.fileio import publish_folder, staged_folder
 
@@ -37,8 +37,13 @@ class CacheError(Exception):
 
 def key_settings(args, base_participants):
     """Every setting that determines the base model, and nothing else: the registry's
-    keyed base-phase flags (flags.py) and the sorted base participants."""
-    return dict(flags.base_key_values(vars(args)), base_participants=sorted(base_participants))
+    keyed base-phase flags (flags.py), a user model's source hash and arguments (engine.user_model)
+    and the sorted base participants."""
+    settings = dict(flags.base_key_values(vars(args)), **user_model.key_values(args),
+                    base_participants=sorted(base_participants))
+    if user_model.is_spec(args.model):  # its file's content decides, not how its path is written
+        settings["model"] = user_model.parts(args.model)[1]
+    return settings
 
 
 def base_key(args, base_participants):

@@ -12,9 +12,8 @@ generator), and the last partial batch of an epoch (run eagerly, so it is scored
 on its real windows only). Nothing here syncs with the host per batch.
 """
 import torch
-from torch import nn
 
-from engine.metrics import batch_counts
+from engine.metrics import batch_counts, bce_loss
 
 WARMUP_STEPS = 3  # on a side stream before capture, as torch.cuda.graphs' docs ask
 
@@ -78,10 +77,13 @@ class GraphedTraining:
     before the first real batch.
     """
 
-    def __init__(self, model, optimizer, example, batch_size, device):
+    def __init__(self, model, optimizer, example, batch_size, device, loss_fn=None, dropout=None):
         X, y = example
         self.model, self.optimizer, self.batch_size = model, optimizer, batch_size
-        self.loss_fn = nn.BCEWithLogitsLoss()
+        self.loss_fn, self.dropout = loss_fn or bce_loss(), dropout
+        # The graph cannot draw from the phase's dropout generator: a full batch's mask is drawn
+        # before each replay (as the eager forward would draw it) into this buffer.
+        self.mask = torch.ones((batch_size, model.feature_width()), device=device) if dropout else None
         self.x = torch.zeros((batch_size, *X.shape[1:]), dtype=X.dtype, device=device)
         self.y = torch.zeros((batch_size, *y.shape[1:]), dtype=y.dtype, device=device)
         self.x.copy_(X[:batch_size])  # from host memory when the data did not fit on the device
@@ -103,7 +105,7 @@ class GraphedTraining:
             self.counts.zero_()
 
     def _step(self):
-        logits = self.model(self.x)
+        logits = self.model(self.x) if self.mask is None else self.model(self.x, dropout_mask=self.mask)
         loss = self.loss_fn(logits, self.y)
         loss.backward()
         self.optimizer.step()
@@ -122,6 +124,8 @@ class GraphedTraining:
             if len(yb) == self.batch_size:
                 self.x.copy_(xb)
                 self.y.copy_(yb)
+                if self.mask is not None:
+                    self.mask.copy_(self.dropout.draw(self.mask.shape, self.mask.device))
                 self.graph.replay()
             else:
                 # The graph's gradients stay in place; zero them so backward writes fresh ones.
@@ -139,9 +143,9 @@ class GraphedEvaluation:
     """Evaluation passes replayed from one graph per batch size (the model's weights are
     read where they live, so loading a state dict in place keeps the graphs valid)."""
 
-    def __init__(self, model):
+    def __init__(self, model, loss_fn=None):
         self.model = model
-        self.loss_fn = nn.BCEWithLogitsLoss()
+        self.loss_fn = loss_fn or bce_loss()
         self.graphs = {}  # batch size: (graph, x, y, counts)
 
     def _capture(self, xb, yb):

@@ -92,12 +92,21 @@ def load_participants(data_path, participants, window_size=None):
     return data
 
 
-def resolve_fold(participants, fold, n_base_participants="all"):
-    """Target and base participants of a leave-one-participant-out fold."""
-    if not 0 <= fold < len(participants):
+def fold_index(participants, fold):
+    """The index of a fold given as an index or as its target participant's name."""
+    if isinstance(fold, str) and not fold.lstrip("-").isdigit():
+        if fold not in participants:
+            raise DataError(f"--fold {fold}: no such participant ({', '.join(participants)})")
+        return participants.index(fold)
+    if not 0 <= int(fold) < len(participants):
         raise DataError(f"--fold {fold} out of range: {len(participants)} participants "
                         f"({', '.join(participants)}), so 0..{len(participants) - 1}")
-    target = participants[fold]
+    return int(fold)
+
+
+def resolve_fold(participants, fold, n_base_participants="all"):
+    """Target and base participants of a leave-one-participant-out fold (an index or a name)."""
+    target = participants[fold_index(participants, fold)]
     others = [p for p in participants if p != target]
     if n_base_participants == "all":
         return target, others

@@ -21,12 +21,12 @@ Roles:
 
 Every float flag refuses NaN and inf (finite_float, applied in add_arguments).
 """
-import argparse
-import math
 from dataclasses import dataclass, field
 
 from engine import modes
 from engine.fileio import ConfigError
+from engine.flag_types import (MODEL_NAMES, dropout_rate, epoch_cap, finite_float, fold_value, fraction, model_value,  # noqa: F401
+                               n_base, positive_float, positive_int)
 
 ROLES = ("base", "target", "output", "runtime")
 MODES = modes.names(target_phase=True)  # train.py's choices; oct1_train.py adds base_only
@@ -34,70 +34,38 @@ BASE_MODES = modes.names(base_phase=True)
 ALL_MODES = modes.names()
 EPOCH_RULES = ("target_pass", "shortest")
 COUNT_RULES = ("round", "floor")
-MODEL_NAMES = ("medium", "test", "test_pool4")  # engine.models.MODELS (which needs torch) builds them
+ARCHITECTURE_FLAGS = ("base_channels", "num_blocks", "use_dilation", "use_residual", "dropout")  # shape `test`
 DEMO_DATA_PATH = "data/demo"
 NOT_FLAGS = ("job_id", "base_key")  # what a jobs JSON adds to a job's flags
 # Flags in which the members of one pack (engine.pack) may differ; every other flag must be equal.
 MAY_DIFFER = {"fold", "seed", "lr", "mode", "target_data_pct", "target_batch_pct", "n_base_participants",
-              "early_stopping_patience", "early_stopping_patience_target", "prefix", "overwrite", "run_token"}
+              "early_stopping_patience", "early_stopping_patience_target", "prefix", "overwrite", "run_token",
+              "seed_finetune", "pos_weight", "early_stopping_metric"}
 
 # Flags whose default depends on --preset: without one they keep this project's
-# values; `--preset original` gives every behaviour of the original's oct1_train.py.
+# values; `--preset original` gives every behaviour of the original's oct1_train.py, `--preset
+# manuscript` the protocol of its authors' final grid (their configurable model with 64 channels,
+# dilation and dropout, early stopping on F1 with no epoch cap). A preset leaves out what it keeps.
 PROJECT_DEFAULTS = {
     "lr": 1e-3, "early_stopping_patience": 10, "early_stopping_patience_target": 10,
     "base_val_pct": 1.0, "target_val_pct": 1.0, "target_count": "round", "epoch_rule": "target_pass",
     "augmentation": "window", "jitter_std": 0.03, "magnitude_range": [0.9, 1.1], "aug_prob": 0.5,
+    "batch_size": 64, "max_epochs": 500, "use_augmentation": False, "early_stopping_metric": "loss",
+    "base_channels": 8, "use_dilation": False, "dropout": 0.0,
 }
-PRESETS = {"original": {
-    "lr": 3e-4, "early_stopping_patience": 40, "early_stopping_patience_target": 40,
-    "base_val_pct": 0.5, "target_val_pct": 0.1, "target_count": "floor", "epoch_rule": "shortest",
-    "augmentation": "batch", "jitter_std": 0.005, "magnitude_range": [0.98, 1.02], "aug_prob": 0.3,
-}}
-
-
-# ---------------------------------------------------------------- argparse types
-
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
-
-
-def finite_float(text):
-    """What every float flag parses with: a NaN or inf would only come back as NaN results."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def fraction(text):
-    """A share in (0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a share in (0, 1] such as 0.25, got {text!r}") from None
-    if not 0 < value <= 1:
-        hint = f" (write {text}% as {value / 100:g})" if 1 < value <= 100 else ""
-        raise argparse.ArgumentTypeError(f"expected a share in (0, 1], got {text!r}{hint}")
-    return value
-
-
-def n_base(text):
-    """--n_base_participants: 'all' or a positive integer."""
-    if text == "all":
-        return text
-    try:
-        return positive_int(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected 'all' or a whole number >= 1, got {text!r}") from None
+_ORIGINAL_AUGMENTATION = {"augmentation": "batch", "jitter_std": 0.005, "magnitude_range": [0.98, 1.02],
+                          "aug_prob": 0.3}
+PRESETS = {
+    "original": {
+        "lr": 3e-4, "early_stopping_patience": 40, "early_stopping_patience_target": 40,
+        "base_val_pct": 0.5, "target_val_pct": 0.1, "target_count": "floor", "epoch_rule": "shortest",
+        **_ORIGINAL_AUGMENTATION},
+    "manuscript": {
+        "lr": 3e-4, "early_stopping_patience": 50, "early_stopping_patience_target": 200,
+        "target_count": "floor", "epoch_rule": "shortest", **_ORIGINAL_AUGMENTATION,
+        "batch_size": 32, "max_epochs": "none", "use_augmentation": True, "early_stopping_metric": "f1",
+        "base_channels": 64, "use_dilation": True, "dropout": 0.5},
+}
 
 
 def share_count(pct, n, rule):
@@ -150,10 +118,17 @@ class Flag:
         return self.role in ("base", "runtime") if self.base_job is None else self.base_job
 
 
+def default_of(flag):
+    """What a flag is when nothing sets it: its preset-free project value for a preset flag."""
+    return PROJECT_DEFAULTS.get(flag.name, flag.default)
+
+
 def _preset_default(name):
     def text(value):
         return " ".join(map(str, value)) if isinstance(value, list) else str(value)
-    return f"{text(PROJECT_DEFAULTS[name])}; {text(PRESETS['original'][name])} with --preset original"
+    by_preset = "".join(f"; {text(values[name])} with --preset {preset}"
+                        for preset, values in PRESETS.items() if name in values)
+    return f"{text(PROJECT_DEFAULTS[name])}{by_preset}"
 
 
 def _preset_flag(name, role, help, **more):
@@ -163,27 +138,49 @@ def _preset_flag(name, role, help, **more):
 
 FLAGS = (
     Flag("preset", "base", "original: every behaviour of the original pipeline at once (lr, patience, validation "
-         "subsets, batch composition, augmentation); explicit flags override it", default_text="none",
+         "subsets, batch composition, augmentation); manuscript: its authors' final protocol (the 64-channel "
+         "dilated model with dropout 0.5, batch 32, early stopping on F1 with patience 50 and 200, no epoch cap, "
+         "augmentation on); explicit flags override it", default_text="none",
          keyed=False, options={"choices": sorted(PRESETS)}),
     Flag("data_path", "base", "folder of NAME_{train,val,test}.pt files; the demo dataset is created on first use",
          default=DEMO_DATA_PATH),
     Flag("participants", "base", "participants to use, in order", default_text="all found, sorted",
          keyed=False, options={"nargs": "+"}),
-    Flag("fold", "base", "index of the target participant", default=0, keyed=False, options={"type": int}),
+    Flag("fold", "base", "the target participant: its index, or its name", default=0, keyed=False,
+         options={"type": fold_value}),
     Flag("n_base_participants", "base", "use the first N other participants as the base", default="all",
          keyed=False, modes=BASE_MODES, options={"type": n_base}),
     Flag("mode", "target", "which phases run and on what the target phase trains (engine/modes.py)", default=modes.DEFAULT,
          base_job=True, options={"choices": MODES}),
-    Flag("model", "base", "model architecture (models.py)", default="test", options={"choices": MODEL_NAMES}),
+    Flag("model", "base", f"model architecture: {', '.join(MODEL_NAMES)} (engine/models.py), or your own as "
+         "FILE.py:FACTORY or package.module:FACTORY (engine/user_model.py)", default="test",
+         options={"type": model_value}),
+    _preset_flag("base_channels", "base", "--model test: channels C of its blocks (the last has 2C)", keyed=False,
+                 key_unless_default=True, options={"type": positive_int}),
+    Flag("num_blocks", "base", "--model test: convolution blocks (at least 2)", default=4, keyed=False,
+         key_unless_default=True, options={"type": positive_int}),
+    _preset_flag("use_dilation", "base", "--model test: block i dilates its convolution by 2^i", keyed=False,
+                 key_unless_default=True, options={"action": "store_true"}),
+    Flag("use_residual", "base", "--model test: each block adds its input (1x1 convolution where the channels "
+         "change)", default=False, default_text="off", keyed=False, key_unless_default=True,
+         options={"action": "store_true"}),
+    _preset_flag("dropout", "base", "--model test: dropout before the final linear layer, masks drawn from the "
+                 "phase's own seeded generator", keyed=False, key_unless_default=True, options={"type": dropout_rate}),
+    Flag("model_args", "base", "your own model's factory keyword arguments, a JSON object (its source's hash "
+         "and these enter the base key)", default_text="none", keyed=False, options={"metavar": "JSON"}),
     Flag("window_size", "base", "must equal the data's window length when given", default_text="the data's",
          options={"type": positive_int}),
-    Flag("batch_size", "base", "windows per batch", default=64, options={"type": positive_int}),
+    _preset_flag("batch_size", "base", "windows per batch", options={"type": positive_int}),
     _preset_flag("lr", "base", "AdamW learning rate", options={"type": float}),
-    Flag("max_epochs", "base", "bound on the epochs of each phase", default=500, options={"type": positive_int}),
+    _preset_flag("max_epochs", "base", "bound on the epochs of each phase; none: each runs until its patience ends",
+                 options={"type": epoch_cap}),
     _preset_flag("early_stopping_patience", "base", "base phase's early-stopping patience, in epochs",
                  modes=BASE_MODES, options={"type": positive_int}),
     _preset_flag("early_stopping_patience_target", "target", "target phase's early-stopping patience, in epochs",
                  modes=MODES, options={"type": positive_int}),
+    _preset_flag("early_stopping_metric", "base", "what both phases early-stop on and keep the best "
+                 "checkpoint by: the lowest validation loss, or the highest validation F1 (the first epoch that "
+                 "reaches it)", keyed=False, key_unless_default=True, options={"choices": ("loss", "f1")}),
     _preset_flag("base_val_pct", "base", "share of the base participants' test split the base phase "
                  "early-stops on, seeded", modes=BASE_MODES, options={"type": fraction}),
     _preset_flag("target_val_pct", "target", "share of the target's val split the target phase early-stops on, "
@@ -193,8 +190,8 @@ FLAGS = (
     _preset_flag("target_count", "target", "how a share of target windows becomes a count, for "
                  "--target_data_pct and --target_batch_pct: round to nearest, or floor like the original's int()",
                  modes=MODES, needs=_counting, options={"choices": COUNT_RULES}),
-    Flag("use_augmentation", "base", "jitter, magnitude scaling and time warp", default=False,
-         default_text="off", options={"action": "store_true"}),
+    _preset_flag("use_augmentation", "base", "jitter, magnitude scaling and time warp",
+                 options={"action": "store_true"}),
     _preset_flag("augmentation", "base", "window: each transform touches each window with probability "
                  "--aug_prob; batch (the original's): with probability --aug_prob one transform, picked at "
                  "random, touches the whole batch", needs=_augmenting, options={"choices": ("window", "batch")}),
@@ -204,6 +201,14 @@ FLAGS = (
                  options={"type": float, "nargs": 2, "metavar": ("LOW", "HIGH")}),
     _preset_flag("aug_prob", "base", "chance of augmentation", needs=_augmenting, options={"type": float}),
     Flag("seed", "base", "seeds every draw; a CPU run repeats to the bit", default=42, options={"type": int}),
+    Flag("seed_finetune", "target", "seeds every draw of the target phase instead (its data share, validation "
+         "share, batches, augmentation, dropout); not part of the base key, so several fine-tuning seeds share "
+         "one base model", default_text="--seed", modes=MODES, options={"type": int}),
+    Flag("pos_weight", "target", "weight of the positive class in the target phase's loss (training and "
+         "validation), BCE's pos_weight", default_text="none", modes=MODES, options={"type": positive_float}),
+    Flag("finetune_layers", "target", "which parameters the target phase trains: all, or the head only (the "
+         "model's final linear layer; your own model's `head` attribute, else its last nn.Linear)",
+         default="all", modes=modes.names(from_base=True), options={"choices": ("all", "head")}),
     Flag("device", "runtime", "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or N", default="auto"),
     Flag("prefix", "output", "results go to EXPERIMENTS_DIR/PREFIX/fold{k}_{target}/", default="experiment"),
     Flag("experiments_dir", "output", "folder of all result folders", default="experiments"),
@@ -300,6 +305,25 @@ def check_args(args):
                               f"windows per batch (--target_count {args.target_count}); both sides need at least one")
     if not modes.mode_of(args.mode).target_phase and args.no_base_cache:
         raise ConfigError(f"--mode {args.mode} stores the base model in the cache; it cannot run with --no_base_cache")
+    check_model_flags(args)
+
+
+def check_model_flags(args):
+    """The architecture flags shape `test` only; --model_args is for your own model's factory;
+    --finetune_layers head needs a base model to fine-tune."""
+    if args.model != "test":
+        changed = [f"--{name}" for name in ARCHITECTURE_FLAGS if getattr(args, name) != PROJECT_DEFAULTS.get(
+            name, BY_NAME[name].default)]
+        if changed:
+            raise ConfigError(f"{' '.join(changed)} shape --model test only, not --model {args.model}")
+    if ":" not in args.model and args.model_args is not None:
+        raise ConfigError(f"--model_args is for your own model's factory (--model FILE.py:FACTORY), "
+                          f"not --model {args.model}")
+    if args.num_blocks < 2:
+        raise ConfigError(f"--num_blocks {args.num_blocks}: the model needs at least 2 (a first and a last block)")
+    if args.finetune_layers == "head" and not modes.mode_of(args.mode).from_base:
+        raise ConfigError(f"--finetune_layers head fine-tunes a base model's head; --mode {args.mode} starts "
+                          f"from a fresh model (use {' or '.join(modes.names(from_base=True))})")
 
 
 def job_argv(job):
@@ -344,7 +368,7 @@ def base_key_values(settings):
     values = {flag.name: settings[flag.name] if flag.needs is None or flag.needs(settings) else None
               for flag in FLAGS if flag.role == "base" and flag.keyed}
     values.update({flag.name: settings[flag.name] for flag in FLAGS
-                   if flag.key_unless_default and settings.get(flag.name, flag.default) != flag.default})
+                   if flag.key_unless_default and settings.get(flag.name, default_of(flag)) != default_of(flag)})
     return values
 
 

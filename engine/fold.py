@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from composed_loader import ComposedBatchDataLoader, TensorBatchLoader
-from engine import base_cache, markers, provenance
+from engine import base_cache, markers, provenance, user_model
 from engine.augment import make_augmenter
 from engine.data import check_participants, load_participants
 from engine.device import fast_kernels, graphs_wanted, place, resolve_device
@@ -23,7 +23,7 @@ from engine.fileio import ConfigError, publish_folder, staged_folder
 from engine.flags import check_args, share_count, target_windows_per_batch
 from engine.fold_plan import plan_fold
 from engine.metrics import evaluate, positive_class_scores
-from engine.models import build_model
+from engine.models import build, head_names, set_dropout_generator
 from engine.modes import mode_of
 from engine.phase import CURVES, phase_generators, train_phase
 from engine.results import replace_refusal
@@ -50,13 +50,30 @@ def train_base_model(args, plan, base_data, n_channels, device):
     X_stop, y_stop = subsample(*concat([base_data[p]["test"] for p in base_data]), args.base_val_pct,
                                plan.seeds.base_stop)
     X_train, y_train, X_stop, y_stop = place([X_train, y_train, X_stop, y_stop], device)
-    loader_gen, augment_gen = phase_generators(plan.seeds.base, device)
-    model = build_model(args.model, n_channels, fast_kernels(args, device)).to(device)
+    loader_gen, augment_gen, dropout_gen = phase_generators(plan.seeds.base, device)
+    model = phase_model(args, n_channels, device, dropout_gen)
     loader = TensorBatchLoader(X_train, y_train, args.batch_size, shuffle=True, generator=loader_gen)
     log.info(f"base phase: {len(X_train)} windows from {', '.join(base_data)}, "
              f"early stopping on their test split ({len(X_stop)} windows)")
     return train_phase("base", model, loader, (X_stop, y_stop), args, args.early_stopping_patience,
                        device, make_augmenter(args, augment_gen), first_epoch=1, who=plan.who)
+
+
+def phase_model(args, n_channels, device, dropout_generator):
+    """A phase's fresh model on the device, its weights drawn from torch's generator (seeded by
+    phase_generators just before), its dropout masks from the phase's own generator."""
+    model = build(args, n_channels, fast_kernels(args, device)).to(device)
+    set_dropout_generator(model, dropout_generator)
+    return model
+
+
+def train_only_head(model):
+    """--finetune_layers head: every parameter but the head's stops taking gradients (and so stays
+    the base model's, bit for bit); returns the names of the head's."""
+    names = head_names(model)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name in names)
+    return names
 
 
 def target_loader(args, base_train, target_train, generator):
@@ -100,7 +117,7 @@ def fold_metrics(args, fold, target_name, base, target, scores, base_entry):
         metrics.update({
             f"best_{name}_epoch": phase and phase["best_epoch"],
             f"best_{name}_val_loss": phase and phase["best_val_loss"],
-            f"best_{name}_val_loss_epoch": phase and phase["best_epoch"],
+            f"best_{name}_val_loss_epoch": phase and phase.get("best_val_loss_epoch", phase["best_epoch"]),
             f"best_{name}_val_f1": phase and phase["best_val_f1"],
             f"best_{name}_val_f1_epoch": phase and phase["best_val_f1_epoch"],
             f"{name}_val_f1_at_best_loss": phase and phase["val_f1_at_best_loss"],
@@ -127,7 +144,8 @@ def obtain_base(args, plan, base_data, n_channels, device, fingerprint):
     def train():
         started = provenance.now()
         result = train_base_model(args, plan, base_data, n_channels, device)
-        return dict(result, provenance=provenance.record(device, fingerprint, started, result))
+        return dict(result, provenance=dict(provenance.record(device, fingerprint, started, result),
+                                            **user_model.provenance_of(args)))
     if not getattr(args, "base_cache_dir", None) or args.no_base_cache:
         return train(), None
     key = base_cache.base_key(args, base_names)
@@ -137,11 +155,18 @@ def obtain_base(args, plan, base_data, n_channels, device, fingerprint):
 
 
 def check_window(args, n_channels, window_size):
-    """Before any training (and before the base cache's lock): windows the model's pooling cannot take."""
-    need = build_model(args.model, n_channels).min_window()
+    """Before any training (and before the base cache's lock): a model that cannot take these
+    windows (a built-in one's pooling; a lab's own model's output is checked on two windows).
+    Returns the model, built on the CPU."""
+    model = build(args, n_channels)
+    if user_model.is_spec(args.model):
+        user_model.check_output(model, args.model, n_channels, window_size)
+        return model
+    need = model.min_window()
     if window_size < need:
         raise ConfigError(f"{args.data_path}: windows of {window_size} samples are too short for --model "
                           f"{args.model}, whose pooling needs at least {need}")
+    return model
 
 
 def check_composition(args, n_target, n_base):
@@ -177,6 +202,7 @@ def run_fold(args):
     graphs_wanted(getattr(args, "cuda_graphs", "auto"), device)  # --cuda_graphs on without CUDA: refused now
     participants = check_participants(args.data_path, args.participants)
     plan = plan_fold(args, participants)
+    args.fold = plan.fold  # a fold named by its participant is recorded as its index, as its folder says
     target_name, base_names = plan.target, plan.base_names
     if plan.mode.target_phase:
         refuse_existing(plan.final, args)
@@ -219,10 +245,12 @@ def train_target(args, plan, base, n_channels, device, windows):
     result). windows: (base train, target train, target val), on the device."""
     base_train, target_train, target_val = windows
     # Seeded apart: the target phase is the same whether the base was trained or reused.
-    loader_gen, augment_gen = phase_generators(plan.seeds.target, device)
-    model = build_model(args.model, n_channels, fast_kernels(args, device)).to(device)
+    loader_gen, augment_gen, dropout_gen = phase_generators(plan.seeds.target, device)
+    model = phase_model(args, n_channels, device, dropout_gen)
     if plan.mode.from_base:
         model.load_state_dict(base["state"])
+    if args.finetune_layers == "head":
+        log.info(f"target phase trains the head only: {', '.join(train_only_head(model))}")
     loader = target_loader(args, base_train, target_train, loader_gen)
     log.info(f"target phase ({args.mode}): {len(target_train[0])} target train windows, "
              f"{len(loader)} batches per epoch, early stopping on {plan.target}'s val split "
@@ -265,7 +293,7 @@ def finish_fold(args, model, device, final, participants, target_name, base_name
     files = {"hyperparameters.json": hyper, "metrics.json": metrics, "losses.json": curve_axis(base, target),
              # What produced the base model it started from too: trained here or by the run that cached it.
              "provenance.json": dict(provenance.record(device, fingerprint, started_at, target),
-                                     base_model=base and base.get("provenance"))}
+                                     **user_model.provenance_of(args), base_model=base and base.get("provenance"))}
     publish(final, files, target["state"], args)
 
 

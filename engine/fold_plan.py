@@ -5,7 +5,7 @@ in how the arithmetic is batched. No torch."""
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.data import check_base, resolve_fold
+from engine.data import check_base, fold_index, resolve_fold
 from engine.modes import Mode, mode_of
 from engine.results import result_dir
 
@@ -21,8 +21,11 @@ class Seeds:
     target: int  # the target phase's start, batch order and augmentation
 
     @classmethod
-    def of(cls, seed):
-        return cls(base=seed, base_stop=seed + 2, target_data=seed, target_val=seed + 3, target=seed + 1000)
+    def of(cls, seed, seed_finetune=None):
+        """seed_finetune, when given, seeds the target phase's draws instead of seed (the base
+        phase's stay: fine-tuning seeds share one base model)."""
+        tuned = seed if seed_finetune is None else seed_finetune
+        return cls(base=seed, base_stop=seed + 2, target_data=tuned, target_val=tuned + 3, target=tuned + 1000)
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,9 @@ class FoldPlan:
 def plan_fold(args, participants):
     """The plan of the fold these flags describe (DataError: a fold out of range, no base participant)."""
     mode = mode_of(args.mode)
-    target, base_names = resolve_fold(participants, args.fold, args.n_base_participants)
+    fold = fold_index(participants, args.fold)
+    target, base_names = resolve_fold(participants, fold, args.n_base_participants)
     base_names = base_names if mode.base_phase else []
     check_base(args.mode, target, base_names)
-    return FoldPlan(args.fold, target, base_names, mode, result_dir(args, args.fold, target), Seeds.of(args.seed))
+    return FoldPlan(fold, target, base_names, mode, result_dir(args, fold, target),
+                    Seeds.of(args.seed, getattr(args, "seed_finetune", None)))

@@ -8,6 +8,19 @@ from composed_loader import TensorBatchLoader
 EVAL_BATCH_SIZE = 512
 
 
+def bce_loss(pos_weight=None, device="cpu"):
+    """BCE on logits; pos_weight (a number, or None for none) weighs the positive class's terms
+    (--pos_weight, the target phase's training and validation loss)."""
+    if pos_weight is None:
+        return nn.BCEWithLogitsLoss()
+    return nn.BCEWithLogitsLoss(pos_weight=pos_weight_tensor(pos_weight, device))
+
+
+def pos_weight_tensor(pos_weight, device):
+    """The one way both loops make it, so a pack's loss is its solo run's (None stays None)."""
+    return None if pos_weight is None else torch.tensor(float(pos_weight), device=device)
+
+
 def batch_counts(logits, y, loss):
     """[loss * n, tp, fp, fn, tn] of one batch, kept on the device (no sync)."""
     pred = logits > 0  # sigmoid(logit) > 0.5
@@ -28,19 +41,20 @@ def loss_and_f1(counts, n):
 
 
 @torch.no_grad()
-def evaluate(model, X, y, device, graphed=None):
-    return loss_and_f1(evaluation_counts(model, X, y, device, graphed), len(y))
+def evaluate(model, X, y, device, graphed=None, loss_fn=None):
+    return loss_and_f1(evaluation_counts(model, X, y, device, graphed, loss_fn), len(y))
 
 
 @torch.no_grad()
-def evaluation_counts(model, X, y, device, graphed=None):
-    """graphed: a cuda_step.GraphedEvaluation of this model, or None for eager."""
+def evaluation_counts(model, X, y, device, graphed=None, loss_fn=None):
+    """graphed: a cuda_step.GraphedEvaluation of this model, or None for eager. loss_fn: the
+    phase's (bce_loss), plain BCE by default."""
     batches = ((xb.to(device, non_blocking=True), yb.to(device, non_blocking=True))
                for xb, yb in TensorBatchLoader(X, y, EVAL_BATCH_SIZE, shuffle=False))
     if graphed is not None:
         return graphed.counts(batches)
     model.eval()
-    loss_fn = nn.BCEWithLogitsLoss()
+    loss_fn = loss_fn or nn.BCEWithLogitsLoss()
     counts = torch.zeros(5, device=device)
     for xb, yb in batches:
         logits = model(xb)

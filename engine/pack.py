@@ -41,11 +41,10 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from composed_loader import TensorBatchLoader
 from dataset.synthetic import ensure_demo_data
-from engine import base_cache, markers, provenance
+from engine import base_cache, markers, provenance, user_model
 from engine.augment import make_augmenter
 from engine.cli import build_parser, run_cli
 from engine.data import check_participants, load_participants
@@ -54,7 +53,7 @@ from engine.fileio import ConfigError, read_json
 from engine.flags import MAY_DIFFER, check_args, job_argv
 from engine.fold import check_composition, check_window, concat, finish_fold, subsample, target_loader
 from engine.fold_plan import plan_fold
-from engine.models import build_model
+from engine.models import build, head_names, stacking_problem
 from engine.packed_step import PhaseJob, train_pack
 from engine.phase import NotFiniteError, phase_generators
 from engine.results import replace_refusal
@@ -152,10 +151,11 @@ class Store:
 # ---------------------------------------------------------------- the pack
 
 def seeded_start(args, seed, n_channels, device):
-    """A phase's generators and initial weights, drawn in the solo run's order."""
-    loader_gen, augment_gen = phase_generators(seed, device)
-    model = build_model(args.model, n_channels)
-    return loader_gen, make_augmenter(args, augment_gen), model.state_dict()
+    """A phase's generators and initial weights, drawn in the solo run's order: (batch order
+    generator, augmenter, initial state, dropout generator)."""
+    loader_gen, augment_gen, dropout_gen = phase_generators(seed, device)
+    model = build(args, n_channels)
+    return loader_gen, make_augmenter(args, augment_gen), model.state_dict(), dropout_gen
 
 
 def run_pack(members, size, identity):
@@ -165,10 +165,6 @@ def run_pack(members, size, identity):
     device = resolve_device(first.device)
     graphs_wanted(first.cuda_graphs, device)  # --cuda_graphs on without CUDA: refused now
     participants = check_participants(first.data_path, first.participants)
-    model = build_model(first.model, 1)
-    if any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
-        raise ConfigError(f"--model {first.model} uses dropout, whose random masks a pack cannot "
-                          "draw as the solo runs do; run its jobs with oct1_train.py")
     todo = members_to_train(members, participants)
     if not todo:
         return []
@@ -176,8 +172,11 @@ def run_pack(members, size, identity):
     data = load_participants(first.data_path, needed, first.window_size)
     store = Store(data, device)
     n_channels = store.X.shape[1]
-    check_window(first, n_channels, store.X.shape[2])
-    model = build_model(first.model, n_channels, fast_kernels(first, device)).to(device)
+    checked = check_window(first, n_channels, store.X.shape[2])
+    problem = user_model.is_spec(first.model) and stacking_problem(checked)
+    if problem:
+        return run_alone(todo, f"--model {first.model} trains alone: {problem}")
+    model = build(first, n_channels, fast_kernels(first, device)).to(device)
     started, started_at = time.perf_counter(), provenance.now()
     # Hashed once per participant set: many members share their base participants.
     fingerprint = functools.cache(lambda names: base_cache.data_fingerprint(first.data_path, names))
@@ -185,23 +184,7 @@ def run_pack(members, size, identity):
 
     bases = obtain_bases(folds, model, store, n_channels, fingerprint)
     published = []
-    jobs, fold_of_job = [], []
-    for fold in folds:
-        args = fold["args"]
-        base, entry = bases.get(id(fold), (None, None))
-        fold["base"], fold["entry"] = base, entry
-        plan = fold["plan"]
-        # base_only: finished, obtain_bases announced it once its base model was cached
-        if not plan.mode.target_phase or fold["failed"]:
-            continue
-        loader_gen, augment, state = seeded_start(args, plan.seeds.target, n_channels, device)
-        if plan.mode.from_base:
-            state = base["state"]
-        loader = target_loader(args, fold["base_train"], fold["target_train"], loader_gen)
-        jobs.append(PhaseJob(fold["who"], state, loader, fold["target_val"],
-                             args.early_stopping_patience_target, augment,
-                             (base["epochs_run"] if base else 0) + 1, args.lr))
-        fold_of_job.append(fold)
+    jobs, fold_of_job = target_jobs(folds, bases, n_channels, device)
 
     def finish(i, target):
         fold = fold_of_job[i]
@@ -213,12 +196,47 @@ def run_pack(members, size, identity):
 
     if jobs:
         log.info(f"target phase: a pack of {len(jobs)}")
-        train_pack("target", jobs, model, store, first.batch_size, first.max_epochs, first.cuda_graphs, finish,
-                   lambda i, error: fail(fold_of_job[i], error))
+        train_pack("target", jobs, model, store, first, finish, lambda i, error: fail(fold_of_job[i], error),
+                   head_names(model) if first.finetune_layers == "head" else None)
     failed = [str(fold["member"]) for fold in folds if fold["failed"]]
     if failed:
         raise NotFiniteError(f"member(s) {', '.join(failed)} ended on a validation loss that is not finite (each "
                              f"said so above): nothing of theirs is published or cached; the others went on")
+    return published
+
+
+def target_jobs(folds, bases, n_channels, device):
+    """The target phase of each fold that has one and has not failed, as engine.fold.train_target
+    starts it: (its PhaseJobs, the fold of each). bases: obtain_bases's."""
+    jobs, fold_of_job = [], []
+    for fold in folds:
+        args, plan = fold["args"], fold["plan"]
+        fold["base"], fold["entry"] = base, _ = bases.get(id(fold), (None, None))
+        # base_only: finished, obtain_bases announced it once its base model was cached
+        if not plan.mode.target_phase or fold["failed"]:
+            continue
+        loader_gen, augment, state, dropout_gen = seeded_start(args, plan.seeds.target, n_channels, device)
+        if plan.mode.from_base:
+            state = base["state"]
+        loader = target_loader(args, fold["base_train"], fold["target_train"], loader_gen)
+        jobs.append(PhaseJob(fold["who"], state, loader, fold["target_val"],
+                             args.early_stopping_patience_target, augment,
+                             (base["epochs_run"] if base else 0) + 1, args.lr, args.early_stopping_metric,
+                             args.pos_weight, dropout_gen))
+        fold_of_job.append(fold)
+    return jobs, fold_of_job
+
+
+def run_alone(todo, why):
+    """A model a pack cannot stack: each member runs as its solo run would, one after another,
+    with the pack's output lines; returns the folders published."""
+    from engine.fold import run_fold
+    log.info(f"pack_train.py: {why}; its {len(todo)} member(s) run one after another")  # console and log file
+    published = []
+    for member, args, _ in todo:
+        final = run_fold(args)
+        announce(member, *([markers.line(markers.RESULT_DIR, final)] if final else []))
+        published += [final] if final else []
     return published
 
 
@@ -228,6 +246,7 @@ def members_to_train(members, participants):
     todo, finals = [], set()
     for member, args in enumerate(members):
         plan = plan_fold(args, participants)
+        args.fold = plan.fold  # a fold named by its participant is recorded as its index, as its folder says
         if plan.mode.target_phase:  # base_only publishes no result folder
             if plan.final in finals:
                 raise ConfigError(f"{plan.final}: two members of the pack would write this result folder")
@@ -309,7 +328,8 @@ def obtain_bases(folds, model, store, n_channels, fingerprint):
         group = missing[keys[i]]
         args, names = group[0]["args"], group[0]["base_names"]
         base_files = fingerprint(frozenset(names))
-        trained["provenance"] = provenance.record(store.device, base_files, started, trained)
+        trained["provenance"] = dict(provenance.record(store.device, base_files, started, trained),
+                                     **user_model.provenance_of(args))
         entry = None
         if cached:
             entry = base_cache.get_or_train(first.base_cache_dir, keys[i], base_files,
@@ -325,8 +345,7 @@ def obtain_bases(folds, model, store, n_channels, fingerprint):
 
     jobs = [base_job(missing[key], store, n_channels) for key in keys]
     log.info(f"base phase: a pack of {len(jobs)} base model(s)")
-    train_pack("base", jobs, model, store, first.batch_size, first.max_epochs, first.cuda_graphs, store_base,
-               fail_group)
+    train_pack("base", jobs, model, store, first, store_base, fail_group)
     return found
 
 
@@ -334,11 +353,11 @@ def base_job(group, store, n_channels):
     """The base phase of engine.fold.train_base_model, over indices, for the folds that share it."""
     args, names, seeds = group[0]["args"], group[0]["base_names"], group[0]["plan"].seeds
     stop = subsample(*store.indices(names, ["test"]), args.base_val_pct, seeds.base_stop)
-    loader_gen, augment, state = seeded_start(args, seeds.base, n_channels, store.device)
+    loader_gen, augment, state, dropout_gen = seeded_start(args, seeds.base, n_channels, store.device)
     loader = TensorBatchLoader(*store.indices(names, ["train", "val"]), args.batch_size, shuffle=True,
                                generator=loader_gen)
     return PhaseJob(", ".join(fold["who"] for fold in group), state, loader, stop[0],
-                    args.early_stopping_patience, augment, 1, args.lr)
+                    args.early_stopping_patience, augment, 1, args.lr, args.early_stopping_metric, None, dropout_gen)
 
 
 def main(jobs_path, json_text, prog="pack_train.py"):

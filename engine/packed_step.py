@@ -14,6 +14,7 @@ where batched kernels round otherwise (bench/gpu_check.py states the tolerance).
 """
 import logging
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,19 +23,41 @@ from torch.func import functional_call, vmap
 from engine.adamw import StackedAdamW
 from engine.device import graphs_wanted
 from engine.fileio import ConfigError
-from engine.metrics import EVAL_BATCH_SIZE, batch_counts, loss_and_f1
-from engine.phase import NotFiniteError, PhaseTracker
+from engine.metrics import EVAL_BATCH_SIZE, batch_counts, loss_and_f1, pos_weight_tensor
+from engine.models import dropout_layers
+from engine.phase import NotFiniteError, PhaseTracker, epochs
 
 log = logging.getLogger("experiment")
 
 
+@dataclass
 class PhaseJob:
     """What one member trains in one phase: its start, batches (a loader over indices into the
-    pack's store), validation windows (indices into the store) and patience."""
+    pack's store), validation windows (indices into the store), early stopping, and the draws
+    and loss its solo run's phase has."""
+    label: str
+    state: dict
+    loader: object
+    val: object
+    patience: int
+    augment: object  # its augmenter, or None
+    first_epoch: int
+    lr: float
+    metric: str = "loss"  # --early_stopping_metric
+    pos_weight: float = None  # --pos_weight, in the target phase
+    dropout: object = None  # its dropout generator (engine.phase.phase_generators)
 
-    def __init__(self, label, state, loader, val, patience, augment, first_epoch, lr):
-        self.label, self.state, self.loader, self.val = label, state, loader, val
-        self.patience, self.augment, self.first_epoch, self.lr = patience, augment, first_epoch, lr
+
+def member_forward(model, member_tensors, x, mask):
+    """One member's logits; mask: its dropout mask (drawn from its own generator), None without dropout."""
+    return functional_call(model, member_tensors, (x,), {} if mask is None else {"dropout_mask": mask})
+
+
+def stacked_pos_weight(weights, device):
+    """The members' --pos_weight as a (members, 1) column for the vmapped loss (1 for none), or None."""
+    if all(w is None for w in weights):
+        return None
+    return torch.tensor([[1.0 if w is None else float(w)] for w in weights], device=device)
 
 
 def member_counts(logits, y, losses, real):
@@ -56,9 +79,16 @@ class PackedStep:
     counts (a row per member).
     """
 
-    def __init__(self, model, stacked, optimizer, batch_size, store):
+    def __init__(self, model, stacked, optimizer, batch_size, store, pos_weights):
         k, device = len(optimizer.lr), store.device
         self.model, self.stacked, self.optimizer, self.store = model, stacked, optimizer, store
+        self.pos_weights = [pos_weight_tensor(w, device) for w in pos_weights]
+        self.pos_weight_column = stacked_pos_weight(pos_weights, device)
+        dropout = dropout_layers(model)
+        self.dropout = dropout[0] if dropout else None
+        # Each stepping member's mask is drawn in load() from its own generator, as its solo run's
+        # forward draws it, so that the step (and its CUDA graph) draws nothing itself.
+        self.mask = torch.ones((k, batch_size, model.feature_width()), device=device) if self.dropout else None
         self.x = torch.zeros((k, batch_size, *store.X.shape[1:]), device=device)
         self.y = torch.zeros((k, batch_size), device=device)
         self.index = torch.zeros((k, batch_size), dtype=torch.long, device=store.X.device)
@@ -69,16 +99,18 @@ class PackedStep:
         self.graph = None
         self.by_member = device.type == "cpu"  # the exact path (_member_by_member); else vmapped
 
-    def _forward(self, member_tensors, x):
-        return functional_call(self.model, member_tensors, (x,))
+    def _forward(self, member_tensors, x, mask=None):
+        return member_forward(self.model, member_tensors, x, mask)
 
     def _compute(self):
         real = self.positions < self.sizes.view(-1, 1)
         if self.by_member:
             logits, losses = self._member_by_member()
         else:
-            logits = vmap(self._forward)(self.stacked, self.x)
-            per_window = F.binary_cross_entropy_with_logits(logits, self.y, reduction="none") * real.to(logits.dtype)
+            inputs = (self.stacked, self.x) if self.mask is None else (self.stacked, self.x, self.mask)
+            logits = vmap(self._forward)(*inputs)
+            per_window = F.binary_cross_entropy_with_logits(logits, self.y, reduction="none",
+                                                            pos_weight=self.pos_weight_column) * real.to(logits.dtype)
             losses = per_window.sum(dim=1) / self.sizes.clamp(min=1).to(logits.dtype)
             losses.sum().backward()
         self.optimizer.step(self.active)
@@ -92,8 +124,9 @@ class PackedStep:
         logits, losses, total = torch.zeros_like(self.y), torch.zeros(len(self.x)), 0
         for i, n in enumerate(self.sizes.tolist()):
             if n:
-                out = self._forward({name: tensor[i] for name, tensor in self.stacked.items()}, self.x[i, :n])
-                loss = F.binary_cross_entropy_with_logits(out, self.y[i, :n])
+                out = self._forward({name: tensor[i] for name, tensor in self.stacked.items()}, self.x[i, :n],
+                                    None if self.mask is None else self.mask[i, :n])
+                loss = F.binary_cross_entropy_with_logits(out, self.y[i, :n], pos_weight=self.pos_weights[i])
                 logits[i, :n], losses[i], total = out.detach(), loss.detach(), total + loss
         if torch.is_tensor(total):
             total.backward()
@@ -117,9 +150,10 @@ class PackedStep:
                 p.grad = None
         self.counts.zero_()
 
-    def load(self, batches, augments):
+    def load(self, batches, augments, generators):
         """batches: {member: index tensor into the store} of the members that step now; augments:
-        {member: its augmenter}, applied to its real windows only, with its own generator."""
+        {member: its augmenter}, applied to its real windows only, with its own generator;
+        generators: {member: its dropout generator}, each stepping member's mask drawn from its own."""
         sizes = [0] * len(self.x)
         for i, index in batches.items():
             self.index[i, :len(index)] = index
@@ -128,6 +162,10 @@ class PackedStep:
         for i, augment in augments.items():
             if sizes[i]:
                 self.x[i, :sizes[i]] = augment(self.x[i, :sizes[i]])
+        if self.dropout is not None:
+            for i in batches:
+                self.mask[i, :sizes[i]] = self.dropout.draw((sizes[i], self.mask.shape[2]), self.mask.device,
+                                                            generators[i])
         self.sizes.copy_(torch.tensor(sizes))
         self.active.copy_(self.sizes > 0)
 
@@ -145,8 +183,10 @@ class PackedValidation:
 
     CHUNK = 512
 
-    def __init__(self, model, stacked, store, indices):
+    def __init__(self, model, stacked, store, indices, pos_weights):
         self.model, self.stacked, self.store = model, stacked, store
+        self.pos_weights = [pos_weight_tensor(w, store.device) for w in pos_weights]
+        self.pos_weight_column = stacked_pos_weight(pos_weights, store.device)
         longest = max(len(index) for index in indices)
         self.index = torch.zeros((len(indices), longest), dtype=torch.long, device=store.X.device)
         for i, index in enumerate(indices):
@@ -155,7 +195,7 @@ class PackedValidation:
         self.by_member = store.device.type == "cpu"  # the exact path (_member_by_member); else vmapped
 
     def _forward(self, member_tensors, x):
-        return functional_call(self.model, member_tensors, (x,))
+        return member_forward(self.model, member_tensors, x, None)
 
     @torch.no_grad()
     def counts(self):
@@ -170,7 +210,8 @@ class PackedValidation:
             self.store.gather_into(index, x, y)
             logits = vmap(self._forward)(self.stacked, x)
             real = (start + torch.arange(index.shape[1], device=x.device)) < self.sizes.view(-1, 1)
-            per_window = F.binary_cross_entropy_with_logits(logits, y, reduction="none") * real
+            per_window = F.binary_cross_entropy_with_logits(logits, y, reduction="none",
+                                                            pos_weight=self.pos_weight_column) * real
             means = per_window.sum(dim=1) / real.sum(dim=1).clamp(min=1)  # member_counts scales them back
             counts += member_counts(logits, y, means, real)
         return counts
@@ -184,7 +225,8 @@ class PackedValidation:
             for start in range(0, n, EVAL_BATCH_SIZE):
                 x, y = self.store.gather(self.index[i, start:min(start + EVAL_BATCH_SIZE, n)])
                 logits = self._forward(member, x)
-                counts[i] += batch_counts(logits, y, F.binary_cross_entropy_with_logits(logits, y))
+                loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=self.pos_weights[i])
+                counts[i] += batch_counts(logits, y, loss)
         return counts
 
 
@@ -204,24 +246,28 @@ def largest_batch(jobs, batch_size):
     return max(min(batch_size, len(job.loader.X)) for job in jobs)
 
 
-def train_pack(phase, jobs, model, store, batch_size, max_epochs, cuda_graphs, on_done, on_failed):
+def train_pack(phase, jobs, model, store, settings, on_done, on_failed, trained=None):
     """Train every job's model together until each has stopped; on_done(i, result) is
     called as job i stops, with what engine.phase.train_phase returns for a solo run, and
     on_failed(i, error) as it stops on a validation loss that is not finite (NotFiniteError).
-    store: the pack's data (engine.pack.Store). cuda_graphs: --cuda_graphs auto|on|off."""
+    store: the pack's data (engine.pack.Store). settings: the flags every member shares
+    (batch_size, max_epochs, cuda_graphs). trained: the names of the parameters the phase trains
+    (None: all; --finetune_layers head: the head's)."""
     k, device = len(jobs), store.device
     stacked = stack_states([job.state for job in jobs], device)
-    params = {name: stacked[name].requires_grad_() for name, _ in model.named_parameters()}
+    params = {name: stacked[name].requires_grad_() for name, _ in model.named_parameters()
+              if trained is None or name in trained}
     optimizer = StackedAdamW(params, [job.lr for job in jobs], device)
-    model.eval()  # the same as train mode for models without dropout (checked before)
-    step = PackedStep(model, stacked, optimizer, largest_batch(jobs, batch_size), store)
-    if graphs_wanted(cuda_graphs, device):
-        step.capture(cuda_graphs)
-    validation = PackedValidation(model, stacked, store, [job.val for job in jobs])
+    model.eval()  # dropout takes each member's masks, drawn by PackedStep.load
+    pos_weights = [job.pos_weight for job in jobs]
+    step = PackedStep(model, stacked, optimizer, largest_batch(jobs, settings.batch_size), store, pos_weights)
+    if graphs_wanted(settings.cuda_graphs, device):
+        step.capture(settings.cuda_graphs)
+    validation = PackedValidation(model, stacked, store, [job.val for job in jobs], pos_weights)
 
-    trackers = [PhaseTracker(job.label, phase, job.first_epoch, job.patience) for job in jobs]
-    running = list(range(k))
-    for epoch in range(max_epochs):
+    trackers = [PhaseTracker(job.label, phase, job.first_epoch, job.patience, job.metric) for job in jobs]
+    running, max_epochs = list(range(k)), settings.max_epochs
+    for epoch in epochs(max_epochs):
         start = time.perf_counter()
         batches = {i: iter(jobs[i].loader) for i in running}
         n_steps = max(len(jobs[i].loader) for i in running)
@@ -232,7 +278,8 @@ def train_pack(phase, jobs, model, store, batch_size, max_epochs, cuda_graphs, o
             indices = {i: next(batches[i])[0] for i in stepping}
             for i in stepping:
                 seen[i] += len(indices[i])
-            step.load(indices, {i: jobs[i].augment for i in stepping if jobs[i].augment is not None})
+            step.load(indices, {i: jobs[i].augment for i in stepping if jobs[i].augment is not None},
+                      {i: jobs[i].dropout for i in stepping})
             step.run()
         val_counts = validation.counts()
         counts, val_counts = step.counts.cpu(), val_counts.cpu()  # waits for the epoch's work (queued, on a GPU)
@@ -247,7 +294,7 @@ def train_pack(phase, jobs, model, store, batch_size, max_epochs, cuda_graphs, o
                 continue
             if stops:
                 running.remove(i)
-                on_done(i, trackers[i].result(step.graph is not None, model.fast_kernels))
+                on_done(i, trackers[i].result(step.graph is not None, getattr(model, "fast_kernels", False)))
         if not running:
             break
 
@@ -259,4 +306,4 @@ def end_epoch(phase, job, tracker, stacked, i, epoch, counts, n, val_counts, ela
     stops = tracker.end_epoch((train_loss, val_loss, train_f1, val_f1), n, elapsed, lambda: member_state(stacked, i))
     log.debug(f"{job.label} {phase} epoch {job.first_epoch + epoch}: train loss {train_loss:.4f} f1 {train_f1:.3f} | "
               f"val loss {val_loss:.4f} f1 {val_f1:.3f}")
-    return stops or epoch + 1 == max_epochs
+    return stops or epoch + 1 == max_epochs  # never with --max_epochs none

@@ -1,23 +1,25 @@
-"""One training phase: epochs of the training step until the validation loss stops improving.
+"""One training phase: epochs of the training step until the validation score stops improving.
 
 Both phases of a fold run it (the base phase in engine.fold.train_base_model, the target
-phase in engine.fold.run_fold); it keeps the best state by validation loss, the curves and
-the speed, and replays CUDA graphs where they were asked for and captured. A validation loss that
-is not finite ends the phase at once with NotFiniteError (check_finite, packs use it too).
+phase in engine.fold.run_fold); it keeps the best state by validation loss or F1
+(--early_stopping_metric), the curves and the speed, and replays CUDA graphs where they were asked
+for and captured. A validation loss that is not finite ends the phase at once with NotFiniteError
+(check_finite, packs use it too).
 """
+import itertools
 import logging
 import math
 import sys
 import time
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from engine.adamw import SoloAdamW
 from engine.device import graphs_wanted
 from engine.fileio import ConfigError
-from engine.metrics import batch_counts, evaluate, evaluation_counts, loss_and_f1
+from engine.metrics import batch_counts, bce_loss, evaluate, evaluation_counts, loss_and_f1
+from engine.models import dropout_layers
 
 CURVES = ("train_loss", "val_loss", "train_f1", "val_f1")
 
@@ -40,16 +42,27 @@ def check_finite(who, phase, epoch, val_loss):
 
 def phase_generators(seed, device):
     """Seed everything a phase draws from, so a phase depends on the seed alone
-    (a reused base model leaves the target phase unchanged)."""
+    (a reused base model leaves the target phase unchanged): (batch order, augmentation, dropout masks)."""
     torch.manual_seed(seed)
     loader_generator = torch.Generator().manual_seed(seed)
     augment_generator = torch.Generator(device=device).manual_seed(seed + 1)
-    return loader_generator, augment_generator
+    dropout_generator = torch.Generator(device=device).manual_seed(seed + 2)
+    return loader_generator, augment_generator, dropout_generator
 
 
-def train_epoch(model, loader, optimizer, augment, device):
+def epochs(max_epochs):
+    """The epoch numbers 0, 1, ... of a phase: --max_epochs of them, or no end with 'none'."""
+    return itertools.count() if max_epochs == "none" else range(max_epochs)
+
+
+def phase_loss(args, phase, device):
+    """The phase's loss: --pos_weight weighs the target phase's positive class only."""
+    return bce_loss(getattr(args, "pos_weight", None) if phase == "target" else None, device)
+
+
+def train_epoch(model, loader, optimizer, augment, device, loss_fn=None):
     model.train()
-    loss_fn = nn.BCEWithLogitsLoss()
+    loss_fn = loss_fn or bce_loss()
     counts = torch.zeros(5, device=device)
     n = 0
     for xb, yb in loader:
@@ -70,12 +83,13 @@ def train_epoch(model, loader, optimizer, augment, device):
 def make_optimizer(model, lr, device, graphs):
     """AdamW: fused on CUDA, capturable when its step is replayed from a graph. On the CPU
     torch.optim.AdamW's own update written out (SoloAdamW), so CPU runs repeat to the bit."""
+    trained = [p for p in model.parameters() if p.requires_grad]  # --finetune_layers head: the head's only
     if device.type != "cuda":
-        return SoloAdamW(model.parameters(), lr)
-    return torch.optim.AdamW(model.parameters(), lr=lr, fused=True, capturable=graphs)
+        return SoloAdamW(trained, lr)
+    return torch.optim.AdamW(trained, lr=lr, fused=True, capturable=graphs)
 
 
-def capture_steps(model, optimizer, loader, val, device, setting):
+def capture_steps(model, optimizer, loader, val, device, setting, loss_fn):
     """(training, evaluation) steps replayed from CUDA graphs, or (None, None) to run eagerly:
     when no batch is full, or when capture fails (an error with --cuda_graphs on)."""
     from engine import cuda_step  # CUDA only
@@ -83,9 +97,10 @@ def capture_steps(model, optimizer, loader, val, device, setting):
         log.info("CUDA graphs: no full batch to replay; running eagerly")
         return None, None
     try:
+        dropout = dropout_layers(model)
         training = cuda_step.GraphedTraining(model, optimizer, (loader.X, loader.y), loader.batch_size,
-                                             device)
-        evaluation = cuda_step.GraphedEvaluation(model)
+                                             device, loss_fn, dropout[0] if dropout else None)
+        evaluation = cuda_step.GraphedEvaluation(model, loss_fn)
         evaluation_counts(model, *val, device, evaluation)  # captures the validation batch sizes
         return training, evaluation
     except cuda_step.CaptureError as error:
@@ -97,14 +112,19 @@ def capture_steps(model, optimizer, loader, val, device, setting):
 
 class PhaseTracker:
     """One phase's epochs as both loops keep them (train_phase for a solo run, engine.packed_step for
-    each member of a pack): the curves, the best checkpoint by validation loss (the first epoch
-    with the lowest), the best validation F1 and the first epoch that reached it, the patience
-    count and the speed. So a pack and a solo run stop and keep alike by construction."""
+    each member of a pack): the curves, the kept checkpoint, the patience count and the speed, so a
+    pack and a solo run stop and keep alike by construction.
 
-    def __init__(self, who, phase, first_epoch, patience):
+    metric "loss" keeps the first epoch with the lowest validation loss, "f1" the first with the
+    highest validation F1; patience counts the epochs since the kept one. Both the lowest loss and
+    the highest F1 (with their epochs) are recorded whichever decides."""
+
+    def __init__(self, who, phase, first_epoch, patience, metric="loss"):
         self.who, self.phase, self.first_epoch, self.patience = who, phase, first_epoch, patience
+        self.metric = metric
         self.curves = {name: [] for name in CURVES}
-        self.best = {"epoch": None, "val_loss": math.inf, "val_f1": None, "state": None}
+        self.best = {"epoch": None, "val_loss": math.inf, "val_f1": None, "state": None}  # the kept checkpoint
+        self.lowest = {"epoch": None, "val_loss": math.inf, "val_f1": None}
         self.best_f1, self.best_f1_epoch = None, None
         self.stale, self.windows, self.seconds = 0, 0, 0.0
 
@@ -122,20 +142,24 @@ class PhaseTracker:
         self.windows, self.seconds = self.windows + n, self.seconds + elapsed
         for name, value in zip(CURVES, scores):
             self.curves[name].append(value)
-        if val_loss < self.best["val_loss"]:
+        higher_f1 = self.best_f1 is None or val_f1 > self.best_f1
+        if val_loss < self.lowest["val_loss"]:
+            self.lowest = {"epoch": epoch, "val_loss": val_loss, "val_f1": val_f1}
+        if higher_f1:
+            self.best_f1, self.best_f1_epoch = val_f1, epoch
+        if (higher_f1 if self.metric == "f1" else self.lowest["epoch"] == epoch):
             self.best = {"epoch": epoch, "val_loss": val_loss, "val_f1": val_f1, "state": state()}
             self.stale = 0
         else:
             self.stale += 1
-        if self.best_f1 is None or val_f1 > self.best_f1:
-            self.best_f1, self.best_f1_epoch = val_f1, epoch
         return self.stale >= self.patience
 
     def result(self, cuda_graphs, fast_kernels):
         """The phase result every reader takes (engine.fold, engine.pack, the base cache)."""
-        best = self.best
-        return {"best_epoch": best["epoch"], "best_val_loss": best["val_loss"], "val_f1_at_best_loss": best["val_f1"],
-                "best_val_f1": self.best_f1, "best_val_f1_epoch": self.best_f1_epoch, "state": best["state"],
+        lowest = self.lowest
+        return {"best_epoch": self.best["epoch"], "best_val_loss": lowest["val_loss"],
+                "best_val_loss_epoch": lowest["epoch"], "val_f1_at_best_loss": lowest["val_f1"],
+                "best_val_f1": self.best_f1, "best_val_f1_epoch": self.best_f1_epoch, "state": self.best["state"],
                 "curves": self.curves, "epochs_run": self.epochs_run,
                 "windows_per_s": self.windows / self.seconds if self.seconds else None,
                 "cuda_graphs": cuda_graphs, "fast_kernels": fast_kernels}
@@ -162,16 +186,18 @@ class Progress:
 
 
 def train_phase(phase, model, loader, val, args, patience, device, augment, first_epoch, who):
-    """Train until the validation loss has not improved for `patience` epochs (PhaseTracker).
+    """Train until the validation score has not improved for `patience` epochs (PhaseTracker).
     who: the fold, for the one-line error of a validation loss that is not finite."""
     graphs = graphs_wanted(getattr(args, "cuda_graphs", "auto"), device)
     optimizer = make_optimizer(model, args.lr, device, graphs)
-    steps = capture_steps(model, optimizer, loader, val, device, args.cuda_graphs) if graphs else (None, None)
-    tracker = PhaseTracker(who, phase, first_epoch, patience)
-    progress = Progress(phase, args.max_epochs, getattr(args, "progress_every", 30))
+    loss_fn = phase_loss(args, phase, device)
+    steps = capture_steps(model, optimizer, loader, val, device, args.cuda_graphs, loss_fn) if graphs else (None, None)
+    tracker = PhaseTracker(who, phase, first_epoch, patience, getattr(args, "early_stopping_metric", "loss"))
+    progress = Progress(phase, None if args.max_epochs == "none" else args.max_epochs,
+                        getattr(args, "progress_every", 30))
     try:
-        for _ in range(args.max_epochs):
-            if one_epoch(model, loader, val, optimizer, augment, device, steps, tracker, progress):
+        for _ in epochs(args.max_epochs):
+            if one_epoch(model, (loader, val, loss_fn), optimizer, augment, device, steps, tracker, progress):
                 break
     finally:
         progress.close()
@@ -184,17 +210,18 @@ def train_phase(phase, model, loader, val, args, patience, device, augment, firs
     return tracker.result(steps[0] is not None, getattr(model, "fast_kernels", False))
 
 
-def one_epoch(model, loader, val, optimizer, augment, device, steps, tracker, progress):
+def one_epoch(model, data, optimizer, augment, device, steps, tracker, progress):
     """Train one epoch (replayed from CUDA graphs where steps holds them), validate, record it;
-    True when the phase stops here."""
+    True when the phase stops here. data: (the loader, the validation windows, the phase's loss)."""
+    loader, val, loss_fn = data
     training, evaluation = steps
     start = time.perf_counter()
     if training is not None:
         counts, n = training.epoch(loader, augment)
         train_loss, train_f1 = loss_and_f1(counts, n)
     else:
-        train_loss, train_f1, n = train_epoch(model, loader, optimizer, augment, device)
-    val_loss, val_f1 = evaluate(model, *val, device, evaluation)
+        train_loss, train_f1, n = train_epoch(model, loader, optimizer, augment, device, loss_fn)
+    val_loss, val_f1 = evaluate(model, *val, device, evaluation, loss_fn)
     elapsed = time.perf_counter() - start
     stops = tracker.end_epoch((train_loss, val_loss, train_f1, val_f1), n, elapsed,
                               lambda: {k: v.detach().clone() for k, v in model.state_dict().items()})

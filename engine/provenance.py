@@ -141,12 +141,21 @@ def data_answer(data_path, participants=None):
         return {"error": str(e)}
 
 
-def answer(needs, devices=True):
+def model_answer(path):
+    """The sha256 of a lab's model file (engine.user_model), or {"error": why}."""
+    try:
+        return file_sha256(path)
+    except OSError as e:
+        return {"error": f"{path}: {e.strerror}"}
+
+
+def answer(needs, devices=True, models=()):
     """What a host answers the runner's check: code hash, data fingerprints ({data folder:
-    [participants] or None for all}), Python and torch versions, and the GPUs it sees.
-    Without `devices` (the runner's own side) torch is not imported: it costs seconds."""
+    [participants] or None for all}), the hashes of the jobs' own model files, Python and torch
+    versions, and the GPUs it sees. Without `devices` (the runner's own side) torch is not
+    imported: it costs seconds."""
     found = {"code_hash": code_hash(), "data": {path: data_answer(path, names) for path, names in needs.items()},
-             "python": platform.python_version()}
+             "models": {path: model_answer(path) for path in models}, "python": platform.python_version()}
     if not devices:
         return {**found, "torch": importlib.metadata.version("torch")}
     import torch
@@ -163,8 +172,10 @@ def main(argv=None):
                                 "as JSON (for the runner's check).", allow_abbrev=False)
     p.add_argument("--needs", type=json.loads, default={},
                    help='JSON {data folder: [participants] or null for all}, e.g. \'{"data/demo": null}\'')
+    p.add_argument("--models", type=json.loads, default=[],
+                   help='JSON list of the model files the jobs train (engine.user_model), e.g. \'["lab/cnn.py"]\'')
     args = p.parse_args(argv)
-    print(json.dumps(answer(args.needs), sort_keys=True))
+    print(json.dumps(answer(args.needs, models=args.models), sort_keys=True))
     return 0
 
 

@@ -3,9 +3,12 @@ asks there (`python -m engine.provenance`, engine.provenance.answer) and how it 
 answer with this checkout's. The SSH backend asks each host (ssh/hostsync.py); the Slurm backend
 asks a compute node of the partition in one short job (slurm/preflight.py)."""
 import json
+import os
 import posixpath
+from pathlib import Path
 
-from engine import flags, provenance
+from engine import flags, provenance, user_model
+from engine.fileio import ConfigError
 
 CHECK_MODULE = "engine.provenance"  # run as `python -m` with the code beside the training script
 
@@ -29,10 +32,35 @@ def data_needs(jobs):
     return needs
 
 
-def local_answer(needs):
+def model_files(jobs, root=provenance.PROJECT_DIR):
+    """The source files of the jobs' own models (engine.user_model) that lie in the project folder,
+    relative to it: the check compares them on every host and --sync-code copies them. A model
+    package installed elsewhere is the hosts' environment, as torch is. ValueError (one line) for a
+    FILE.py outside the project folder (the hosts run the jobs in their workdir) or not here."""
+    files = set()
+    for spec in sorted({str(job["model"]) for job in jobs if user_model.is_spec(job.get("model") or "")}):
+        try:
+            where, _ = user_model.parts(spec)
+            if where.endswith(".py") and (os.path.isabs(where) or ".." in Path(where).parts):
+                raise ValueError(f"--model {spec}: {where} lies outside the project folder, which every host "
+                                 f"runs the jobs from; put the file inside it")
+            path = Path(user_model.source_file(spec)).resolve()
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
+        if path.is_relative_to(Path(root).resolve()):
+            files.add(path.relative_to(Path(root).resolve()).as_posix())
+    return sorted(files)
+
+
+def check_arguments(needs, models):
+    """The arguments of `python -m engine.provenance` for these data needs and model files."""
+    return ["--needs", json.dumps(needs)] + (["--models", json.dumps(models)] if models else [])
+
+
+def local_answer(needs, models=()):
     """What this checkout answers (as engine.provenance.answer); data not here is None: it cannot be
     compared (the planning machine may hold none), the hosts have it."""
-    here = provenance.answer(needs, devices=False)
+    here = provenance.answer(needs, devices=False, models=models)
     here["data"] = {path: None if "error" in answer else answer for path, answer in here["data"].items()}
     return here
 
@@ -76,4 +104,9 @@ def differences(name, local, remote, fix_code, fix_data):
         first = changed[0]
         lines.append(f"{name}: data {path}/{first} differs (here {str(here.get(first))[:12]}, there "
                      f"{str(there.get(first))[:12]}; {len(changed)} files differ); {fix_data}")
+    for path, here in local.get("models", {}).items():
+        there = remote.get("models", {}).get(path, {"error": "no answer"})
+        if there != here:
+            why = there["error"] if isinstance(there, dict) else f"here {here[:12]}, there {there[:12]}"
+            lines.append(f"{name}: model file {path} differs ({why}); {fix_code}")
     return lines

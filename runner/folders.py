@@ -15,7 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from engine import results
-from engine.data import DataError, check_participants, resolve_fold
+from engine.data import DataError, check_participants, fold_index, resolve_fold
 from engine.fileio import ConfigError
 from engine.flags import settings_with_defaults
 from engine import modes
@@ -37,7 +37,7 @@ def job_folder(job, workdir="."):
     participants = [participants] if isinstance(participants, (str, int, float)) else participants
     try:
         participants = check_participants(data_path, [str(p) for p in participants] if participants else None)
-        fold = int(str(settings.fold))
+        fold = fold_index(participants, str(settings.fold))
         target, _ = resolve_fold(participants, fold, settings.n_base_participants)
     except (DataError, ValueError) as e:
         raise ConfigError(f"job {job['job_id']}: {e}") from None

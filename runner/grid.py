@@ -109,6 +109,9 @@ def apply_sets(spec, sets):
             spec["folds"] = "all" if values == ["all"] else values
         elif flag == "prefix":
             spec["prefix"] = str(values[0])
+        elif len(values) == 1:  # one value is not a dimension: no folder level of its own
+            spec["grid"].pop(flag, None)
+            spec["fixed"][flag] = values[0]
         else:
             spec["fixed"].pop(flag, None)
             spec["grid"][flag] = values
@@ -146,6 +149,11 @@ def participants_of(spec, parser):
     if "participants" in spec["fixed"]:
         return list(spec["fixed"]["participants"])
     data_path = spec["fixed"].get("data_path", parser.get_default("data_path"))
+    if "data_path" in spec["grid"]:  # --set data_path=FOLDER puts it there
+        if len(spec["grid"]["data_path"]) != 1:
+            raise GridError('grid["data_path"] holds several folders: give "participants" in "fixed" to expand '
+                            'the folds')
+        data_path = spec["grid"]["data_path"][0]
     # Its "creating the demo dataset" line must not land among --print's command lines.
     with contextlib.redirect_stdout(sys.stderr):
         ensure_demo_data(data_path)
@@ -159,16 +167,21 @@ def participants_of(spec, parser):
 
 
 def fold_list(spec, participants):
+    """The grid's folds as indices: "all", or a list of indices and participant names."""
     folds = spec["folds"]
     if folds == "all":
         return list(range(len(participants)))
     if not isinstance(folds, list) or not folds:
-        raise GridError(f'"folds" must be "all" or a list of indices, got {folds!r}')
+        raise GridError(f'"folds" must be "all" or a list of indices or participant names, got {folds!r}')
+    indices = []
     for i, fold in enumerate(folds):
+        if isinstance(fold, str) and fold in participants:
+            fold = participants.index(fold)
         if not isinstance(fold, int) or isinstance(fold, bool) or not 0 <= fold < len(participants):
-            raise GridError(f'folds[{i}] = {json.dumps(fold)}: out of range for {len(participants)} '
-                            f'participants (0..{len(participants) - 1})')
-    return folds
+            raise GridError(f'folds[{i}] = {json.dumps(fold)}: neither a participant nor an index in range '
+                            f'for {len(participants)} participants (0..{len(participants) - 1})')
+        indices.append(fold)
+    return indices
 
 
 def collapse(flags, mode, n_others):

@@ -7,13 +7,9 @@ import json
 import math
 import posixpath
 
-from engine import flags
 from engine.flags import MAY_DIFFER, NOT_FLAGS
 from engine.modes import mode_of
 
-# A pack cannot draw the dropout masks of the solo runs: models with dropout train alone.
-# (tests/test_packing.py checks this list against models.py.)
-PACKABLE_MODELS = ("test", "test_pool4")
 PACK_SCRIPT = "oct1_train.py"  # the CLI whose jobs pack_train.py trains (it parses them with its parser)
 TRAINER = "pack_train.py"  # beside it
 # pack "auto" on a GPU: members per process. 32 is the measured peak of issue 15's table (32 models in
@@ -26,9 +22,10 @@ MAX_JOBS_TEXT = 100_000  # characters of the members' JSON on a pack's command l
 
 def pack_group(job, phase):
     """What jobs must share to train in one pack: the phase and every flag outside MAY_DIFFER
-    (job_id and base_key aside). None for a job that trains alone."""
-    if (job.get("model", flags.BY_NAME["model"].default) not in PACKABLE_MODELS or job.get("print_base_key")
-            or not mode_of(job.get("mode")).packable):
+    (job_id and base_key aside), so members of different architectures (--model, --model_args and
+    the flags that shape `test`) never share one. None for a job that trains alone. Every model
+    packs; pack_train.py runs the members of a model it cannot stack one after another."""
+    if job.get("print_base_key") or not mode_of(job.get("mode")).packable:
         return None
     shared = {k: v for k, v in job.items() if k not in MAY_DIFFER and k not in NOT_FLAGS}
     return json.dumps([phase, shared], sort_keys=True)

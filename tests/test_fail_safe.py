@@ -146,7 +146,7 @@ def test_the_members_validation_is_one_vmapped_pass_that_scores_as_the_solo_eval
     indices = [torch.arange(700), torch.arange(5, 40), torch.arange(600, 700)]  # 700 needs two chunks of 512
     reads = []
     store.gather_into = lambda index, x, y, read=store.gather_into: reads.append(index.shape) or read(index, x, y)
-    validation = PackedValidation(build_model("test", 3).eval(), stacked, store, indices)
+    validation = PackedValidation(build_model("test", 3).eval(), stacked, store, indices, [None] * 3)
     exact = validation.counts()  # the CPU's path: member by member, to the bit
     validation.by_member = False  # the GPU's path, vmapped
     counts = validation.counts()

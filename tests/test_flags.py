@@ -85,7 +85,8 @@ def test_report_columns_follow_the_roles():
     assert {"device", "progress_every", "prefix", "base_cache_dir", "fold"} <= report_runs.NOT_SETTINGS
     assert not {"lr", "seed", "data_path", "participants", "target_batch_pct"} & report_runs.NOT_SETTINGS
     assert report_runs.BASE_PHASE_SETTINGS == {"n_base_participants", "early_stopping_patience",
-                                                     "base_val_pct", "target_batch_pct", "epoch_rule"}
+                                                     "base_val_pct", "target_batch_pct", "epoch_rule",
+                                                     "finetune_layers"}
 
 
 def test_collapse_drops_augmentation_parameters_without_augmentation():

@@ -161,7 +161,8 @@ def test_train_py_jobs_carry_no_base_key(demo_cwd):
     ({"fixed": {"lr": "fast"}}, 'fixed["lr"] = "fast"'),
     ({"grid": {"batch_size": []}}, 'grid["batch_size"]: expected a non-empty list'),
     ({"grid": {"fold": [0]}}, 'grid["fold"]: --fold cannot be set'),
-    ({"folds": [0, 6]}, "folds[1] = 6: out of range for 6 participants"),
+    ({"folds": [0, 6]}, "folds[1] = 6: neither a participant nor an index in range for 6 participants"),
+    ({"folds": ["p2", "nobody"]}, 'folds[1] = "nobody": neither a participant nor an index in range'),
     ({"folds": "some"}, '"folds" must be "all" or a list'),
     ({"fixed": {"mode": "target_only_fine_tuning", "target_batch_pct": 0.5}, "grid": {"seed": [1]}},
      None),  # collapsed, not an error

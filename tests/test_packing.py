@@ -1,9 +1,7 @@
 """packing.py: which jobs share a pack, how many a slot takes, and how big "auto" is."""
 import json
 
-from torch import nn
-
-from engine import models
+from engine import flags, models
 from runner import packing
 from runner.plan import Plan, Task
 
@@ -20,14 +18,21 @@ def test_only_the_flags_a_pack_may_vary_may_differ():
     assert packing.pack_group(base, "target") != packing.pack_group(base, "base")
     for flag, value in (("batch_size", 32), ("max_epochs", 6), ("data_path", "e"), ("model", "test_pool4")):
         assert packing.pack_group(dict(base, **{flag: value}), "target") != packing.pack_group(base, "target")
-    assert packing.pack_group(dict(base, model="medium"), "target") is None
     assert packing.pack_group(dict(base, print_base_key=True), "target") is None
 
 
-def test_packable_models_are_exactly_those_without_dropout():
-    without_dropout = {name for name, build in models.MODELS.items()
-                       if not any(isinstance(m, nn.Dropout) and m.p > 0 for m in build(3).modules())}
-    assert set(packing.PACKABLE_MODELS) == without_dropout
+def test_every_model_packs_but_members_of_different_architectures_never_share_a_pack():
+    base = {"fold": 0, "batch_size": 8}
+    for name in models.MODELS:  # dropout too: a pack draws each member's masks as its solo run
+        assert packing.pack_group(dict(base, model=name), "target") is not None
+    for flag in flags.ARCHITECTURE_FLAGS + ("model_args",):
+        assert flag not in flags.MAY_DIFFER
+    groups = {packing.pack_group(dict(base, **change), "target") for change in (
+        {}, {"base_channels": 64}, {"use_dilation": True}, {"dropout": 0.5}, {"num_blocks": 5},
+        {"use_residual": True}, {"model": "lab.py:make"}, {"model": "lab.py:make", "model_args": '{"k": 1}'})}
+    assert len(groups) == 8
+    seeds = {packing.pack_group(dict(base, seed_finetune=s, pos_weight=w), "target") for s, w in ((1, 2.0), (2, 9.0))}
+    assert len(seeds) == 1  # fine-tuning seeds and class weights share a pack
 
 
 def test_a_slot_takes_its_share_of_its_group_and_never_mixes_groups():

@@ -4,12 +4,11 @@ Slurm grants), so a thousand tasks are never queued against the wrong checkout.
 
 Each difference is one line; they refuse the run (exit 2) unless --allow-mismatch. The answer
 also tells how much memory the GPU has, which sizes a pack "auto"."""
-import json
 import sys
 
 from engine.fileio import ConfigError
 from runner.config import PROG
-from runner.check import CHECK_MODULE, data_needs, differences, local_answer, read_answer
+from runner.check import CHECK_MODULE, check_arguments, data_needs, differences, local_answer, model_files, read_answer
 from runner.commands import module_args
 from runner.slurm.queue import first_line, slurm
 from runner.slurm.scripts import sbatch_options, script_start
@@ -22,10 +21,10 @@ class PreflightError(Exception):
     """The preflight job could not run (sbatch refused it, or it gave no answer)."""
 
 
-def ask_node(settings, script, needs, out_dir):
+def ask_node(settings, script, needs, models, out_dir):
     """(answer, None) from a compute node, or (None, why not)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    check = module_args(settings, script, CHECK_MODULE, ["--needs", json.dumps(needs)])
+    check = module_args(settings, script, CHECK_MODULE, check_arguments(needs, models))
     env = "" if settings["gpus_per_task"] else "CUDA_VISIBLE_DEVICES= "  # as the tasks run
     path = out_dir / "preflight.sh"
     path.write_text("\n".join([*script_start(settings, "the check before submitting"), env + check, ""]))
@@ -51,13 +50,17 @@ def preflight(settings, script, jobs, out_dir, allow_mismatch, say):
     line per difference (unless allow_mismatch: then they are warnings), PreflightError when it
     cannot run."""
     needs = data_needs(jobs)
+    try:
+        models = model_files(jobs)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     where = f"slurm partition {settings['partition'] or '(default)'}"
     say(f"preflight: one short job on {where} checks the code, data and libraries there")
-    answer, why = ask_node(settings, script, needs, out_dir)
+    answer, why = ask_node(settings, script, needs, models, out_dir)
     if why:
         raise PreflightError(f"{where}: {why}")
     workdir = settings["workdir"]
-    lines = differences(where, local_answer(needs), answer,
+    lines = differences(where, local_answer(needs, models), answer,
                         f"update the checkout in the workdir {workdir} (it runs the jobs)",
                         f"copy the data into the workdir {workdir}")
     if settings["gpus_per_task"] and not answer.get("cuda_visible_devices"):

@@ -7,7 +7,6 @@ sync(): copies the files that differ (by content hash) to a host's workdir: into
 a hidden folder first, then each renamed into place, so a file on the host is
 always either the old one or the new one, whole.
 """
-import json
 import os
 import posixpath
 import shlex
@@ -18,7 +17,7 @@ import tempfile
 
 from engine import provenance
 from engine.provenance import PROJECT_DIR
-from runner.check import CHECK_MODULE, data_needs, differences, local_answer, read_answer
+from runner.check import CHECK_MODULE, check_arguments, data_needs, differences, local_answer, model_files, read_answer
 from runner.commands import module_command, shell_path
 from runner.ssh.shell import HostRefused
 
@@ -40,9 +39,9 @@ def project_files(root=PROJECT_DIR):
     return provenance.code_files(root) + ["requirements.txt"]
 
 
-def ask_host(host, server, script, needs):
+def ask_host(host, server, script, needs, models=()):
     """The host's answer (engine.provenance.answer), or (None, why not)."""
-    result = host.run(module_command(server, script, CHECK_MODULE, ["--needs", json.dumps(needs)]))
+    result = host.run(module_command(server, script, CHECK_MODULE, check_arguments(needs, list(models))))
     return read_answer(result.stdout if result.stdout.strip() else f"exit status {result.exit_status}", FIX_CODE)
 
 
@@ -119,12 +118,13 @@ class Checker:
 
     def __init__(self, jobs, script, sync_code=False, sync_data=False, allow_mismatch=False):
         self.needs, self.script, self.allow_mismatch = data_needs(jobs), script, allow_mismatch
-        self.code_files = project_files() if sync_code else []
+        self.models = model_files(jobs)  # the jobs' own model files: checked, and copied with the code
+        self.code_files = sorted(set(project_files()) | set(self.models)) if sync_code else []
         self.data_files = data_files(self.needs) if sync_data else []
         # Hashed once here, not once per host.
         self.code_hashes = local_hashes(self.code_files, PROJECT_DIR)
         self.data_hashes = local_hashes(self.data_files)
-        self.local = local_answer(self.needs)
+        self.local = local_answer(self.needs, self.models)
         self.copied = {}  # host name: files copied
 
     def prepare(self, host, server):
@@ -135,7 +135,7 @@ class Checker:
                                       + sync(host, server, self.data_files, here=self.data_hashes))
         except OSError as e:  # what stopped the copy happens on every try
             raise HostRefused(f"{host.name}: copying to {server['workdir']} failed ({e})") from None
-        answer, why = ask_host(host, server, self.script, self.needs)
+        answer, why = ask_host(host, server, self.script, self.needs, self.models)
         lines = [f"{host.name}: {why}"] if why else differences(host.name, self.local, answer, FIX_CODE, FIX_DATA)
         if lines and not self.allow_mismatch:
             raise Mismatch("; ".join(lines), lines)
