@@ -97,7 +97,13 @@ def build_parser():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)
+    add_synthetic(commands)
+    add_csv(commands)
+    return parser
 
+
+def add_synthetic(commands):
+    """The synthetic subcommand and its flags."""
     syn = commands.add_parser(
         "synthetic", help="write the synthetic demo dataset", allow_abbrev=False,
         description="Synthetic wrist IMU at 50 Hz: acc_x..z in g (with gravity), "
@@ -115,6 +121,9 @@ def build_parser():
                           "holding anything else is refused (default off)")
     add_check_flags(syn)
 
+
+def add_csv(commands):
+    """The csv subcommand and its flags."""
     raw = commands.add_parser(
         "csv", help="window raw CSV recordings into splits", allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -157,7 +166,6 @@ def build_parser():
                      help="replace an output folder of NAME_{train,val,test}.pt files; one "
                           "holding anything else is refused (default off)")
     add_check_flags(raw)
-    return parser
 
 
 def main(argv=None):

@@ -1,13 +1,16 @@
-"""The backends a run can use, one interface each, picked from the cluster config (registry):
+"""The backends a run can use, picked from the cluster config (registry):
 
     kind = backend_for(path)                     # a "slurm" section: Slurm; else the SSH/local hosts
-    config, script, workdir = kind.load(args)    # the config's settings; the script; where results land
+    config, script, workdir = load(args, kind)   # the config's settings; the script; where results land
     kind.dry_run(args, config, plan, script, run_dir)
-    status = kind.run(args, config, plan, script, skipped, run_dir, history, say)
+    backend = kind.make(args, config, plan, script, run_dir, history, say)
+    status = runner.driver.drive(backend, ...)   # the one loop, summary, run log and exit status
 
 A backend's package (runner/ssh/, runner/slurm/) is imported only when it is chosen: paramiko only
-for SSH. A third backend is one more entry here and its package, which starts, watches, cancels and
-fetches tasks and reports how each ended (runner.ending), while the planner decides.
+for SSH. Its object implements the methods runner/driver.py lists (open, capacity, start, poll,
+wait, pending, cancel, stop, close, figures): it starts, watches, cancels and fetches tasks and
+reports how each ended (runner.ending), while the planner decides. A fourth backend is one more
+entry here, with its package.
 """
 from pathlib import Path
 
@@ -39,9 +42,12 @@ class Hosts:
         print_plan(config["servers"], plan.tasks, script, trainer_path(script), plan.cached)
 
     @staticmethod
-    def run(args, config, plan, script, skipped, run_dir, history, say):
-        from runner.ssh.run import run  # paramiko, only for SSH
-        return run(args, config, plan, script, skipped, run_dir, say)
+    def make(args, config, plan, script, run_dir, history, say):
+        from runner.ssh.backend import HostOptions, SshBackend  # paramiko, only for SSH
+        options = HostOptions(timeout=args.timeout, down_timeout=args.down_timeout,
+                              accept_new_hosts=args.accept_new_hosts, sync_code=args.sync_code,
+                              sync_data=args.sync_data, allow_mismatch=args.allow_mismatch)
+        return SshBackend(config, plan, script, say, options)
 
 
 class Slurm:
@@ -68,9 +74,11 @@ class Slurm:
         print_plan(plan, config, script, run_dir, args.timeout)
 
     @staticmethod
-    def run(args, config, plan, script, skipped, run_dir, history, say):
-        from runner.slurm.run import run
-        return run(args, config, plan, script, skipped, run_dir, history, say)
+    def make(args, config, plan, script, run_dir, history, say):
+        from runner.slurm.backend import SlurmBackend
+        return SlurmBackend(plan, config, script, run_dir, say, timeout=args.timeout,
+                            resume=history if args.resume else None, detach=args.detach,
+                            allow_mismatch=args.allow_mismatch)
 
 
 BACKENDS = (Hosts, Slurm)

@@ -2,9 +2,10 @@
 attempt means (done, retried, requeued, failed for good, blocking its base's dependents), each
 written to the ledger as it happens.
 
-A backend asks take() for the tasks of its next process (a job, or a pack of compatible jobs
-of one phase), starts them, and says how each attempt ended; it never decides a retry, a
-requeue or a block itself. So whatever the planner can do, the SSH and the Slurm backend do.
+The driver (runner.driver) asks take() for the tasks of each process a backend has room for (a
+job, or a pack of compatible jobs of one phase); the backend starts them and says how each attempt
+ended (runner.ending.settle); it never decides a retry, a requeue or a block itself. So whatever
+the planner can do, the SSH and the Slurm backend do.
 
     plan = Plan(tasks, ledger, log_dir, retries=1, cached=cached)
     plan.begin()

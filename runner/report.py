@@ -1,8 +1,10 @@
-"""What a run shows, whichever backend ran it: progress lines, the end-of-run summary, the
---log-file JSON report, and the personalization report's headline for the run's prefixes."""
+"""What a run shows, whichever backend ran it: progress lines and the progress bar, the end-of-run
+summary, the --log-file JSON report, and the personalization report's headline for the run's prefixes."""
 import json
 import shlex
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
@@ -21,6 +23,65 @@ class Say:
     def __call__(self, message, important=False):
         if important or not self.quiet:
             tqdm.write(message, file=sys.stderr)
+
+
+STATUS_EVERY = 30.0  # seconds between status lines when stderr is not a terminal
+
+
+class Progress:
+    """The run's progress on stderr: a bar on a terminal, else a status line every STATUS_EVERY
+    seconds (a bar redrawn into a file is noise); quiet shows neither."""
+
+    def __init__(self, plan, quiet):
+        self.plan, self.quiet = plan, quiet
+        self.started = self.shown_at = time.time()
+        self.bar = tqdm(total=len(plan.tasks), unit="job", disable=quiet or not sys.stderr.isatty(),
+                        file=sys.stderr, dynamic_ncols=True)
+        self.pending = 0
+
+    def show(self, pending=0):
+        """pending: tasks out that wait in the backend's queue; the others out run."""
+        plan, self.pending = self.plan, pending
+        self.bar.n = self.finished()
+        self.bar.set_postfix_str(f"done {len(plan.ok)} failed {len(plan.failed)} blocked {len(plan.blocked)} "
+                                 f"running {len(plan.out) - pending}" + (f" pending {pending}" if pending else ""),
+                                 refresh=False)
+        self.bar.refresh()
+        if not self.quiet and not sys.stderr.isatty() and time.time() - self.shown_at >= STATUS_EVERY:
+            self.shown_at = time.time()
+            print(self.status_line(), file=sys.stderr, flush=True)
+
+    def finished(self):
+        plan = self.plan
+        return len(plan.ok) + len(plan.failed) + len(plan.cancelled) + len(plan.blocked)
+
+    def status_line(self):
+        """'[12:00:30] 7/40 jobs finished: 6 done, 1 failed, 0 blocked, 2 running; ETA 3 min'"""
+        plan, finished = self.plan, self.finished()
+        eta = "unknown"
+        if finished:
+            left = (time.time() - self.started) / finished * (len(plan.tasks) - finished)
+            eta = f"{left:.0f} s" if left < 120 else f"{left / 60:.0f} min"
+        cancelled = f"{len(plan.cancelled)} cancelled, " if plan.cancelled else ""
+        pending = f", {self.pending} pending" if self.pending else ""
+        return (f"[{time.strftime('%H:%M:%S')}] {finished}/{len(plan.tasks)} jobs finished: "
+                f"{len(plan.ok)} done, {len(plan.failed)} failed, {cancelled}{len(plan.blocked)} blocked, "
+                f"{len(plan.out) - self.pending} running{pending}; ETA {eta}")
+
+    def close(self):
+        self.show(self.pending)
+        self.bar.close()
+
+
+@dataclass
+class Figures:
+    """A backend's part of the end of a run: lines before the summary (the per-slot table), the end
+    of the summary's base-model line (copies made), what the run log's base_models adds (copies) and
+    the run log's own parts of the backend (slots and devices; Slurm's arrays, pack size, limits)."""
+    lines: list = field(default_factory=list)
+    base_extra: str = ""
+    copies: dict = field(default_factory=dict)
+    log: dict = field(default_factory=dict)
 
 
 def task_counts(tasks):

@@ -1,7 +1,8 @@
 """A run of a jobs file, whichever backend runs it: the input read and checked, the tasks planned
 (phase 1 base jobs for the base models missing from the cache, then the jobs; what the ledger
-shows finished is skipped), then the SSH hosts or the Slurm cluster of the cluster config, and
-the personalization report's headline at the end. run_distributed_training.py is its CLI.
+shows finished is skipped), then the backend of the cluster config (the SSH hosts or a Slurm
+cluster) under the driver (runner.driver), and the personalization report's headline at the end.
+run_distributed_training.py is its CLI.
 
 Exit status: 0 all jobs done, 1 some failed, were cancelled or blocked, 2 bad input, the run dir
 in use or nothing usable as configured, 3 no host (or no Slurm controller) reachable, or a run
@@ -16,6 +17,7 @@ from engine import base_cache
 from engine.fileio import ConfigError
 from runner.backends import backend_for, load, options_elsewhere
 from runner.config import PROG
+from runner.driver import drive
 from runner.jobs import cache_entry, needed_base, plan_jobs, validate_jobs
 from runner.folders import job_folders, refuse_foreign
 from runner.ledger import Ledger, run_dir_lock, run_id
@@ -112,7 +114,8 @@ def run(args, kind, config, tasks, cached, skipped, run_dir, script, history, sa
                 overwrite=args.overwrite)
     previous = signal.signal(signal.SIGTERM, raise_interrupt)  # `kill <runner>` stops like Ctrl-C
     try:
-        return kind.run(args, config, plan, script, skipped, run_dir, history, say)
+        backend = kind.make(args, config, plan, script, run_dir, history, say)
+        return drive(backend, plan, kind.early, say, args, skipped, args.log_file or run_dir / "run_log.json")
     finally:
         signal.signal(signal.SIGTERM, previous)
         ledger.close()

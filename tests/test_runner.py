@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -18,9 +19,11 @@ from conftest import free_port, processes_with, write_json
 from runner import commands
 from runner import ledger as run_ledger
 from runner.config import PROG, check_server, load_cluster_config
+from runner.driver import drive
+from runner.ending import Ending, settle
 from runner.jobs import load_jobs
 from runner.plan import Plan, Task
-from runner.report import print_report_headline, summary_lines
+from runner.report import Figures, Say, print_report_headline, summary_lines
 from runner.ssh import hosts, shell
 from runner.ssh.transfer import HostTransfer
 
@@ -413,3 +416,65 @@ def test_an_abbreviated_runner_option_is_refused(capsys):
     with pytest.raises(SystemExit) as exit_:
         rdt.parse_args(["--retry", "2"])
     assert exit_.value.code == 2 and "unrecognized arguments: --retry" in capsys.readouterr().err
+
+
+class InstantBackend:
+    """A whole backend in the driver's methods (runner.driver): two places; each task ends as it starts,
+    "b" failing. What a fourth backend implements, and no more."""
+    name = "instant"
+
+    def __init__(self, plan):
+        self.plan = plan
+
+    def open(self):
+        pass
+
+    def capacity(self):
+        return [("left", 1), ("right", 1)], 2
+
+    def start(self, packs):
+        for place, tasks in packs:
+            self.plan.start(tasks, host=place)
+            for task in tasks:
+                failed = task.job_id == "b"
+                settle(self.plan, task, Ending(done=not failed, exit_status=int(failed),
+                                               fields={"exit_status": int(failed)}))
+            self.plan.process_done()
+
+    def poll(self):
+        return False
+
+    def wait(self):
+        pass
+
+    def pending(self):
+        return 0
+
+    def cancel(self, tasks):
+        return list(tasks)
+
+    def stop(self):
+        pass
+
+    def close(self):
+        pass
+
+    def figures(self, wall):
+        return Figures(lines=["instant: 2 places"])
+
+
+def test_a_backend_is_its_methods_and_the_driver_owns_the_end(tmp_path, capsys):
+    tasks = [Task({"job_id": "base-k"}, builds="k"), Task({"job_id": "a"}, needs="k"), Task({"job_id": "b"})]
+    ledger = run_ledger.Ledger(tmp_path / "ledger.jsonl")
+    plan = Plan(tasks, ledger, tmp_path / "logs", retries=1)
+    args = SimpleNamespace(cluster_config="c.json", jobs_config="j.json")
+    status = drive(InstantBackend(plan), plan, False, Say(quiet=True), args, 0, tmp_path / "run_log.json")
+    ledger.close()
+    assert status == 1  # b failed twice: its retry is the planner's, the exit status the driver's
+    ended = [(r["job_id"], r["status"], r["host"]) for r in run_ledger.Ledger.read(tmp_path / "ledger.jsonl")
+             if r["status"] != "started"]
+    assert ended == [("base-k", "ok", "left"), ("b", "failed", "right"), ("a", "ok", "left"), ("b", "failed", "right")]
+    report = json.loads((tmp_path / "run_log.json").read_text())
+    assert report["backend"] == "instant" and report["totals"]["done"] == 1 and report["totals"]["failed"] == 1
+    out = capsys.readouterr().out
+    assert out.startswith("instant: 2 places\n1 done, 1 failed") and "failed jobs:\n  b  failed (exit 1)" in out

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import run_distributed_training as rdt
 from conftest import write_json
+from runner import report
 from runner.config import PROG
-from runner.ssh import backend as ssh_backend
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,7 +21,7 @@ def local_cluster(folder, script):
 def test_without_a_terminal_the_runner_prints_status_lines_not_a_redrawn_bar(fake_script, tmp_path, capsys,
                                                                             monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(ssh_backend, "STATUS_EVERY", 1.0)  # 30 s in use; 1 s keeps the test short
+    monkeypatch.setattr(report, "STATUS_EVERY", 1.0)  # 30 s in use; 1 s keeps the test short
     jobs = write_json(tmp_path / "jobs.json", [{"prefix": "s", "fold": k, "sleep": 0.5, "job_id": f"s{k}"}
                                                for k in range(8)])
     # Under pytest stderr is captured, not a terminal: as `runner 2> run.txt`.

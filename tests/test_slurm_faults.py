@@ -140,6 +140,7 @@ def started(tmp_path, *tasks):
     plan = Plan(list(tasks), Ledger(tmp_path / "ledger.jsonl"), tmp_path / "logs", retries=1, run_id="r1")
     settings, _ = load_slurm_config(write_json(tmp_path / "slurm.json", {"slurm": {"workdir": str(tmp_path)}}))
     backend = SlurmBackend(plan, settings, "oct1_train.py", tmp_path, Say(quiet=True))
+    plan.cancel = backend.cancel  # as the driver does
     for n, task in enumerate(tasks):
         plan.start([plan.take(early=True)[0]], "submitted", slurm_job=f"{n + 5}_0")
     return plan, backend

@@ -1,21 +1,25 @@
-"""The Slurm backend: the planner's ready tasks, packed, submitted as sbatch job arrays (an array
-task per pack; a dependent as soon as its base task is queued, with --dependency on it), in
-waves that fit the user's submit limit, watched with squeue (every poll_s seconds, longer while
-nothing ends), their ends read from sacct or scontrol and told to the planner member by member
-(ends.py); Ctrl-C cancels what it submitted.
+"""The Slurm backend under the driver (runner.driver): the planner's ready tasks, packed, submitted
+as sbatch job arrays (an array task per pack; a dependent as soon as its base task is queued, with
+--dependency on it), in waves that fit the user's submit limit, watched with squeue (every poll_s
+seconds, longer while nothing ends), their ends read from sacct or scontrol and told to the planner
+member by member (ends.py); Ctrl-C cancels what it submitted.
 
 Slurm grants the GPU (CUDA_VISIBLE_DEVICES). The run dir and workdir are on the filesystem the
-compute nodes share with this machine, so a job's log and results need no copy.
+compute nodes share with this machine, so a job's log and results need no copy (no fetch).
 """
+import itertools
 import math
 import os
 import sys
 import time
 
-from tqdm import tqdm
-
-from runner.slurm.ends import DONE, finished_in_log, tell_plan
+from engine.fileio import ConfigError
+from runner.driver import Stop, error_line
+from runner.report import Figures
+from runner.slurm.ends import DONE, done_by_its_log, tell_plan
+from runner.slurm.preflight import PreflightError
 from runner.slurm.queue import SlurmUnreachable, final_states, first_line, queue_states, slurm
+from runner.slurm.run import adopt, prepare
 from runner.slurm.scripts import array_script, phase_arrays, sbatch_argv, sbatch_options
 
 STILL_RUNNING = ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED")
@@ -33,8 +37,14 @@ class SubmitError(Exception):
 
 
 class SlurmBackend:
-    def __init__(self, plan, settings, script, run_dir, say, timeout=None):
+    name = "slurm"
+
+    def __init__(self, plan, settings, script, run_dir, say, timeout=None, resume=None, detach=False,
+                 allow_mismatch=False):
+        """resume: the ledger's lines, to watch what an earlier run left queued (None: --no-resume);
+        detach: submit the first wave and end the run (--detach)."""
         self.plan, self.settings, self.script, self.say = plan, settings, script, say
+        self.resume, self.detach, self.allow_mismatch = resume, detach, allow_mismatch
         self.out_dir = run_dir / "slurm"
         self.options = sbatch_options(settings, timeout)
         self.pack = 1  # jobs per array task (scripts.pack_limit, once the preflight has told the GPU)
@@ -42,8 +52,26 @@ class SlurmBackend:
         self.submitted = []  # every array id this run submitted
         self.missing = {}  # slurm job: when it was first unknown to Slurm
         self.states = {}  # slurm job: its state at the last poll
-        self.started = time.time()
-        plan.cancel = self.cancel
+        self.watching = False  # polled once: a submission sbatch refuses is tried again, not the end
+        self.wait_s = settings["poll_s"]  # until the next poll
+        self.failing_since = self.refused_since = None  # squeue failing, sbatch refusing, since
+
+    def open(self):
+        """Take back what an earlier run left queued; with tasks to submit, the preflight, the pack
+        size and the cluster's limits (run.py). Nothing of this run is submitted yet."""
+        try:
+            adopted = adopt(self, self.resume) if self.resume is not None else 0
+            if self.plan.waiting:
+                prepare(self, self.allow_mismatch)
+        except (ConfigError, PreflightError) as e:
+            raise Stop(error_line(e), 2) from None
+        except SlurmUnreachable as e:
+            raise Stop(error_line(e), 3) from None
+        except KeyboardInterrupt:  # while the preflight waits for a node: it goes too
+            slurm("scancel", "--me", "--name=preflight")
+            raise Stop("interrupted before anything was submitted", 130) from None
+        if adopted:
+            print(f"resume: watching {adopted} jobs already in Slurm", file=sys.stderr)
 
     def active(self):
         """{slurm job: its tasks} of the submissions out now (a pack's members share one)."""
@@ -59,23 +87,39 @@ class SlurmBackend:
         limit = self.settings["max_submit"] or self.limits.get("max_submit")
         return limit - len(self.active()) if limit else math.inf
 
-    def submit_ready(self):
-        """Submit every pack ready now, as many as the queue has room for (the rest go in later
-        waves, as tasks end); a dependent goes as soon as its base task is queued."""
-        # (The planner's count of processes out only shares packs among idle SSH slots; with one
-        # "slot", as here, a pack takes up to self.pack of its group, so it is not kept.)
-        packs, room = [], self.room()
-        while len(packs) < room:
-            pack = self.plan.take(self.pack, early=True)
-            if not pack:
-                break
-            packs.append(pack)
+    def capacity(self):
+        """An array task for each pack the queue has room for, of up to self.pack jobs. One "slot":
+        the planner's count of processes out only shares packs among idle SSH slots, so here a pack
+        takes up to self.pack of its group."""
+        room, place = self.room(), (None, self.pack)
+        return (itertools.repeat(place) if room == math.inf else itertools.repeat(place, max(0, room))), 1
+
+    def start(self, packs):
+        """Submit the packs as arrays. A refusal before the watch began, or one that lasts
+        SUBMIT_GIVE_UP_S, cancels what the run submitted and ends it (exit 2): nothing half-submitted
+        stays queued; else they wait for the next try. --detach ends the run after the first wave."""
+        try:
+            self.submit_packs([tasks for _, tasks in packs])
+            self.refused_since = None
+        except SubmitError as e:  # the controller busy or restarting: the tasks wait for the next try
+            self.refused_since = self.refused_since or time.time()
+            if not self.watching or time.time() - self.refused_since > SUBMIT_GIVE_UP_S:
+                self.cancel_all()
+                raise Stop(error_line(e), 2) from None
+            self.say(f"warning: {e}; submitting again later", important=True)
+        if self.detach and not self.watching:
+            raise Stop(f"detached: {len(self.plan.out)} jobs queued in Slurm (arrays {', '.join(self.submitted)}); "
+                       f"rerun the same command without --detach to watch them", 0)
+
+    def submit_packs(self, packs):
+        """Submit packs, phase by phase, in arrays; a dependent goes as soon as its base task is queued.
+        What sbatch did not take (or Ctrl-C) waits again."""
         submitted = []
         try:
             for name, members, bases in phase_arrays(packs, self.plan.building, self.limits.get("max_array")):
                 self.submit(name, members, bases)
                 submitted += members
-        except BaseException:  # sbatch refused, or Ctrl-C: what it did not take waits again
+        except BaseException:
             self.plan.put_back([task for pack in packs if pack not in submitted for task in pack])
             raise
 
@@ -104,9 +148,36 @@ class SlurmBackend:
     # -- watching
 
     def poll(self):
+        """Read the ends (read_ends); squeue failing is ridden out for UNREACHABLE_S (a controller
+        restart is brief), then the run ends with the jobs left queued. Returns whether tasks are out."""
+        self.watching = True
+        try:
+            # Quick while tasks end, slower (up to twice poll_s) while none does.
+            poll_s = self.settings["poll_s"]
+            self.wait_s = poll_s if self.read_ends() else min(self.wait_s * 1.5, 2 * poll_s)
+            self.failing_since = None
+        except SlurmUnreachable as e:
+            self.failing_since = self.failing_since or time.time()
+            if time.time() - self.failing_since > UNREACHABLE_S:
+                raise Stop(error_line(f"{e} for {UNREACHABLE_S:.0f} s; submitted jobs stay in Slurm: rerun the "
+                                      f"same command to watch them"), 3) from None
+            self.say(f"warning: {e}; asking again", important=True)
+        return bool(self.plan.out)
+
+    def wait(self):
+        time.sleep(self.wait_s)
+
+    def pending(self):
+        """Tasks out that Slurm has not started yet."""
+        running = sum(len(tasks) for job, tasks in self.active().items() if self.states.get(job) == "RUNNING")
+        return len(self.plan.out) - running
+
+    def read_ends(self):
         """Ask Slurm once; handle every array task that ended, or that can never start. Returns
         whether any did."""
         active = self.active()
+        if not active:
+            return False  # nothing to ask about
         queued = queue_states()
         self.states.update({job: state for job, (state, _) in queued.items() if job in active})
         gone = [job for job in active if job not in queued]
@@ -139,20 +210,9 @@ class SlurmBackend:
     def lost(self, tasks, job):
         """Neither squeue nor the accounting has known the task for GONE_AFTER_S: a member whose log
         and result show it finished is done; the others end UNKNOWN (retried)."""
-        left = [task for task in tasks if not self.done_by_its_log(task, task.record)]
+        left = [task for task in tasks if not done_by_its_log(self.plan, task, task.record, self.settings["workdir"])]
         if left:
             self.ended(job, left, "UNKNOWN", None, {})
-
-    def done_by_its_log(self, task, record):
-        """A submission Slurm no longer knows: done (True) when its log and result folder show it
-        finished (ends.finished_in_log)."""
-        found = finished_in_log(task, record, self.settings["workdir"])
-        if found:
-            if task not in self.plan.out:  # an earlier run's, on resume
-                self.plan.adopt(task, record)
-            self.plan.succeeded(task, result_dir=found, state="UNKNOWN",
-                                note="Slurm no longer knows it; its log and result folder show it finished")
-        return bool(found)
 
     def never_starts(self, tasks, reason):
         """A pending task Slurm will never start as asked (say, a time limit above the partition's
@@ -174,45 +234,6 @@ class SlurmBackend:
         if stop and slurm("scancel", *stop).returncode:
             return tasks  # not cancelled: they stay out and their end is read, never submitted twice
         return running
-
-    def watch(self):
-        """Poll until every task has ended, submitting what becomes ready (retries; one that
-        sbatch refuses is tried again with backoff); Ctrl-C cancels what is queued or running."""
-        plan = self.plan
-        bar = tqdm(total=len(plan.tasks), desc="jobs", unit="job", disable=self.say.quiet, file=sys.stderr)
-        failing_since = refused_since = None
-        wait = self.settings["poll_s"]
-        try:
-            while not plan.finished:
-                try:
-                    # Quick while tasks end, slower (up to twice poll_s) while none does.
-                    wait = self.settings["poll_s"] if self.poll() else min(wait * 1.5, 2 * self.settings["poll_s"])
-                    failing_since = None
-                except SlurmUnreachable as e:  # a controller restart is brief; ride it out
-                    failing_since = failing_since or time.time()
-                    if time.time() - failing_since > UNREACHABLE_S:
-                        raise
-                    self.say(f"warning: {e}; asking again", important=True)
-                try:
-                    self.submit_ready()
-                    refused_since = None
-                except SubmitError as e:  # the controller busy or restarting: the tasks wait for the next try
-                    refused_since = refused_since or time.time()
-                    if time.time() - refused_since > SUBMIT_GIVE_UP_S:
-                        raise
-                    self.say(f"warning: {e}; submitting again later", important=True)
-                self.show(bar)
-                if not plan.finished:
-                    time.sleep(wait)
-        finally:
-            bar.close()
-
-    def show(self, bar):
-        plan = self.plan
-        running = sum(len(tasks) for job, tasks in self.active().items() if self.states.get(job) == "RUNNING")
-        bar.n = len(plan.tasks) - len(plan.out) - len(plan.waiting)
-        bar.set_postfix(done=len(plan.ok), failed=len(plan.failed), blocked=len(plan.blocked),
-                        running=running, pending=len(plan.out) - running, refresh=True)
 
     def cancel_all(self, wait_s=30):
         """scancel every array this run submitted or adopted; wait until squeue no longer lists them.
@@ -240,30 +261,12 @@ class SlurmBackend:
         except SlurmUnreachable as e:
             self.say(f"warning: {e}; cannot confirm the cancel: check squeue", important=True)
 
-    # -- resume
+    def stop(self):
+        print("interrupted: cancelling the submitted jobs (scancel) ...", file=sys.stderr)
+        self.cancel_all()
 
-    def adopt(self, history):
-        """Watch the submissions of an earlier run that Slurm still knows instead of submitting them
-        again; returns how many. One Slurm no longer knows is done when its log and result say so
-        (Slurm forgets ended jobs MinJobAge after they end, where no accounting runs), else "lost":
-        it runs again."""
-        closed = {(r["job_id"], r.get("slurm_job")) for r in history if r.get("status") != "submitted"}
-        open_ = {r["job_id"]: r for r in history
-                 if r.get("status") == "submitted" and (r["job_id"], r["slurm_job"]) not in closed}
-        if not open_:
-            return 0
-        queued = queue_states()
-        self.states.update({job: state for job, (state, _) in queued.items()})
-        known = set(queued) | set(final_states([r["slurm_job"] for r in open_.values()]))
-        for task in self.plan.waiting:
-            record = open_.get(task.job_id)
-            if record is None:
-                continue
-            if record["slurm_job"] in known:
-                self.plan.adopt(task, record)
-            elif not self.done_by_its_log(task, record):
-                self.plan.note(task.job_id, "lost", slurm_job=record["slurm_job"])
-        # A dependent waits on its base's task: if that base is to be submitted anew, so is it.
-        new_bases = {task.builds for task in self.plan.waiting if task.builds}
-        self.plan.withdraw([task for task in self.plan.out if task.needs in new_bases], "base resubmitted")
-        return len(self.plan.out)
+    def close(self):
+        pass  # nothing held: every Slurm command is a process of its own
+
+    def figures(self, wall):
+        return Figures(log={"arrays": self.submitted, "pack": self.pack, **self.limits})

@@ -95,3 +95,15 @@ def finished_in_log(task, record, workdir):
         return None
     found = result_dir(task, text)
     return found if found and (Path(workdir) / found).is_dir() else None
+
+
+def done_by_its_log(plan, task, record, workdir):
+    """A submission Slurm no longer knows: done, and told to the planner, when its log and result
+    folder show it finished (finished_in_log). Returns whether it was."""
+    found = finished_in_log(task, record, workdir)
+    if found:
+        if task not in plan.out:  # an earlier run's, on resume
+            plan.adopt(task, record)
+        plan.succeeded(task, result_dir=found, state="UNKNOWN",
+                       note="Slurm no longer knows it; its log and result folder show it finished")
+    return bool(found)

@@ -1,74 +1,157 @@
-"""The SSH backend: one worker thread per (host, device) slot asks the planner for its next
-process (a job, or a pack of jobs) and runs it on its host (attempt.py: the output streamed to
-the jobs' logs, finished results copied home, each end told to the planner). It follows
-each host's health (a lost host's jobs are requeued, the host retried with backoff) and the
-GPUs other people fill; Ctrl-C kills what runs on every host."""
-import sys
+"""The SSH backend under the driver (runner.driver): SSH servers and this machine, one slot per
+(host, device). A thread per slot keeps it ready (its host up, its GPU not filled by other people,
+its pack size known) and offers it to the driver, which hands it the planner's next job or pack;
+the slot runs that on its host (attempt.py: the output streamed to the jobs' logs, finished results
+copied home, each end told to the planner). A lost host's jobs are requeued and the host retried
+with backoff; Ctrl-C kills what runs on every host."""
+import queue
 import threading
 import time
+from dataclasses import dataclass
 
-from tqdm import tqdm
-
-from runner.commands import job_command, pack_command
+from engine.fileio import ConfigError
+from runner.commands import job_command, pack_command, plural
+from runner.driver import Stop, error_line
 from runner.packing import pack_limit, trainer_path
+from runner.report import Figures, task_counts
 from runner.ssh.attempt import Context, attempt
 from runner.ssh.gpu_watch import GpuWatch
-from runner.ssh.hosts import all_down_for, unusable
+from runner.ssh.hosts import all_down_for, make_host, unusable
+from runner.ssh.run import devices, open_hosts, slot_figures, slot_table
 from runner.ssh.shell import HostDown
 from runner.ssh.transfer import HostTransfer
 
-STATUS_EVERY = 30.0  # seconds between status lines when stderr is not a terminal
+OFFER_S = 0.5  # how long a free slot waits for work before it looks at its host and GPU again
+
+
+@dataclass(frozen=True)
+class HostOptions:
+    """The runner's options for SSH hosts."""
+    timeout: float = None  # --timeout, seconds per process
+    down_timeout: float = 600.0  # give up when every host has been down this long
+    accept_new_hosts: bool = False
+    sync_code: bool = False
+    sync_data: bool = False
+    allow_mismatch: bool = False
 
 
 class SshBackend:
-    def __init__(self, slots, plan, health, script, say, timeout=None, down_timeout=600.0):
+    name = "ssh"
+
+    def __init__(self, cluster, plan, script, say, options):
         """say: the run's runner.report.Say (progress lines), the planner's too."""
-        self.slots, self.plan, self.health, self.script, self.say = slots, plan, health, script, say
-        self.timeout, self.down_timeout = timeout, down_timeout
-        self.stop = threading.Event()
-        self.transfer = HostTransfer(script, self.say)
+        self.cluster, self.plan, self.script, self.say, self.options = cluster, plan, script, say, options
+        self.hosts, self.slots, self.health, self.threads = [], [], {}, []
+        self.gpus = {}  # host name: its GpuWatch (hosts with GPU slots)
+        self.stopping = threading.Event()  # set when the run stops: what ends now is interrupted, not failed
+        self.transfer = HostTransfer(script, say)
         self.trainer = trainer_path(script)  # pack_train.py beside the script; None: no packs
-        say_gpu = lambda message: self.say(message, important=True)  # noqa: E731
-        # One watch per host with GPU slots: busy devices (gpus "auto") and pack sizes (pack "auto").
-        self.gpus = {}
-        for s in slots:
-            if s.device != "cpu" and s.host.name not in self.gpus:
-                self.gpus[s.host.name] = GpuWatch(s.server, s.host, say_gpu)
-        self.context = Context(plan, self.transfer, health, say, self.stop, timeout)
-        self.interrupted = self.aborted = None
-        self.started = self.ended = None
-        plan.log_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.Lock()  # guards offers and the hand-over of work
+        self.offers = {}  # id(slot): (slot, pack limit) of the free slots waiting for work
+        self.inboxes = {}  # id(slot): the work handed to it
+        self.changed = threading.Event()  # a slot is free or offers itself: the driver looks now
+        self.aborted = None
 
     @property
     def unusable(self):
         return unusable(self.health.values())
 
-    def status_line(self):
-        """'[12:00:30] 7/40 jobs finished: 6 done, 1 failed, 0 blocked, 2 running; ETA 3 min'"""
-        plan = self.plan
-        finished = len(plan.ok) + len(plan.failed) + len(plan.blocked)
-        elapsed = time.time() - self.started
-        eta = "unknown"
-        if finished:
-            left = elapsed / finished * (len(plan.tasks) - finished)
-            eta = f"{left:.0f} s" if left < 120 else f"{left / 60:.0f} min"
-        return (f"[{time.strftime('%H:%M:%S')}] {finished}/{len(plan.tasks)} jobs finished: "
-                f"{len(plan.ok)} done, {len(plan.failed)} failed, {len(plan.blocked)} blocked, "
-                f"{len(plan.out)} running; ETA {eta}")
+    def open(self):
+        """Reach and check the hosts, plan their slots, start a thread per slot."""
+        servers = self.cluster["servers"]
+        self.hosts = [make_host(s, self.cluster, self.options.accept_new_hosts) for s in servers]
+        try:
+            self.slots, self.health = open_hosts(servers, self.hosts, self.options, self.plan.tasks, self.script)
+        except ConfigError as e:
+            raise Stop(error_line(e), 2) from None
+        except KeyboardInterrupt:
+            raise Stop("interrupted", 130) from None
+        if not self.slots:
+            raise Stop(error_line("no host reachable"), 3)
+        self.say(f"{task_counts(self.plan.tasks)} over {plural(len(self.slots), 'slot')}: "
+                 f"{', '.join(s.label for s in self.slots)}")
+        say_gpu = lambda message: self.say(message, important=True)  # noqa: E731
+        for s in self.slots:  # busy devices (gpus "auto") and pack sizes (pack "auto")
+            if s.device != "cpu" and s.host.name not in self.gpus:
+                self.gpus[s.host.name] = GpuWatch(s.server, s.host, say_gpu)
+        self.context = Context(self.plan, self.transfer, self.health, self.say, self.stopping, self.options.timeout)
+        self.plan.log_dir.mkdir(parents=True, exist_ok=True)
+        for s in self.slots:
+            self.inboxes[id(s)] = queue.Queue()
+            self.threads.append(threading.Thread(target=self._serve, args=(s,), daemon=True, name=s.label))
+            self.threads[-1].start()
 
-    def _attempt(self, slot, tasks):
-        if self.stop.is_set():
-            self.plan.put_back(tasks)
-            return
-        jobs = [self.plan.job_to_run(task) for task in tasks]
-        slots = sum(s.server is slot.server for s in self.slots)  # they share the host's CPUs
-        command, shown = ((pack_command(slot.server, slot.device, self.trainer, jobs, masked, slots)
-                           if len(tasks) > 1 else job_command(slot.server, slot.device, self.script, jobs[0], masked,
-                                                              slots))
-                          for masked in (False, True))
-        attempt(self.context, slot, tasks, command, shown)
+    # -- the driver's calls
 
-    # -- the run
+    def capacity(self):
+        """The free slots that offer themselves now, each with its pack limit; the slots usable in all."""
+        with self.lock:
+            offers = list(self.offers.values())
+        return offers, sum(map(self._usable, self.slots))
+
+    def start(self, packs):
+        """Hand each pack to the slot it was taken for. A slot that took its offer back meanwhile (to
+        look at its host and GPU again) did not get it: the tasks go back to the planner."""
+        for slot, tasks in packs:
+            with self.lock:
+                taken = self.offers.pop(id(slot), None) is not None
+                if taken:
+                    slot.running = True
+                    self.inboxes[id(slot)].put(tasks)
+            if not taken:
+                self.plan.put_back(tasks)
+                self.plan.process_done()
+
+    def poll(self):
+        """Each slot's thread tells the planner its tasks' ends as they come (a pack's members one
+        by one, once home), so this only watches the run as a whole: every host down too long, a
+        slot's unforeseen error, no usable host left. Returns whether a slot still runs a process."""
+        if all_down_for(self.health.values()) > self.options.down_timeout:
+            why = (f"every host has been down for more than {self.options.down_timeout:g} s; stopping (the "
+                   f"ledger is intact: rerun to resume)")
+            self._halt()
+            raise Stop(error_line(why), 3, summary=True, aborted=why)
+        if self.aborted:  # a slot's unforeseen error: the others' processes run to their end first
+            if any(t.is_alive() for t in self.threads):
+                return True
+            raise Stop(error_line(self.aborted), 3, summary=True, aborted=self.aborted)
+        if not self.plan.finished and not any(t.is_alive() for t in self.threads):
+            raise Stop(error_line(f"no usable host left ({self.unusable or 'every slot stopped'}); rerun once "
+                                  f"fixed"), 2, summary=True)
+        return any(s.running for s in self.slots)
+
+    def wait(self):
+        if self.changed.wait(0.2):
+            self.changed.clear()
+
+    def pending(self):
+        return 0  # a slot runs what it is handed at once
+
+    def cancel(self, tasks):
+        """Never asked: a task starts here only once its base model is in the cache, so the planner
+        has no task out to withdraw. Were it asked, the tasks run to their end (left alone)."""
+        return list(tasks)
+
+    def stop(self):
+        self.stopping.set()
+        self.say("interrupted: stopping the jobs on every host ...", important=True)
+        self._halt()
+
+    def close(self):
+        self._end_offers()
+        for t in self.threads:
+            t.join(1)  # one still stuck is unblocked when its host is closed
+        for host in self.hosts:
+            host.close()  # also ends every session: their watchers kill what is left
+
+    def figures(self, wall):
+        copies = {"sent": dict(self.transfer.sent), "fetched": self.transfer.fetched}
+        return Figures(lines=[] if self.say.quiet else slot_table(self.slots, wall),
+                       base_extra=f"; {sum(copies['sent'].values())} copies sent, {copies['fetched']} brought home",
+                       copies=copies, log={"slots": slot_figures(self.slots, wall),
+                                           "devices": devices(self.slots, wall)})
+
+    # -- the slots
 
     def _usable(self, slot):
         """Whether the slot could run a process now: its host is in the run and up, and its
@@ -83,92 +166,85 @@ class SshBackend:
             return 1
         return pack_limit(slot.server, slot.device, lambda: watch.pack_size(slot.device))
 
-    def _worker(self, slot):
+    def _serve(self, slot):
+        """A slot's thread: ready the slot, offer it, run what the driver hands it; until the run stops."""
         health = self.health[slot.host.name]
-        while not self.stop.is_set() and not self.plan.finished:
+        while not self.stopping.is_set() and not self.plan.finished:
             if health.refused:
                 return
             if not health.ready(slot.host, self.say):
-                self.stop.wait(0.25)
+                self.stopping.wait(0.25)
                 continue
             watch = self.gpus.get(slot.host.name)
             ours = {str(s.device) for s in self.slots if s.host is slot.host and s.running}
             try:
                 if watch and watch.busy(slot.device, ours):  # other people's processes fill it
-                    self.stop.wait(0.5)
+                    self.stopping.wait(0.5)
                     continue
                 limit = self._pack_limit(slot, watch)
             except HostDown as e:
                 health.lost(slot.host, e, self.say)
                 continue
-            tasks = self.plan.take(limit, timeout=0.5, usable=lambda: sum(map(self._usable, self.slots)))
+            tasks = self._offer(slot, limit)
             if tasks:
-                slot.running = True
-                try:
-                    self._attempt(slot, tasks)
-                except Exception as e:  # a bug, or a ledger that cannot be written: stop, do not hang
-                    self.aborted = (f"{slot.label}: {type(e).__name__}: {e}; stopping (the ledger "
-                                    f"is intact: rerun to resume)")
-                    self.stop.set()
-                finally:
-                    slot.running = False
-                    self.plan.process_done()
-                    for each in self.gpus.values():
-                        each.slot_freed()
+                self._run(slot, tasks)
 
-    def _kill_all(self):
-        """Kill the running jobs on every host at once."""
-        hosts = {id(s.host): s.host for s in self.slots}.values()
-        killers = [threading.Thread(target=h.kill_running, daemon=True) for h in hosts]
-        for t in killers:
-            t.start()
-        for t in killers:
-            t.join(15)
-
-    def run(self):
-        self.started = time.time()
-        self.plan.begin()
-        workers = [threading.Thread(target=self._worker, args=(s,), daemon=True, name=s.label)
-                   for s in self.slots]
-        plan = self.plan
-        quiet = self.say.quiet
-        bar = tqdm(total=len(plan.tasks), unit="job", disable=quiet or not sys.stderr.isatty(),
-                   file=sys.stderr, dynamic_ncols=True)
-        status_at = [time.time()]  # when the last status line was printed (no terminal)
-
-        def refresh():
-            bar.n = len(plan.ok) + len(plan.failed) + len(plan.blocked)
-            bar.set_postfix_str(f"done {len(plan.ok)} failed {len(plan.failed)} "
-                                f"blocked {len(plan.blocked)} running {len(plan.out)}", refresh=False)
-            bar.refresh()
-            if not quiet and not sys.stderr.isatty() and time.time() - status_at[0] >= STATUS_EVERY:
-                status_at[0] = time.time()
-                print(self.status_line(), file=sys.stderr, flush=True)
-
+    def _offer(self, slot, limit):
+        """Offer the free slot to the driver for OFFER_S; returns the tasks it hands over, or None."""
+        inbox = self.inboxes[id(slot)]
+        with self.lock:
+            self.offers[id(slot)] = (slot, limit)
+        self.changed.set()
         try:
-            for w in workers:
-                w.start()
-            while any(w.is_alive() for w in workers):
-                refresh()
-                if all_down_for(self.health.values()) > self.down_timeout:
-                    self.aborted = (f"every host has been down for more than {self.down_timeout:g} s; "
-                                    f"stopping (the ledger is intact: rerun to resume)")
-                    self.stop.set()
-                    break
-                time.sleep(0.2)
-        except KeyboardInterrupt:
-            self.interrupted = True
-            self.stop.set()
-            self.say("interrupted: stopping the jobs on every host ...", important=True)
-        if self.stop.is_set():
-            deadline = time.time() + 30
-            while any(w.is_alive() for w in workers) and time.time() < deadline:
-                self._kill_all()  # again while workers finish: one may have just started a job
-                for w in workers:
-                    w.join(max(0.0, min(2.0, deadline - time.time())))
-        for w in workers:
-            w.join(1)  # one still stuck is unblocked when its host is closed
-        refresh()
-        bar.close()
-        self.ended = time.time()
+            return inbox.get(timeout=OFFER_S)
+        except queue.Empty:
+            with self.lock:
+                if self.offers.pop(id(slot), None) is not None:
+                    return None
+            return inbox.get()  # handed over at the last moment: it is in the inbox already
 
+    def _run(self, slot, tasks):
+        slot.running = True
+        try:
+            if self.stopping.is_set():
+                self.plan.put_back(tasks)
+            else:
+                self._attempt(slot, tasks)
+        except Exception as e:  # a bug, or a ledger that cannot be written: stop, do not hang
+            self.aborted = f"{slot.label}: {type(e).__name__}: {e}; stopping (the ledger is intact: rerun to resume)"
+            self.stopping.set()
+        finally:
+            slot.running = False
+            self.plan.process_done()
+            for each in self.gpus.values():
+                each.slot_freed()
+            self.changed.set()
+
+    def _attempt(self, slot, tasks):
+        jobs = [self.plan.job_to_run(task) for task in tasks]
+        slots = sum(s.server is slot.server for s in self.slots)  # they share the host's CPUs
+        command, shown = ((pack_command(slot.server, slot.device, self.trainer, jobs, masked, slots)
+                           if len(tasks) > 1 else job_command(slot.server, slot.device, self.script, jobs[0], masked,
+                                                              slots))
+                          for masked in (False, True))
+        attempt(self.context, slot, tasks, command, shown)
+
+    def _end_offers(self):
+        self.stopping.set()
+        for inbox in self.inboxes.values():
+            inbox.put(None)  # a slot waiting for work looks up now and sees the run is over
+
+    def _halt(self):
+        """Kill the running jobs on every host, again while the slots' threads end (30 s at most):
+        one may have just started a job."""
+        self._end_offers()
+        deadline = time.time() + 30
+        while any(t.is_alive() for t in self.threads) and time.time() < deadline:
+            hosts = {id(s.host): s.host for s in self.slots}.values()
+            killers = [threading.Thread(target=h.kill_running, daemon=True) for h in hosts]
+            for k in killers:
+                k.start()
+            for k in killers:
+                k.join(15)
+            for t in self.threads:
+                t.join(max(0.0, min(2.0, deadline - time.time())))

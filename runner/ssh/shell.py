@@ -127,8 +127,7 @@ class Host:
         if "\0" in command:
             raise ValueError("a shell command cannot hold a NUL byte")
         token = secrets.token_hex(8)
-        end = f"@@END {token} ".encode()
-        pending, kept, pgid = b"", bytearray(), None
+        kept, pgid = bytearray(), None
         expired = threading.Event()
         kill_lock = threading.Lock()  # the timer and the reader agree on who kills the group
 
@@ -138,6 +137,16 @@ class Host:
                 target = pgid
             if target:
                 self._kill_quietly(target)
+
+        def started(group):
+            nonlocal pgid
+            with kill_lock:
+                pgid = group
+                late = expired.is_set()
+            with self._pool_lock:
+                self._groups.add(group)
+            if late:
+                self._kill_quietly(group)
 
         def emit(data):
             if data and stream:
@@ -153,39 +162,40 @@ class Host:
             timer.start()
         try:
             session.write(f"{token} {escaped(command)}\n".encode())
-            while True:
-                chunk = session.read()
-                if not chunk:
-                    raise HostDown(f"{self.name}: connection lost ({self.lost_reason or 'session closed'})")
-                pending += chunk
-                while pgid is None and b"\n" in pending:  # lines before ours came from ~/.bashrc
-                    line, pending = pending.split(b"\n", 1)
-                    if line.startswith(PGID_MARK):
-                        with kill_lock:
-                            pgid = int(line[len(PGID_MARK):])
-                            late = expired.is_set()
-                        with self._pool_lock:
-                            self._groups.add(pgid)
-                        if late:
-                            self._kill_quietly(pgid)
-                if pgid is None:
-                    continue
-                at = pending.find(end)
-                if at >= 0 and pending.endswith(b"\n"):
-                    emit(pending[:at])
-                    status = int(pending[at + len(end):].strip())
-                    break
-                if at < 0:  # pass output on, but hold back what may be the start of the end mark
-                    hold = next((k for k in range(min(len(end) - 1, len(pending)), 0, -1)
-                                 if pending.endswith(end[:k])), 0)
-                    emit(pending[:len(pending) - hold])
-                    pending = pending[len(pending) - hold:]
+            status = self._read_to_end(session, f"@@END {token} ".encode(), started, emit)
         finally:
             if timer:
                 timer.cancel()
             with self._pool_lock:
                 self._groups.discard(pgid)
         return Result(command, status, kept.decode(errors="replace"), expired.is_set())
+
+    def _read_to_end(self, session, end, started, emit):
+        """Read a command's output from its session: its process group's line first (started(pgid);
+        lines before it came from ~/.bashrc), then its output to emit() up to the end mark.
+        Returns its exit status."""
+        pending, pgid = b"", None
+        while True:
+            chunk = session.read()
+            if not chunk:
+                raise HostDown(f"{self.name}: connection lost ({self.lost_reason or 'session closed'})")
+            pending += chunk
+            while pgid is None and b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                if line.startswith(PGID_MARK):
+                    pgid = int(line[len(PGID_MARK):])
+                    started(pgid)
+            if pgid is None:
+                continue
+            at = pending.find(end)
+            if at >= 0 and pending.endswith(b"\n"):
+                emit(pending[:at])
+                return int(pending[at + len(end):].strip())
+            if at < 0:  # pass output on, but hold back what may be the start of the end mark
+                hold = next((k for k in range(min(len(end) - 1, len(pending)), 0, -1)
+                             if pending.endswith(end[:k])), 0)
+                emit(pending[:len(pending) - hold])
+                pending = pending[len(pending) - hold:]
 
     def _kill_quietly(self, pgid):
         try:
