@@ -32,23 +32,24 @@ def data_needs(jobs):
     return needs
 
 
-def model_files(jobs, root=provenance.PROJECT_DIR):
-    """The source files of the jobs' own models (engine.user_model) that lie in the project folder,
-    relative to it: the check compares them on every host and --sync-code copies them. A model
-    package installed elsewhere is the hosts' environment, as torch is. ValueError (one line) for a
-    FILE.py outside the project folder (the hosts run the jobs in their workdir) or not here."""
-    files = set()
+def model_files(jobs):
+    """The source files of the jobs' own models (engine.user_model), relative to the folder the
+    runner runs in, which stands for every host's workdir (as a job's data_path does): the check
+    compares them on every host and --sync-code copies them. A model package found outside this
+    folder (installed) is the hosts' environment, as torch is. ValueError (one line) for a FILE.py
+    that is absolute or climbs out with '..', or is not here."""
+    here, files = Path.cwd().resolve(), set()
     for spec in sorted({str(job["model"]) for job in jobs if user_model.is_spec(job.get("model") or "")}):
         try:
             where, _ = user_model.parts(spec)
             if where.endswith(".py") and (os.path.isabs(where) or ".." in Path(where).parts):
-                raise ValueError(f"--model {spec}: {where} lies outside the project folder, which every host "
-                                 f"runs the jobs from; put the file inside it")
+                raise ValueError(f"--model {spec}: {where} is not inside the folder the jobs run from (every "
+                                 f"host's workdir); give a relative path without '..'")
             path = Path(user_model.source_file(spec)).resolve()
         except ConfigError as error:
             raise ValueError(str(error)) from None
-        if path.is_relative_to(Path(root).resolve()):
-            files.add(path.relative_to(Path(root).resolve()).as_posix())
+        if path.is_relative_to(here):
+            files.add(path.relative_to(here).as_posix())
     return sorted(files)
 
 

@@ -124,3 +124,53 @@ def test_a_foreign_script_is_not_checked_and_sync_flags_say_why(fake_script, tmp
     assert "is not one of this project's scripts" in capsys.readouterr().err
     assert rdt.main(argv) == 0
     assert json.loads(Path("experiments/fake/fold0_p0/record.json").read_text())["fold"] == 0
+
+
+LAB_MODEL = '''from torch import nn
+
+
+class Lab(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv1d(channels, 4, 3, padding=1)
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x):
+        return self.head(self.conv(x).relu().mean(dim=2)).squeeze(1)
+
+
+def make(channels):
+    return Lab(channels)
+'''
+
+
+@pytest.mark.ssh
+def test_a_jobs_own_model_file_is_checked_on_every_host_and_synced_with_the_code(hosts, user_key, tmp_path,
+                                                                                 monkeypatch, capsys):
+    argv = setup_run(tmp_path, user_key, hosts, monkeypatch, model="lab/cnn.py:make")
+    Path("lab").mkdir()
+    Path("lab/cnn.py").write_text(LAB_MODEL)
+    good, stale = hosts[0]
+    for sshd in (good, stale):
+        place_copy(sshd.workdir)
+        (sshd.workdir / "lab").mkdir()
+        (sshd.workdir / "lab/cnn.py").write_text(LAB_MODEL)
+    (stale.workdir / "lab/cnn.py").write_text(LAB_MODEL.replace("4,", "5,").replace("(4, 1)", "(5, 1)"))
+    assert rdt.main(argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if "differs" in line]
+    assert len(lines) == 1 and f"{stale.address}: model file lab/cnn.py differs" in lines[0]
+
+    assert rdt.main(argv + ["--sync-code"]) == 0
+    assert (stale.workdir / "lab/cnn.py").read_text() == LAB_MODEL
+    assert sorted(p.name for p in Path("experiments/chk").iterdir()) == ["fold0_a", "fold1_b"]
+    provenance_of = json.loads(Path("experiments/chk/fold0_a/provenance.json").read_text())
+    assert provenance_of["model_source"] == "lab/cnn.py"
+
+    outside = tmp_path.parent / f"{tmp_path.name}_lab.py"
+    outside.write_text(LAB_MODEL)
+    jobs = json.loads(Path("jobs.json").read_text())
+    write_json(tmp_path / "jobs.json", [dict(job, model=f"{outside}:make", job_id=job["job_id"] + "-outside", prefix="out")
+                                        for job in jobs])
+    assert rdt.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not inside the folder the jobs run from" in err[0]

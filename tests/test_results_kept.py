@@ -123,7 +123,7 @@ def test_job_values_are_read_as_the_trainer_reads_them(data, tmp_path):
         refuse_foreign([job], {"j": folder}, lambda job: None, overwrite=False)
     refuse_foreign([dict(job, overwrite=True)], {"j": folder}, lambda job: None, overwrite=False)
     # Where the script is not here to check a job first: one line, not a traceback.
-    for odd, said in (({"mode": "fine_tune"}, "unknown --mode 'fine_tune'"), ({"fold": "x"}, "invalid literal")):
+    for odd, said in (({"mode": "fine_tune"}, "unknown --mode 'fine_tune'"), ({"fold": "x"}, "--fold x: no such participant")):
         with pytest.raises(ConfigError, match=said):
             job_folder(dict(job, **odd), tmp_path)
 

@@ -119,11 +119,12 @@ class Checker:
     def __init__(self, jobs, script, sync_code=False, sync_data=False, allow_mismatch=False):
         self.needs, self.script, self.allow_mismatch = data_needs(jobs), script, allow_mismatch
         self.models = model_files(jobs)  # the jobs' own model files: checked, and copied with the code
-        self.code_files = sorted(set(project_files()) | set(self.models)) if sync_code else []
-        self.data_files = data_files(self.needs) if sync_data else []
+        self.code_files = project_files() if sync_code else []
+        # Files relative to the folder the runner runs in: the data, and the model files (they travel with the code).
+        self.local_files = (data_files(self.needs) if sync_data else []) + (self.models if sync_code else [])
         # Hashed once here, not once per host.
         self.code_hashes = local_hashes(self.code_files, PROJECT_DIR)
-        self.data_hashes = local_hashes(self.data_files)
+        self.local_hashes = local_hashes(self.local_files)
         self.local = local_answer(self.needs, self.models)
         self.copied = {}  # host name: files copied
 
@@ -132,7 +133,7 @@ class Checker:
         which prints them as warnings instead."""
         try:
             self.copied[host.name] = (sync(host, server, self.code_files, PROJECT_DIR, self.code_hashes)
-                                      + sync(host, server, self.data_files, here=self.data_hashes))
+                                      + sync(host, server, self.local_files, here=self.local_hashes))
         except OSError as e:  # what stopped the copy happens on every try
             raise HostRefused(f"{host.name}: copying to {server['workdir']} failed ({e})") from None
         answer, why = ask_host(host, server, self.script, self.needs, self.models)
