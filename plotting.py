@@ -1,4 +1,5 @@
-"""Loss and F1 curves of one experiment, drawn from its losses.json dict.
+"""Loss and F1 curves of one experiment, drawn from its losses.json dict, and a recognizer's
+confusion matrix.
 
 Uses matplotlib's Figure directly (its savefig draws with Agg) instead of pyplot:
 no global state, so it is safe in threads and never changes the backend a caller has chosen.
@@ -142,3 +143,28 @@ def plot_training_curves(losses, out_dir):
         save_atomic(fig, path)
         paths.append(path)
     return paths
+
+
+def plot_confusion(confusion, names, out_dir):
+    """Write confusion_matrix.png into out_dir: the personalized model's confusion matrix on the
+    target's test split (rows: true class), in counts and normalized per row; returns its path."""
+    counts = np.asarray(confusion, dtype=float)
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    size = 2.5 + 0.45 * len(names)
+    fig = Figure(figsize=(2 * size, size), dpi=100)
+    for ax, values, title, text in ((fig.add_subplot(1, 2, 1), counts, "Counts", "{:.0f}"),
+                                    (fig.add_subplot(1, 2, 2), shares, "Share of each true class", "{:.2f}")):
+        ax.imshow(values, cmap="Blues", vmin=0, vmax=max(values.max(), 1e-12))
+        ax.set_title(title)
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_yticks(range(len(names)), names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        for (row, column), value in np.ndenumerate(values):
+            ax.text(column, row, text.format(value), ha="center", va="center", fontsize=8,
+                    color="white" if value > values.max() / 2 else "black")
+    fig.tight_layout()
+    path = pathlib.Path(out_dir) / "confusion_matrix.png"
+    save_atomic(fig, path)
+    return path

@@ -37,9 +37,13 @@ class CacheError(Exception):
 
 def key_settings(args, base_participants):
     """Every setting that determines the base model, and nothing else: the registry's
-    keyed base-phase flags (flags.py), a user model's source hash and arguments (engine.user_model)
+    keyed base-phase flags (flags.py), a user model's source hash and arguments (engine.user_model),
+    a recognizer's class names (classes.json of three or more; a detector's keys stay as they were)
     and the sorted base participants."""
+    from engine.data import read_classes
+    classes = read_classes(args.data_path)
     settings = dict(flags.base_key_values(vars(args)), **user_model.key_values(args),
+                    **({"classes": classes} if classes and len(classes) > 2 else {}),
                     base_participants=sorted(base_participants))
     if user_model.is_spec(args.model):  # its file's content decides, not how its path is written
         settings["model"] = user_model.parts(args.model)[1]
@@ -69,10 +73,12 @@ def _sha256(path):
 
 
 def data_fingerprint(data_path, participants):
-    """Content hashes of the participants' data files (mtimes differ between hosts)."""
-    from engine.data import SPLITS
-    return {f"{p}_{s}.pt": _sha256(Path(data_path) / f"{p}_{s}.pt")
-            for p in sorted(participants) for s in SPLITS}
+    """Content hashes of the participants' data files (mtimes differ between hosts), and of the
+    folder's classes.json when it has one (a recognizer's class names)."""
+    from engine.data import CLASSES_FILE, SPLITS
+    found = {f"{p}_{s}.pt": _sha256(Path(data_path) / f"{p}_{s}.pt") for p in sorted(participants) for s in SPLITS}
+    classes = Path(data_path) / CLASSES_FILE
+    return dict(found, **{CLASSES_FILE: _sha256(classes)} if classes.is_file() else {})
 
 
 @dataclass

@@ -13,7 +13,7 @@ on its real windows only). Nothing here syncs with the host per batch.
 """
 import torch
 
-from engine.metrics import batch_counts, bce_loss
+from engine.metrics import PhaseLoss, batch_counts, count_width
 
 WARMUP_STEPS = 3  # on a side stream before capture, as torch.cuda.graphs' docs ask
 
@@ -80,7 +80,7 @@ class GraphedTraining:
     def __init__(self, model, optimizer, example, batch_size, device, loss_fn=None, dropout=None):
         X, y = example
         self.model, self.optimizer, self.batch_size = model, optimizer, batch_size
-        self.loss_fn, self.dropout = loss_fn or bce_loss(), dropout
+        self.loss_fn, self.dropout = loss_fn or PhaseLoss(), dropout
         # The graph cannot draw from the phase's dropout generator: a full batch's mask is drawn
         # before each replay (as the eager forward would draw it) into this buffer.
         self.mask = torch.ones((batch_size, model.feature_width()), device=device) if dropout else None
@@ -88,7 +88,8 @@ class GraphedTraining:
         self.y = torch.zeros((batch_size, *y.shape[1:]), dtype=y.dtype, device=device)
         self.x.copy_(X[:batch_size])  # from host memory when the data did not fit on the device
         self.y.copy_(y[:batch_size])
-        self.counts = torch.zeros(5, device=device)  # summed over the epoch inside the graph
+        # summed over the epoch inside the graph
+        self.counts = torch.zeros(count_width(getattr(model, "n_classes", 2)), device=device)
         saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
         try:
             model.train()
@@ -145,12 +146,12 @@ class GraphedEvaluation:
 
     def __init__(self, model, loss_fn=None):
         self.model = model
-        self.loss_fn = loss_fn or bce_loss()
+        self.loss_fn = loss_fn or PhaseLoss()
         self.graphs = {}  # batch size: (graph, x, y, counts)
 
     def _capture(self, xb, yb):
         x, y = xb.clone(), yb.clone()
-        counts = torch.zeros(5, device=x.device)
+        counts = torch.zeros(count_width(getattr(self.model, "n_classes", 2)), device=x.device)
 
         def forward():
             logits = self.model(x)

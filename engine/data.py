@@ -1,9 +1,13 @@
 """The data contract: `DATA/{participant}_{split}.pt` files holding `(X, y)`.
 
-X is float (N, C, T), y is (N,) or (N, 1) with values 0/1. Every problem is a
-`DataError` whose message is one line naming the file; the CLIs turn it into
-exit status 2 before anything is written.
+X is float (N, C, T), y is (N,) or (N, 1) with class ids 0 .. K-1: 0/1 for a detector (two
+classes, one logit), K >= 3 for a recognizer. A recognizer's folder names its classes in
+`classes.json` (a JSON list, in id order), which fixes K for every fold; without it K is the
+largest id found plus one, and no id below it may be missing. Every problem is a `DataError` whose
+message is one line naming the file; the CLIs turn it into exit status 2 before anything is written.
 """
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine.modes import mode_of
@@ -62,10 +66,76 @@ def load_split(data_path, participant, split):
     X = X.to(torch.float32).contiguous()
     if not torch.isfinite(X).all():
         raise DataError(f"{path}: X contains NaN or inf (as float32)")
-    y = y.to(torch.float32)
-    if not ((y == 0) | (y == 1)).all():
-        raise DataError(f"{path}: labels must be 0 or 1")
+    if y.is_floating_point() and not torch.isfinite(y).all():
+        raise DataError(f"{path}: labels must be class ids 0, 1, ... (found NaN or inf)")
+    y = y.to(torch.float32)  # class ids as floats: BCE takes them so, cross-entropy as .long()
+    if not ((y >= 0) & (y == y.round())).all():
+        raise DataError(f"{path}: labels must be class ids 0, 1, ... (whole numbers >= 0), found "
+                        f"{y[(y < 0) | (y != y.round())][0].item():g}")
     return X, y
+
+
+CLASSES_FILE = "classes.json"
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a model is built for: the windows' channels and length, and the classes (None for a
+    detector, else a recognizer's K >= 3 names)."""
+    channels: int
+    window: int
+    classes: tuple = None
+
+    @property
+    def n_classes(self):
+        return len(self.classes) if self.classes else 2
+
+
+def shape_of(data_path, data):
+    """The Shape of loaded data (load_participants), its classes checked (class_names)."""
+    X = next(iter(next(iter(data.values())).values()))[0]
+    names = class_names(data_path, data)
+    return Shape(int(X.shape[1]), int(X.shape[2]), tuple(names) if names else None)
+
+
+def read_classes(data_path):
+    """The class names of classes.json in the data folder, or None when it has none."""
+    path = Path(data_path) / CLASSES_FILE
+    if not path.is_file():
+        return None
+    try:
+        names = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: unreadable ({err})") from None
+    if not (isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) and n for n in names)
+            and len(set(names)) == len(names)):
+        raise DataError(f"{path}: expected a JSON list of two or more distinct class names, in id order")
+    return names
+
+
+def class_names(data_path, data):
+    """The classes of the loaded data: None for a detector (ids 0/1 and no classes.json naming more),
+    else the K >= 3 names (classes.json's, or "0" .. "K-1"). An id beyond classes.json's names, or a
+    gap in the ids found without it, is a DataError."""
+    named = read_classes(data_path)
+    found, where = set(), {}
+    for name, splits in data.items():
+        for split, (_, y) in splits.items():
+            for value in y.unique().long().tolist():
+                found.add(value)
+                where.setdefault(value, Path(data_path) / f"{name}_{split}.pt")
+    if named is not None:
+        beyond = sorted(v for v in found if v >= len(named))
+        if beyond:
+            raise DataError(f"{where[beyond[0]]}: class id {beyond[0]}, but {Path(data_path) / CLASSES_FILE} names "
+                            f"{len(named)} classes (ids 0..{len(named) - 1})")
+        return None if len(named) == 2 else named
+    k = max(max(found) + 1, 2)
+    missing = sorted(set(range(k)) - found)
+    if missing and k > 2:
+        raise DataError(f"{where[k - 1]}: class id {k - 1}, but no window of the data has id {missing[0]}; ids must "
+                        f"be 0..K-1 without gaps (or name the K classes in {Path(data_path) / CLASSES_FILE})")
+    return None if k == 2 else [str(i) for i in range(k)]
 
 
 def load_participants(data_path, participants, window_size=None):

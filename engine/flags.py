@@ -40,7 +40,7 @@ NOT_FLAGS = ("job_id", "base_key")  # what a jobs JSON adds to a job's flags
 # Flags in which the members of one pack (engine.pack) may differ; every other flag must be equal.
 MAY_DIFFER = {"fold", "seed", "lr", "mode", "target_data_pct", "target_batch_pct", "n_base_participants",
               "early_stopping_patience", "early_stopping_patience_target", "prefix", "overwrite", "run_token",
-              "seed_finetune", "pos_weight", "early_stopping_metric"}
+              "seed_finetune", "pos_weight", "class_weights", "early_stopping_metric"}
 
 # Flags whose default depends on --preset: without one they keep this project's
 # values; `--preset original` gives every behaviour of the original's oct1_train.py, `--preset
@@ -206,6 +206,9 @@ FLAGS = (
          "one base model", default_text="--seed", modes=MODES, options={"type": int}),
     Flag("pos_weight", "target", "weight of the positive class in the target phase's loss (training and "
          "validation), BCE's pos_weight", default_text="none", modes=MODES, options={"type": positive_float}),
+    Flag("class_weights", "target", "a recognizer's (K >= 3 classes): the weight of each class in the target "
+         "phase's loss (training and validation), cross-entropy's weight, K numbers in class id order",
+         default_text="none", modes=MODES, options={"type": positive_float, "nargs": "+", "metavar": "W"}),
     Flag("finetune_layers", "target", "which parameters the target phase trains: all, or the head only (the "
          "model's final linear layer; your own model's `head` attribute, else its last nn.Linear)",
          default="all", modes=modes.names(from_base=True), options={"choices": ("all", "head")}),
@@ -306,6 +309,9 @@ def check_args(args):
     if not modes.mode_of(args.mode).target_phase and args.no_base_cache:
         raise ConfigError(f"--mode {args.mode} stores the base model in the cache; it cannot run with --no_base_cache")
     check_model_flags(args)
+    if getattr(args, "pos_weight", None) is not None and getattr(args, "class_weights", None) is not None:
+        raise ConfigError("--pos_weight weighs a detector's positive class, --class_weights a recognizer's classes: "
+                          "give one of them")
 
 
 def check_model_flags(args):

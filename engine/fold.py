@@ -17,7 +17,7 @@ import torch
 from composed_loader import ComposedBatchDataLoader, TensorBatchLoader
 from engine import base_cache, markers, provenance, user_model
 from engine.augment import make_augmenter
-from engine.data import check_participants, load_participants
+from engine.data import CLASSES_FILE, check_participants, load_participants, shape_of
 from engine.device import fast_kernels, graphs_wanted, place, resolve_device
 from engine.fileio import ConfigError, publish_folder, staged_folder
 from engine.flags import check_args, share_count, target_windows_per_batch
@@ -43,7 +43,7 @@ def subsample(X, y, pct, seed, count_rule="round"):
     return X[index], y[index]
 
 
-def train_base_model(args, plan, base_data, n_channels, device):
+def train_base_model(args, plan, base_data, shape, device):
     """Base phase: train on the base participants' train+val, early-stop on their test."""
     X_train, y_train = concat([base_data[p][s] for p in base_data for s in ("train", "val")])
     # --base_val_pct is part of the base key.
@@ -51,7 +51,7 @@ def train_base_model(args, plan, base_data, n_channels, device):
                                plan.seeds.base_stop)
     X_train, y_train, X_stop, y_stop = place([X_train, y_train, X_stop, y_stop], device)
     loader_gen, augment_gen, dropout_gen = phase_generators(plan.seeds.base, device)
-    model = phase_model(args, n_channels, device, dropout_gen)
+    model = phase_model(args, shape, device, dropout_gen)
     loader = TensorBatchLoader(X_train, y_train, args.batch_size, shuffle=True, generator=loader_gen)
     log.info(f"base phase: {len(X_train)} windows from {', '.join(base_data)}, "
              f"early stopping on their test split ({len(X_stop)} windows)")
@@ -59,10 +59,10 @@ def train_base_model(args, plan, base_data, n_channels, device):
                        device, make_augmenter(args, augment_gen), first_epoch=1, who=plan.who)
 
 
-def phase_model(args, n_channels, device, dropout_generator):
+def phase_model(args, shape, device, dropout_generator):
     """A phase's fresh model on the device, its weights drawn from torch's generator (seeded by
     phase_generators just before), its dropout masks from the phase's own generator."""
-    model = build(args, n_channels, fast_kernels(args, device)).to(device)
+    model = build(args, shape.channels, fast_kernels(args, device), shape.n_classes).to(device)
     set_dropout_generator(model, dropout_generator)
     return model
 
@@ -136,14 +136,14 @@ def fold_metrics(args, fold, target_name, base, target, scores, base_entry):
     return metrics
 
 
-def obtain_base(args, plan, base_data, n_channels, device, fingerprint):
+def obtain_base(args, plan, base_data, shape, device, fingerprint):
     """The fold's base model: from the cache when the CLI has one, else trained here.
     fingerprint: the base participants' data files (base_cache.data_fingerprint)."""
     base_names = plan.base_names
 
     def train():
         started = provenance.now()
-        result = train_base_model(args, plan, base_data, n_channels, device)
+        result = train_base_model(args, plan, base_data, shape, device)
         return dict(result, provenance=dict(provenance.record(device, fingerprint, started, result),
                                             **user_model.provenance_of(args)))
     if not getattr(args, "base_cache_dir", None) or args.no_base_cache:
@@ -154,19 +154,34 @@ def obtain_base(args, plan, base_data, n_channels, device, fingerprint):
     return entry.result, entry
 
 
-def check_window(args, n_channels, window_size):
+def check_window(args, shape):
     """Before any training (and before the base cache's lock): a model that cannot take these
-    windows (a built-in one's pooling; a lab's own model's output is checked on two windows).
-    Returns the model, built on the CPU."""
-    model = build(args, n_channels)
+    windows (a built-in one's pooling; a lab's own model's output is checked on two windows), and
+    loss weights that do not fit the classes. Returns the model, built on the CPU."""
+    check_weights(args, shape)
+    model = build(args, shape.channels, n_classes=shape.n_classes)
     if user_model.is_spec(args.model):
-        user_model.check_output(model, args.model, n_channels, window_size)
+        user_model.check_output(model, args.model, shape.channels, shape.window, shape.n_classes)
         return model
     need = model.min_window()
-    if window_size < need:
-        raise ConfigError(f"{args.data_path}: windows of {window_size} samples are too short for --model "
+    if shape.window < need:
+        raise ConfigError(f"{args.data_path}: windows of {shape.window} samples are too short for --model "
                           f"{args.model}, whose pooling needs at least {need}")
     return model
+
+
+def check_weights(args, shape):
+    """--pos_weight is a detector's, --class_weights a recognizer's, one number a class."""
+    if getattr(args, "pos_weight", None) is not None and shape.classes:
+        raise ConfigError(f"--pos_weight weighs a detector's positive class; {args.data_path} has "
+                          f"{shape.n_classes} classes: give --class_weights, one weight a class")
+    weights = getattr(args, "class_weights", None)
+    if weights is not None and not shape.classes:
+        raise ConfigError(f"--class_weights weighs a recognizer's classes; {args.data_path} holds a detector's two "
+                          f"(0/1): give --pos_weight for its positive class")
+    if weights is not None and len(weights) != shape.n_classes:
+        raise ConfigError(f"--class_weights gives {len(weights)} weights; {args.data_path} has {shape.n_classes} "
+                          f"classes ({', '.join(shape.classes)})")
 
 
 def check_composition(args, n_target, n_base):
@@ -208,8 +223,8 @@ def run_fold(args):
         refuse_existing(plan.final, args)
     data = load_participants(args.data_path, [target_name] + base_names, args.window_size)
     fingerprint = base_cache.data_fingerprint(args.data_path, [target_name] + base_names)
-    n_channels, window_size = data[target_name]["train"][0].shape[1:]
-    check_window(args, n_channels, window_size)
+    shape = shape_of(args.data_path, data)
+    check_window(args, shape)
     base_data = {p: data[p] for p in base_names}
     target_train = subsample(*data[target_name]["train"], args.target_data_pct, plan.seeds.target_data,
                              args.target_count)
@@ -219,9 +234,9 @@ def run_fold(args):
 
     base, base_entry = None, None
     if base_names:
-        base_files = {name: digest for name, digest in fingerprint.items()
-                      if name.rsplit("_", 1)[0] in base_names}
-        base, base_entry = obtain_base(args, plan, base_data, n_channels, device, base_files)
+        base_files = {name: digest for name, digest in fingerprint.items()  # as pack.py's fingerprint(base names)
+                      if name.rsplit("_", 1)[0] in base_names or name == CLASSES_FILE}
+        base, base_entry = obtain_base(args, plan, base_data, shape, device, base_files)
     if not plan.mode.target_phase:
         markers.say(markers.BASE_KEY, base_entry.key)
         markers.say(markers.BASE_MODEL, base_entry.path)
@@ -232,21 +247,21 @@ def run_fold(args):
         if plan.mode.mixed_batches else ()
     tensors = place([*target_train, *target_val, *base_train], device)
     target_train, target_val, base_train = tuple(tensors[:2]), tuple(tensors[2:4]), tuple(tensors[4:]) or None
-    model, target = train_target(args, plan, base, n_channels, device, (base_train, target_train, target_val))
+    model, target = train_target(args, plan, base, shape, device, (base_train, target_train, target_val))
 
     # The target's test split is read here, once, for the final scores only.
-    finish_fold(args, model, device, plan.final, participants, target_name, base_names,
-                target_val, data[target_name]["test"], base, base_entry, target, started, fingerprint, started_at)
+    finish_fold(args, model, device, plan, participants, shape, target_val, data[target_name]["test"], base,
+                base_entry, target, started, fingerprint, started_at)
     return plan.final
 
 
-def train_target(args, plan, base, n_channels, device, windows):
+def train_target(args, plan, base, shape, device, windows):
     """The target phase, from the base model where the mode starts there: (the model, the phase's
     result). windows: (base train, target train, target val), on the device."""
     base_train, target_train, target_val = windows
     # Seeded apart: the target phase is the same whether the base was trained or reused.
     loader_gen, augment_gen, dropout_gen = phase_generators(plan.seeds.target, device)
-    model = phase_model(args, n_channels, device, dropout_gen)
+    model = phase_model(args, shape, device, dropout_gen)
     if plan.mode.from_base:
         model.load_state_dict(base["state"])
     if args.finetune_layers == "head":
@@ -260,12 +275,12 @@ def train_target(args, plan, base, n_channels, device, windows):
                               device, make_augmenter(args, augment_gen), first_epoch, plan.who)
 
 
-def finish_fold(args, model, device, final, participants, target_name, base_names, target_val, target_test,
-                base, base_entry, target, started, fingerprint, started_at, extra_hyper=None):
+def finish_fold(args, model, device, plan, participants, shape, target_val, target_test, base, base_entry, target,
+                started, fingerprint, started_at, extra_hyper=None):
     """Score the kept models on the target's test split and publish the result folder
     (engine.pack calls it too, with the pack's size and id in extra_hyper).
     started: perf_counter at the start; fingerprint, started_at: for provenance.json."""
-    n_channels, window_size = target_test[0].shape[1:]
+    target_name = plan.target
     base_val, base_test = None, None
     if base is not None:
         model.load_state_dict(base["state"])
@@ -279,12 +294,13 @@ def finish_fold(args, model, device, final, participants, target_name, base_name
                             "target_model_target_test": personal_test}, base_entry)
     metrics.update(positive_class_scores(model, {"best_base_model_target_test": base and base["state"],
                                                  "best_target_model_target_test": target["state"]},
-                                         *target_test, device))
+                                         *target_test, device, shape.classes))
     metrics["total_time_s"] = time.perf_counter() - started
     metrics["peak_device_memory_mb"] = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
                                         else None)  # the process's peak so far: a pack's, for its members
     hyper = dict(vars(args), participants=participants, target_participant=target_name,
-                 base_participants=base_names, n_channels=int(n_channels), window_size=int(window_size),
+                 base_participants=plan.base_names, n_channels=shape.channels, window_size=shape.window,
+                 classes=shape.classes and list(shape.classes),
                  device=str(device), script=Path(sys.argv[0]).name, cuda_graphs_used=target["cuda_graphs"],
                  **(extra_hyper or {}))
     gain = f" (gain {personal_test[1] - base_test[1]:+.3f})" if base_test else ""
@@ -294,7 +310,7 @@ def finish_fold(args, model, device, final, participants, target_name, base_name
              # What produced the base model it started from too: trained here or by the run that cached it.
              "provenance.json": dict(provenance.record(device, fingerprint, started_at, target),
                                      **user_model.provenance_of(args), base_model=base and base.get("provenance"))}
-    publish(final, files, target["state"], args)
+    publish(plan.final, files, target["state"], args)
 
 
 def publish(final, json_files, state, args):
@@ -305,6 +321,9 @@ def publish(final, json_files, state, args):
             (tmp / name).write_text(json.dumps(content, indent=2) + "\n")
         torch.save({k: v.cpu() for k, v in state.items()}, tmp / "best_target_model.pt")
         plotting.plot_training_curves(json_files["losses.json"], tmp)
+        confusion = json_files["metrics.json"].get("best_target_model_target_test_confusion")
+        if confusion:  # a recognizer's
+            plotting.plot_confusion(confusion, json_files["hyperparameters.json"]["classes"], tmp)
         handler = file_handler()
         if handler is not None:
             handler.flush()

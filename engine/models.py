@@ -65,8 +65,8 @@ def conv_block(in_channels, out_channels, kernel_size, pool, affine, ceil_mode, 
 
 
 class ConvNet(nn.Module):
-    """Conv blocks, global average pool over time, dropout, linear to one logit (`head`, the layer
-    --finetune_layers head trains).
+    """Conv blocks, global average pool over time, dropout, linear to one logit, or to K logits for
+    a recognizer of K >= 3 classes (`head`, the layer --finetune_layers head trains).
 
     ceil_mode pooling keeps a partial last window, so any window length works. residual: each
     block adds its input (through a 1x1 convolution where the channels change) after the ReLU,
@@ -74,7 +74,7 @@ class ConvNet(nn.Module):
     """
 
     def __init__(self, widths, kernel_size, pools, dropout=0.0, affine=True, ceil_mode=True, dilations=None,
-                 residual=False):
+                 residual=False, n_classes=2):
         super().__init__()
         dilations = dilations or [1] * len(pools)
         self.features = nn.Sequential(*[
@@ -84,12 +84,13 @@ class ConvNet(nn.Module):
         self.skips = nn.ModuleList([nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
                                     for c_in, c_out in zip(widths[:-1], widths[1:])]) if residual else None
         self.dropout = SeededDropout(dropout)
-        self.head = nn.Linear(widths[-1], 1)
+        self.head = nn.Linear(widths[-1], 1 if n_classes == 2 else n_classes)
         self.fast_kernels = False  # the engine sets it for a CPU run (--cpu_kernels fast)
 
     def forward(self, x, dropout_mask=None):
         features = self.fast_features(x) if self.fast_kernels else self.reference_features(x)
-        return self.head(self.dropout(features, dropout_mask)).squeeze(1)
+        logits = self.head(self.dropout(features, dropout_mask))
+        return logits.squeeze(1) if logits.shape[1] == 1 else logits
 
     def feature_width(self):
         """The width of what dropout sees (a pack draws masks of this many features a window)."""
@@ -136,7 +137,8 @@ class ConvNet(nn.Module):
         return h.mean(dim=(2, 3))
 
 
-def test_model(n_channels, base_channels=8, num_blocks=4, use_dilation=False, use_residual=False, dropout=0.0):
+def test_model(n_channels, base_channels=8, num_blocks=4, use_dilation=False, use_residual=False, dropout=0.0,
+               n_classes=2):
     """The lab's CNN: blocks of kernel 3, a LayerNorm over the channels without scale/shift, ReLU,
     MaxPool1d(2) (floor) after the first block and after each odd middle block; C -> 2C in the last
     block; dilation 2^i in block i when use_dilation; then global average pool, dropout, Linear(2C, 1).
@@ -146,42 +148,48 @@ def test_model(n_channels, base_channels=8, num_blocks=4, use_dilation=False, us
     pools = [2] + [2 if i % 2 else 1 for i in range(1, num_blocks - 1)] + [1]
     dilations = [2 ** i if use_dilation else 1 for i in range(num_blocks)]
     return ConvNet(widths, kernel_size=3, pools=pools, dropout=dropout, affine=False, ceil_mode=False,
-                   dilations=dilations, residual=use_residual)
+                   dilations=dilations, residual=use_residual, n_classes=n_classes)
 
 
-def test_pool4_model(n_channels):
+def test_pool4_model(n_channels, n_classes=2):
     """This project's earlier `test`: the same widths with affine LayerNorm and
     MaxPool1d(4, ceil) after blocks 1-3 (1,049 parameters for 6 channels; 210
     convolution multiply-adds per input time step against `test`'s 384)."""
-    return ConvNet([n_channels, 8, 8, 8, 16], kernel_size=3, pools=[4, 4, 4, 1])
+    return ConvNet([n_channels, 8, 8, 8, 16], kernel_size=3, pools=[4, 4, 4, 1], n_classes=n_classes)
 
 
-def medium_cnn(n_channels):
+def medium_cnn(n_channels, n_classes=2):
     """A wider, deeper CNN for real data sets."""
     return ConvNet([n_channels, 32, 64, 64, 128, 128], kernel_size=5,
-                   pools=[2, 2, 2, 2, 1], dropout=0.2)
+                   pools=[2, 2, 2, 2, 1], dropout=0.2, n_classes=n_classes)
 
 
 MODELS = {"test": test_model, "test_pool4": test_pool4_model, "medium": medium_cnn}
 
 
-def build_model(name, n_channels, fast_kernels=False, architecture=None):
-    """A built-in model; architecture: the flags that shape `test` (ARCHITECTURE's keys)."""
+def build_model(name, n_channels, fast_kernels=False, architecture=None, n_classes=2):
+    """A built-in model; architecture: the flags that shape `test` (ARCHITECTURE's keys); n_classes:
+    2 for a detector (one logit), K >= 3 for a recognizer (K logits)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choices: {', '.join(sorted(MODELS))}")
-    model = MODELS[name](n_channels, **(architecture or {})) if name == "test" else MODELS[name](n_channels)
+    shape = dict(architecture or {}) if name == "test" else {}
+    model = MODELS[name](n_channels, **shape, n_classes=n_classes)
     model.fast_kernels = fast_kernels
+    model.n_classes = n_classes
     return model
 
 
-def build(args, n_channels, fast_kernels=False):
+def build(args, n_channels, fast_kernels=False, n_classes=2):
     """The model a run's flags name: built-in (shaped by the architecture flags) or a lab's own
-    factory (--model FILE.py:FACTORY or package.module:FACTORY, with --model_args)."""
+    factory (--model FILE.py:FACTORY or package.module:FACTORY, with --model_args). Either knows
+    its n_classes (the loops size their counts by it)."""
     from engine import user_model
     if user_model.is_spec(args.model):
-        return user_model.build(args.model, getattr(args, "model_args", None), n_channels)
+        model = user_model.build(args.model, getattr(args, "model_args", None), n_channels, n_classes)
+        model.n_classes = n_classes
+        return model
     architecture = {name: getattr(args, name, default) for name, default in ARCHITECTURE.items()}
-    return build_model(args.model, n_channels, fast_kernels, architecture)
+    return build_model(args.model, n_channels, fast_kernels, architecture, n_classes)
 
 
 def head_names(model):

@@ -47,7 +47,7 @@ from dataset.synthetic import ensure_demo_data
 from engine import base_cache, markers, provenance, user_model
 from engine.augment import make_augmenter
 from engine.cli import build_parser, run_cli
-from engine.data import check_participants, load_participants
+from engine.data import check_participants, load_participants, shape_of
 from engine.device import apply_threads, fast_kernels, graphs_wanted, place, resolve_device
 from engine.fileio import ConfigError, read_json
 from engine.flags import MAY_DIFFER, check_args, job_argv
@@ -55,7 +55,7 @@ from engine.fold import check_composition, check_window, concat, finish_fold, su
 from engine.fold_plan import plan_fold
 from engine.models import build, head_names, stacking_problem
 from engine.packed_step import PhaseJob, train_pack
-from engine.phase import NotFiniteError, phase_generators
+from engine.phase import NotFiniteError, phase_generators, target_weights
 from engine.results import replace_refusal
 from engine.runlog import setup_logging
 
@@ -150,11 +150,11 @@ class Store:
 
 # ---------------------------------------------------------------- the pack
 
-def seeded_start(args, seed, n_channels, device):
+def seeded_start(args, seed, shape, device):
     """A phase's generators and initial weights, drawn in the solo run's order: (batch order
     generator, augmenter, initial state, dropout generator)."""
     loader_gen, augment_gen, dropout_gen = phase_generators(seed, device)
-    model = build(args, n_channels)
+    model = build(args, shape.channels, n_classes=shape.n_classes)
     return loader_gen, make_augmenter(args, augment_gen), model.state_dict(), dropout_gen
 
 
@@ -171,26 +171,26 @@ def run_pack(members, size, identity):
     needed = [p for p in participants if any(p == plan.target or p in plan.base_names for _, _, plan in todo)]
     data = load_participants(first.data_path, needed, first.window_size)
     store = Store(data, device)
-    n_channels = store.X.shape[1]
-    checked = check_window(first, n_channels, store.X.shape[2])
+    shape = shape_of(first.data_path, data)
+    checked = check_window(first, shape)
     problem = user_model.is_spec(first.model) and stacking_problem(checked)
     if problem:
         return run_alone(todo, f"--model {first.model} trains alone: {problem}")
-    model = build(first, n_channels, fast_kernels(first, device)).to(device)
+    model = build(first, shape.channels, fast_kernels(first, device), shape.n_classes).to(device)
     started, started_at = time.perf_counter(), provenance.now()
     # Hashed once per participant set: many members share their base participants.
     fingerprint = functools.cache(lambda names: base_cache.data_fingerprint(first.data_path, names))
     folds = plan_folds(todo, store, fingerprint)
 
-    bases = obtain_bases(folds, model, store, n_channels, fingerprint)
+    bases = obtain_bases(folds, model, store, shape, fingerprint)
     published = []
-    jobs, fold_of_job = target_jobs(folds, bases, n_channels, device)
+    jobs, fold_of_job = target_jobs(folds, bases, shape, device)
 
     def finish(i, target):
         fold = fold_of_job[i]
-        finish_fold(fold["args"], model, device, fold["final"], participants, fold["target"], fold["base_names"],
-                    store.gather(fold["target_val"]), data[fold["target"]]["test"], fold["base"], fold["entry"],
-                    target, started, fold["fingerprint"], started_at, {"pack_size": size, "pack_id": identity})
+        finish_fold(fold["args"], model, device, fold["plan"], participants, shape, store.gather(fold["target_val"]),
+                    data[fold["target"]]["test"], fold["base"], fold["entry"], target, started, fold["fingerprint"],
+                    started_at, {"pack_size": size, "pack_id": identity})
         announce(fold["member"], markers.line(markers.RESULT_DIR, fold["final"]))
         published.append(fold["final"])
 
@@ -205,7 +205,7 @@ def run_pack(members, size, identity):
     return published
 
 
-def target_jobs(folds, bases, n_channels, device):
+def target_jobs(folds, bases, shape, device):
     """The target phase of each fold that has one and has not failed, as engine.fold.train_target
     starts it: (its PhaseJobs, the fold of each). bases: obtain_bases's."""
     jobs, fold_of_job = [], []
@@ -215,14 +215,14 @@ def target_jobs(folds, bases, n_channels, device):
         # base_only: finished, obtain_bases announced it once its base model was cached
         if not plan.mode.target_phase or fold["failed"]:
             continue
-        loader_gen, augment, state, dropout_gen = seeded_start(args, plan.seeds.target, n_channels, device)
+        loader_gen, augment, state, dropout_gen = seeded_start(args, plan.seeds.target, shape, device)
         if plan.mode.from_base:
             state = base["state"]
         loader = target_loader(args, fold["base_train"], fold["target_train"], loader_gen)
         jobs.append(PhaseJob(fold["who"], state, loader, fold["target_val"],
                              args.early_stopping_patience_target, augment,
                              (base["epochs_run"] if base else 0) + 1, args.lr, args.early_stopping_metric,
-                             args.pos_weight, dropout_gen))
+                             target_weights(args), dropout_gen))
         fold_of_job.append(fold)
     return jobs, fold_of_job
 
@@ -291,7 +291,7 @@ def announce(member, *lines):
         print(line, flush=True)
 
 
-def obtain_bases(folds, model, store, n_channels, fingerprint):
+def obtain_bases(folds, model, store, shape, fingerprint):
     """{id(fold): (base result, cache entry or None)}: reused from the cache, or trained as one pack
     whose members are each stored in the cache as soon as they stop, so a crash loses only the
     unfinished ones. A base_only fold is announced as soon as its base model is in the cache.
@@ -343,17 +343,17 @@ def obtain_bases(folds, model, store, n_channels, fingerprint):
         for fold in missing[keys[i]]:
             fail(fold, error)
 
-    jobs = [base_job(missing[key], store, n_channels) for key in keys]
+    jobs = [base_job(missing[key], store, shape) for key in keys]
     log.info(f"base phase: a pack of {len(jobs)} base model(s)")
     train_pack("base", jobs, model, store, first, store_base, fail_group)
     return found
 
 
-def base_job(group, store, n_channels):
+def base_job(group, store, shape):
     """The base phase of engine.fold.train_base_model, over indices, for the folds that share it."""
     args, names, seeds = group[0]["args"], group[0]["base_names"], group[0]["plan"].seeds
     stop = subsample(*store.indices(names, ["test"]), args.base_val_pct, seeds.base_stop)
-    loader_gen, augment, state, dropout_gen = seeded_start(args, seeds.base, n_channels, store.device)
+    loader_gen, augment, state, dropout_gen = seeded_start(args, seeds.base, shape, store.device)
     loader = TensorBatchLoader(*store.indices(names, ["train", "val"]), args.batch_size, shuffle=True,
                                generator=loader_gen)
     return PhaseJob(", ".join(fold["who"] for fold in group), state, loader, stop[0],

@@ -23,7 +23,7 @@ from torch.func import functional_call, vmap
 from engine.adamw import StackedAdamW
 from engine.device import graphs_wanted
 from engine.fileio import ConfigError
-from engine.metrics import EVAL_BATCH_SIZE, batch_counts, loss_and_f1, pos_weight_tensor
+from engine.metrics import EVAL_BATCH_SIZE, batch_counts, count_width, loss_and_f1, loss_of, weights_tensor
 from engine.models import dropout_layers
 from engine.phase import NotFiniteError, PhaseTracker, epochs
 
@@ -44,7 +44,7 @@ class PhaseJob:
     first_epoch: int
     lr: float
     metric: str = "loss"  # --early_stopping_metric
-    pos_weight: float = None  # --pos_weight, in the target phase
+    weights: object = None  # its loss weights in the target phase: --pos_weight or --class_weights
     dropout: object = None  # its dropout generator (engine.phase.phase_generators)
 
 
@@ -53,15 +53,39 @@ def member_forward(model, member_tensors, x, mask):
     return functional_call(model, member_tensors, (x,), {} if mask is None else {"dropout_mask": mask})
 
 
-def stacked_pos_weight(weights, device):
-    """The members' --pos_weight as a (members, 1) column for the vmapped loss (1 for none), or None."""
-    if all(w is None for w in weights):
-        return None
-    return torch.tensor([[1.0 if w is None else float(w)] for w in weights], device=device)
+class MemberLosses:
+    """Each member's loss as its solo run computes it (engine.metrics.loss_of, with its own weights):
+    one member at a time (the CPU's exact path), or every member at once over padded rows (vmapped:
+    a row per member, the padding weighed out)."""
+
+    def __init__(self, weights, n_classes, device):
+        self.weights = [weights_tensor(w, device) for w in weights]
+        width = 1 if n_classes == 2 else n_classes
+        self.table = None if all(w is None for w in weights) else torch.stack([
+            torch.ones(width, device=device) if w is None else w.reshape(width) for w in self.weights])
+
+    def one(self, i, logits, y):
+        return loss_of(logits, y, self.weights[i])
+
+    def padded(self, logits, y, real):
+        """Each member's mean loss over its real windows (a detector's BCE averages over windows, a
+        recognizer's weighted cross-entropy over the weights of their classes, as torch's do)."""
+        real = real.to(logits.dtype)
+        if logits.dim() == 2:
+            per_window = F.binary_cross_entropy_with_logits(logits, y, reduction="none", pos_weight=self.table)
+            return (per_window * real).sum(dim=1) / real.sum(dim=1).clamp(min=1)
+        per_window = F.cross_entropy(logits.permute(0, 2, 1), y.long(), reduction="none")
+        weight = real if self.table is None else real * self.table.gather(1, y.long())
+        return (per_window * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1e-12)
 
 
 def member_counts(logits, y, losses, real):
     """engine.metrics.batch_counts of every member (one row each) over its real windows only."""
+    if logits.dim() == 3:  # K logits a window: [loss * n, the confusion matrix]
+        k = logits.shape[2]
+        index = y.long() * k + logits.argmax(dim=2)
+        confusion = torch.zeros((len(y), k * k), device=y.device).scatter_add_(1, index, real.to(y.dtype))
+        return torch.cat([(losses * real.sum(dim=1)).unsqueeze(1), confusion], dim=1).float()
     pred, truth = logits > 0, y > 0.5
     return torch.stack([losses * real.sum(dim=1), (pred & truth & real).sum(dim=1),
                         (pred & ~truth & real).sum(dim=1), (~pred & truth & real).sum(dim=1),
@@ -79,11 +103,11 @@ class PackedStep:
     counts (a row per member).
     """
 
-    def __init__(self, model, stacked, optimizer, batch_size, store, pos_weights):
+    def __init__(self, model, stacked, optimizer, batch_size, store, weights):
         k, device = len(optimizer.lr), store.device
         self.model, self.stacked, self.optimizer, self.store = model, stacked, optimizer, store
-        self.pos_weights = [pos_weight_tensor(w, device) for w in pos_weights]
-        self.pos_weight_column = stacked_pos_weight(pos_weights, device)
+        self.n_classes = getattr(model, "n_classes", 2)
+        self.losses = MemberLosses(weights, self.n_classes, device)
         dropout = dropout_layers(model)
         self.dropout = dropout[0] if dropout else None
         # Each stepping member's mask is drawn in load() from its own generator, as its solo run's
@@ -95,7 +119,7 @@ class PackedStep:
         self.sizes = torch.zeros(k, dtype=torch.long, device=device)
         self.active = torch.zeros(k, dtype=torch.bool, device=device)
         self.positions = torch.arange(batch_size, device=device)
-        self.counts = torch.zeros((k, 5), device=device)
+        self.counts = torch.zeros((k, count_width(self.n_classes)), device=device)
         self.graph = None
         self.by_member = device.type == "cpu"  # the exact path (_member_by_member); else vmapped
 
@@ -109,9 +133,7 @@ class PackedStep:
         else:
             inputs = (self.stacked, self.x) if self.mask is None else (self.stacked, self.x, self.mask)
             logits = vmap(self._forward)(*inputs)
-            per_window = F.binary_cross_entropy_with_logits(logits, self.y, reduction="none",
-                                                            pos_weight=self.pos_weight_column) * real.to(logits.dtype)
-            losses = per_window.sum(dim=1) / self.sizes.clamp(min=1).to(logits.dtype)
+            losses = self.losses.padded(logits, self.y, real)
             losses.sum().backward()
         self.optimizer.step(self.active)
         self.counts += member_counts(logits.detach(), self.y, losses.detach(), real)
@@ -121,12 +143,13 @@ class PackedStep:
         the kernels and the loss its solo run uses (vmap's batched kernels and the padded rows
         round otherwise, and training carries that on), so a CPU pack repeats its members' solo
         runs to the bit. (logits, zero past a member's windows; each member's mean loss)"""
-        logits, losses, total = torch.zeros_like(self.y), torch.zeros(len(self.x)), 0
+        shape = self.y.shape if self.n_classes == 2 else (*self.y.shape, self.n_classes)
+        logits, losses, total = torch.zeros(shape), torch.zeros(len(self.x)), 0
         for i, n in enumerate(self.sizes.tolist()):
             if n:
                 out = self._forward({name: tensor[i] for name, tensor in self.stacked.items()}, self.x[i, :n],
                                     None if self.mask is None else self.mask[i, :n])
-                loss = F.binary_cross_entropy_with_logits(out, self.y[i, :n], pos_weight=self.pos_weights[i])
+                loss = self.losses.one(i, out, self.y[i, :n])
                 logits[i, :n], losses[i], total = out.detach(), loss.detach(), total + loss
         if torch.is_tensor(total):
             total.backward()
@@ -183,10 +206,10 @@ class PackedValidation:
 
     CHUNK = 512
 
-    def __init__(self, model, stacked, store, indices, pos_weights):
+    def __init__(self, model, stacked, store, indices, weights):
         self.model, self.stacked, self.store = model, stacked, store
-        self.pos_weights = [pos_weight_tensor(w, store.device) for w in pos_weights]
-        self.pos_weight_column = stacked_pos_weight(pos_weights, store.device)
+        self.n_classes = getattr(model, "n_classes", 2)
+        self.losses = MemberLosses(weights, self.n_classes, store.device)
         longest = max(len(index) for index in indices)
         self.index = torch.zeros((len(indices), longest), dtype=torch.long, device=store.X.device)
         for i, index in enumerate(indices):
@@ -201,7 +224,7 @@ class PackedValidation:
     def counts(self):
         if self.by_member:
             return self._member_by_member()
-        counts = torch.zeros((len(self.index), 5), device=self.store.device)
+        counts = torch.zeros((len(self.index), count_width(self.n_classes)), device=self.store.device)
         k, longest = self.index.shape
         for start in range(0, longest, self.CHUNK):
             index = self.index[:, start:start + self.CHUNK]
@@ -210,23 +233,20 @@ class PackedValidation:
             self.store.gather_into(index, x, y)
             logits = vmap(self._forward)(self.stacked, x)
             real = (start + torch.arange(index.shape[1], device=x.device)) < self.sizes.view(-1, 1)
-            per_window = F.binary_cross_entropy_with_logits(logits, y, reduction="none",
-                                                            pos_weight=self.pos_weight_column) * real
-            means = per_window.sum(dim=1) / real.sum(dim=1).clamp(min=1)  # member_counts scales them back
+            means = self.losses.padded(logits, y, real)  # member_counts scales them back
             counts += member_counts(logits, y, means, real)
         return counts
 
     def _member_by_member(self):
         """The CPU's validation: each member's own windows in the solo run's batches, kernels and
         loss (engine.metrics.evaluation_counts), so its early stopping decides as alone."""
-        counts = torch.zeros((len(self.index), 5))
+        counts = torch.zeros((len(self.index), count_width(self.n_classes)))
         for i, n in enumerate(self.sizes.tolist()):
             member = {name: tensor[i] for name, tensor in self.stacked.items()}
             for start in range(0, n, EVAL_BATCH_SIZE):
                 x, y = self.store.gather(self.index[i, start:min(start + EVAL_BATCH_SIZE, n)])
                 logits = self._forward(member, x)
-                loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=self.pos_weights[i])
-                counts[i] += batch_counts(logits, y, loss)
+                counts[i] += batch_counts(logits, y, self.losses.one(i, logits, y))
         return counts
 
 
@@ -259,11 +279,11 @@ def train_pack(phase, jobs, model, store, settings, on_done, on_failed, trained=
               if trained is None or name in trained}
     optimizer = StackedAdamW(params, [job.lr for job in jobs], device)
     model.eval()  # dropout takes each member's masks, drawn by PackedStep.load
-    pos_weights = [job.pos_weight for job in jobs]
-    step = PackedStep(model, stacked, optimizer, largest_batch(jobs, settings.batch_size), store, pos_weights)
+    weights = [job.weights for job in jobs]
+    step = PackedStep(model, stacked, optimizer, largest_batch(jobs, settings.batch_size), store, weights)
     if graphs_wanted(settings.cuda_graphs, device):
         step.capture(settings.cuda_graphs)
-    validation = PackedValidation(model, stacked, store, [job.val for job in jobs], pos_weights)
+    validation = PackedValidation(model, stacked, store, [job.val for job in jobs], weights)
 
     trackers = [PhaseTracker(job.label, phase, job.first_epoch, job.patience, job.metric) for job in jobs]
     running, max_epochs = list(range(k)), settings.max_epochs

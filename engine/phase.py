@@ -18,7 +18,7 @@ from tqdm import tqdm
 from engine.adamw import SoloAdamW
 from engine.device import graphs_wanted
 from engine.fileio import ConfigError
-from engine.metrics import batch_counts, bce_loss, evaluate, evaluation_counts, loss_and_f1
+from engine.metrics import PhaseLoss, batch_counts, evaluate, evaluation_counts, loss_and_f1
 from engine.models import dropout_layers
 
 CURVES = ("train_loss", "val_loss", "train_f1", "val_f1")
@@ -56,14 +56,21 @@ def epochs(max_epochs):
 
 
 def phase_loss(args, phase, device):
-    """The phase's loss: --pos_weight weighs the target phase's positive class only."""
-    return bce_loss(getattr(args, "pos_weight", None) if phase == "target" else None, device)
+    """The phase's loss: --pos_weight (a detector's positive class) or --class_weights (a
+    recognizer's classes) weigh the target phase only."""
+    return PhaseLoss(target_weights(args) if phase == "target" else None, device)
+
+
+def target_weights(args):
+    """The target phase's loss weights: --pos_weight, --class_weights or None (run_fold checks that
+    they fit the data's classes)."""
+    return getattr(args, "pos_weight", None) or getattr(args, "class_weights", None)
 
 
 def train_epoch(model, loader, optimizer, augment, device, loss_fn=None):
     model.train()
-    loss_fn = loss_fn or bce_loss()
-    counts = torch.zeros(5, device=device)
+    loss_fn = loss_fn or PhaseLoss()
+    counts = None
     n = 0
     for xb, yb in loader:
         xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
@@ -74,7 +81,8 @@ def train_epoch(model, loader, optimizer, augment, device, loss_fn=None):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        counts += batch_counts(logits.detach(), yb, loss.detach())
+        found = batch_counts(logits.detach(), yb, loss.detach())
+        counts = found if counts is None else counts + found
         n += len(yb)
     train_loss, train_f1 = loss_and_f1(counts, n)
     return train_loss, train_f1, n

@@ -120,12 +120,14 @@ def slurm_task():
 def data_files(data_path, participants=None):
     """The paths of the participants' split files (every participant in the folder by default);
     ValueError in one line when the folder has none."""
-    from engine.data import SPLITS, DataError, discover_participants
+    from engine.data import CLASSES_FILE, SPLITS, DataError, discover_participants
     try:
         names = participants or discover_participants(data_path)
     except DataError as e:
         raise ValueError(str(e)) from None
-    return [posixpath.join(str(data_path), f"{name}_{split}.pt") for name in names for split in SPLITS]
+    classes = Path(data_path) / CLASSES_FILE  # a recognizer's class names travel with its data
+    return ([posixpath.join(str(data_path), f"{name}_{split}.pt") for name in names for split in SPLITS]
+            + ([posixpath.join(str(data_path), CLASSES_FILE)] if classes.is_file() else []))
 
 
 def data_answer(data_path, participants=None):
@@ -149,13 +151,23 @@ def model_answer(path):
         return {"error": f"{path}: {e.strerror}"}
 
 
-def answer(needs, devices=True, models=()):
+def installed_version(name):
+    """The version of an installed distribution, or None (no import: the metadata is enough)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def answer(needs, devices=True, models=(), packages=()):
     """What a host answers the runner's check: code hash, data fingerprints ({data folder:
-    [participants] or None for all}), the hashes of the jobs' own model files, Python and torch
+    [participants] or None for all}), the hashes of the jobs' own model files, the installed versions
+    of the packages named (the runner's requirements.txt pins; None: not installed), Python and torch
     versions, and the GPUs it sees. Without `devices` (the runner's own side) torch is not
     imported: it costs seconds."""
     found = {"code_hash": code_hash(), "data": {path: data_answer(path, names) for path, names in needs.items()},
-             "models": {path: model_answer(path) for path in models}, "python": platform.python_version()}
+             "models": {path: model_answer(path) for path in models}, "python": platform.python_version(),
+             **({"packages": {name: installed_version(name) for name in packages}} if packages else {})}
     if not devices:
         return {**found, "torch": importlib.metadata.version("torch")}
     import torch
@@ -174,8 +186,10 @@ def main(argv=None):
                    help='JSON {data folder: [participants] or null for all}, e.g. \'{"data/demo": null}\'')
     p.add_argument("--models", type=json.loads, default=[],
                    help='JSON list of the model files the jobs train (engine.user_model), e.g. \'["lab/cnn.py"]\'')
+    p.add_argument("--packages", type=json.loads, default=[],
+                   help='JSON list of package names whose installed versions to tell, e.g. \'["torch", "numpy"]\'')
     args = p.parse_args(argv)
-    print(json.dumps(answer(args.needs, models=args.models), sort_keys=True))
+    print(json.dumps(answer(args.needs, models=args.models, packages=args.packages), sort_keys=True))
     return 0
 
 

@@ -1,10 +1,12 @@
 """A lab's own model: --model FILE.py:FACTORY or --model package.module:FACTORY, with --model_args.
 
 The factory is called as factory(n_channels, **model_args) and returns a torch module that maps
-(N, C, T) windows to one logit each, shape (N,). Its source file's hash and its arguments enter
-the base-model key (base_cache) and provenance.json; the runner checks and syncs the file like the
-project's code when it lies in the workdir (runner.check). Every problem is a ConfigError in one
-line. torch is imported only where a model is built: the runner reads specs without it.
+(N, C, T) windows to one logit each, shape (N,); for data of K >= 3 classes it is called as
+factory(n_channels, n_classes=K, **model_args) and returns K logits a window, shape (N, K). Its
+source file's hash and its arguments enter the base-model key (base_cache) and provenance.json; the
+runner checks and syncs the file like the project's code when it lies in the folder the jobs run
+from (runner.check). Every problem is a ConfigError in one line. torch is imported only where a
+model is built: the runner reads specs without it.
 """
 import hashlib
 import importlib
@@ -85,11 +87,13 @@ def factory_of(spec):
     return factory
 
 
-def build(spec, args_text, n_channels):
-    """factory(n_channels, **model_args), checked to be a torch module."""
+def build(spec, args_text, n_channels, n_classes=2):
+    """factory(n_channels, **model_args), checked to be a torch module; a recognizer of K >= 3
+    classes calls factory(n_channels, n_classes=K, **model_args)."""
     from torch import nn
+    classes = {} if n_classes == 2 else {"n_classes": n_classes}
     try:
-        model = factory_of(spec)(int(n_channels), **model_args(args_text))
+        model = factory_of(spec)(int(n_channels), **classes, **model_args(args_text))
     except ConfigError:
         raise
     except Exception as error:
@@ -99,8 +103,9 @@ def build(spec, args_text, n_channels):
     return model
 
 
-def check_output(model, spec, n_channels, window_size):
-    """One forward pass over two zero windows: the model must give one logit per window, shape (N,)."""
+def check_output(model, spec, n_channels, window_size, n_classes=2):
+    """One forward pass over two zero windows: the model must give one logit per window, shape (N,),
+    or K logits for K >= 3 classes, shape (N, K)."""
     import torch
     x = torch.zeros(2, int(n_channels), int(window_size))
     try:
@@ -109,10 +114,13 @@ def check_output(model, spec, n_channels, window_size):
     except Exception as error:
         raise ConfigError(f"--model {spec}: a forward pass over windows of shape {tuple(x.shape)} failed: "
                           f"{type(error).__name__}: {error}") from None
-    if not torch.is_tensor(out) or tuple(out.shape) != (2,):
+    wanted = (2,) if n_classes == 2 else (2, n_classes)
+    if not torch.is_tensor(out) or tuple(out.shape) != wanted:
         shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
-        raise ConfigError(f"--model {spec}: the model must return one logit per window, shape (N,); windows "
-                          f"of shape {tuple(x.shape)} gave {shape} (squeeze a (N, 1) output)")
+        what = ("one logit per window, shape (N,)" if n_classes == 2 else
+                f"{n_classes} logits per window (one per class), shape (N, {n_classes})")
+        raise ConfigError(f"--model {spec}: the model must return {what}; windows of shape {tuple(x.shape)} "
+                          f"gave {shape}" + (" (squeeze a (N, 1) output)" if n_classes == 2 else ""))
 
 
 def key_values(args):

@@ -110,10 +110,10 @@ BAD_FILES = {
     "y shorter than X": (replace("a_train.pt", lambda X, y: (X, y[:-1])), "labels"),
     "y longer than X": (replace("a_val.pt", lambda X, y: (X[:-1], y)), "labels"),
     "y of shape (N, 2)": (replace("b_val.pt", lambda X, y: (X, torch.stack([y, y], 1))), "shape"),
-    "label 2": (replace("c_train.pt", with_value(2.0, at_y=True)), "0 or 1"),
-    "label 0.5": (replace("a_test.pt", with_value(0.5, at_y=True)), "0 or 1"),
-    "label -1": (replace("b_test.pt", with_value(-1.0, at_y=True)), "0 or 1"),
-    "label NaN": (replace("a_val.pt", with_value(float("nan"), at_y=True)), "0 or 1"),
+    "label 3 (no 2)": (replace("c_train.pt", with_value(3.0, at_y=True)), "no window of the data has id 2"),
+    "label 0.5": (replace("a_test.pt", with_value(0.5, at_y=True)), "class ids"),
+    "label -1": (replace("b_test.pt", with_value(-1.0, at_y=True)), "class ids"),
+    "label NaN": (replace("a_val.pt", with_value(float("nan"), at_y=True)), "class ids"),
     "NaN in X": (replace("b_val.pt", with_value(float("nan"))), "nan"),
     "inf in X": (replace("c_test.pt", with_value(float("inf"))), "inf"),
     "-inf in X": (replace("a_train.pt", with_value(float("-inf"))), "inf"),
@@ -136,7 +136,7 @@ def test_bad_file_is_a_one_line_error_naming_it(case, folder, tmp_path, capsys):
     assert published(tmp_path) == []
 
 
-@pytest.mark.parametrize("case", ["missing split file", "garbage bytes", "label 2", "empty split"])
+@pytest.mark.parametrize("case", ["missing split file", "garbage bytes", "label 0.5", "empty split"])
 def test_bad_data_fails_in_load_split_too(case, folder):
     apply, fragment = BAD_FILES[case]
     name = apply(folder)

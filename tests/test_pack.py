@@ -288,10 +288,10 @@ def test_a_folder_that_cannot_be_published_ends_the_pack_and_the_finished_member
     common = dict(shared(data, exp, tmp_path / "cache", epochs=1), prefix="p", mode="target_only")
     finish_fold = engine_fold.finish_fold
 
-    def appears_first(args, model, device, final, *rest):
+    def appears_first(args, model, device, plan, *rest):
         if args.fold == 1:  # someone else's run writes member 1's folder while the pack trains
-            final.mkdir(parents=True)
-        return finish_fold(args, model, device, final, *rest)
+            plan.final.mkdir(parents=True)
+        return finish_fold(args, model, device, plan, *rest)
     monkeypatch.setattr("engine.pack.finish_fold", appears_first)
     assert pack_train.main(["--json", json.dumps([dict(common, fold=0), dict(common, fold=1)])]) == 2
     captured = capsys.readouterr()
