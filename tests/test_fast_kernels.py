@@ -15,10 +15,18 @@ from tiny_data import write_tiny_dataset
 TOLERANCE = 1e-4
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_the_fast_kernels_compute_the_same_outputs_and_gradients(name):
+# Every architecture the flags can build: the registry's models, and `test` shaped as the lab's
+# manuscript model (dilation, dropout), with residual blocks, and with five blocks and four classes.
+ARCHITECTURES = [(name, {}, 2) for name in sorted(MODELS)] + [
+    ("test", {"base_channels": 16, "use_dilation": True, "dropout": 0.5}, 2),
+    ("test", {"base_channels": 6, "use_residual": True, "use_dilation": True}, 2),
+    ("test", {"num_blocks": 5}, 4)]
+
+
+@pytest.mark.parametrize("name, architecture, classes", ARCHITECTURES)
+def test_the_fast_kernels_compute_the_same_outputs_and_gradients(name, architecture, classes):
     torch.manual_seed(0)
-    model = build_model(name, 6).eval()  # eval: medium's dropout draws nothing
+    model = build_model(name, 6, architecture=architecture, n_classes=classes).eval()  # eval: dropout draws nothing
     x = torch.randn(4, 6, 301)  # an odd length: the pools' floor and ceil modes matter
     results, called = [], []
     model.features[0][0].register_forward_hook(lambda *_: called.append(model.fast_kernels))  # the reference way
