@@ -15,15 +15,17 @@ per-participant table. The participants of a configuration (below) are
 aggregated, each once, into the per-configuration table.
 
 F1 is macro F1 (the mean of the positive- and negative-class F1, as the
-original), `--metric f1_pos` reports the positive class's F1 instead; the
-report names the one it shows.
+original; a recognizer's, of K >= 3 classes: the mean over its classes),
+`--metric f1_pos` reports the positive class's F1 instead (a detector's; it
+skips recognizer runs); the report names the one it shows. Recognizers also
+get per-class tables (report/classes.py).
 
 --compare SETTING compares every two configurations that differ only in that
 setting, paired by participant (report/compare.py). When target_data_pct
 varies, a data-efficiency table follows (report/efficiency.py).
 
-Writes per_fold.csv, per_participant.csv, per_config.csv (comparisons.csv and
-data_efficiency.csv when there are some), the PNGs and report.html (one
+Writes per_fold.csv, per_participant.csv, per_config.csv (per_class.csv,
+comparisons.csv and data_efficiency.csv when there are some), the PNGs and report.html (one
 self-contained page) into a new folder reports/NAME (NAME from the inputs;
 NAME-2, NAME-3, ... when taken, so no report is overwritten), or into -o, and
 prints the tables to stdout as Markdown (or CSV, JSON or LaTeX with --format;
@@ -69,7 +71,15 @@ Decisions:
 - Precision and recall are the positive class's (metrics.json's
   ..._target_test_precision and _recall): of the base model, of the model the
   target phase ends with (personalized, or a target_only run's own), and the
-  change from one to the other; blank in runs made before they were recorded.
+  change from one to the other; blank in runs made before they were recorded,
+  and in recognizers (metrics.json has them null).
+- Recognizers (hyperparameters.json's classes: K >= 3 names): per configuration
+  and class, the base and final model's F1, precision and recall and the
+  change, means across participants of their seed means (per_class.csv, a
+  table, LaTeX, macros, per_class_config{N}.png). A class counts for a fold
+  only where its test split has windows of it. Detector configurations have no
+  per-class rows (their positive class is precision and recall), so a report
+  of detectors only is as before. classes is not a setting: it follows the data.
 - Epochs: best epochs are counted within their phase (metrics.json counts the
   target phase after the base phase's epochs). A run whose best epoch is its
   phase's last one never early-stopped: the under_trained column names the
@@ -89,7 +99,7 @@ Decisions:
   these names left in -o by an earlier report are removed first.
 
 The report is the report/ package (runs.py: loading; tables.py, stats.py: the tables and
-the tests; compare.py, efficiency.py: --compare and data efficiency; text.py, latex.py,
+the tests; compare.py, efficiency.py, classes.py: --compare, data efficiency, per class; text.py, latex.py,
 html_page.py, plots.py: Markdown, CSV, LaTeX, HTML and plots; output.py: writing it); this
 file is its command line.
 """
@@ -117,7 +127,8 @@ def build_parser():
                              "(default none)")
     parser.add_argument("--metric", choices=sorted(METRICS), default="f1",
                         help="f1: macro F1, the mean of the positive- and negative-class F1 (default, as the "
-                             "original); f1_pos: the positive class's F1")
+                             "original; a recognizer's: over its classes); f1_pos: the positive class's F1 "
+                             "(detectors; recognizer runs are skipped)")
     parser.add_argument("--ylim", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"),
                         help="y range of the plots (default 0 1)")
     return parser

@@ -143,9 +143,9 @@ def positive_class_scores(model, states, X, y, device, names=None):
                       tp / (tp + fn) if tp + fn else 0.0)
         scores.update({f"{key}_{name}": value for name, value in zip(("f1_pos", "precision", "recall"), values)})
         if names is not None:
-            confusion = counts is not None and confusion_of(counts)
-            scores[f"{key}_per_class"] = confusion and {
+            confusion = None if counts is None else confusion_of(counts)
+            scores[f"{key}_per_class"] = None if confusion is None else {
                 name: {"f1": f1, "precision": precision, "recall": recall}
                 for name, (f1, precision, recall, _) in zip(names, per_class(confusion))}
-            scores[f"{key}_confusion"] = confusion and [[int(v) for v in row] for row in confusion]
+            scores[f"{key}_confusion"] = None if confusion is None else [[int(v) for v in row] for row in confusion]
     return scores

@@ -87,12 +87,18 @@ def comparison_figures(row):
 
 def macros(summary, metric="f1"):
     """{macro name: text} of the headline figures: each configuration's, each comparison's (named
-    after its second configuration, Vs, and the first's value of the compared setting), and each
-    data-efficiency row's retention and series' share that reaches target_only."""
+    after its second configuration, Vs, and the first's value of the compared setting), each
+    recognizer class's F1 (base, final, gain), and each data-efficiency row's retention and series'
+    share that reaches target_only."""
     found = {"repMetric": METRICS[metric][2]}
     for row in summary.config_rows:
         name = "rep" + macro_word(label(row, summary.varying))
         found.update({name + figure: text for figure, text in config_figures(row) if text is not None})
+    for row in summary.class_rows:  # a recognizer's classes; names that spell alike: the first wins
+        name = "rep" + macro_word(label(row, summary.varying)) + "Class" + macro_word(row["class"])
+        for figure, key, signed in (("Base", "base_f1", False), ("Final", "f1", False), ("Gain", "f1_change", True)):
+            if row[key] is not None:
+                found.setdefault(name + figure, number(row[key], signed=signed))
     for row in summary.comparisons:  # the first differs from the second in the compared setting alone
         first = row["first_value"] if row["setting"] == "mode" else f"{row['setting']}={cell(row['first_value'])}"
         name = "rep" + macro_word(row["second"]) + "Vs" + macro_word(first)

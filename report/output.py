@@ -11,14 +11,14 @@ import sys
 from pathlib import Path
 
 from engine.fileio import staged_folder, write_atomic
-from report import compare, efficiency, html_page, latex
+from report import classes, compare, efficiency, html_page, latex
 from report.plots import write_plots
 from report.runs import METRICS, expand_inputs, find_prefixes, load_runs, warn
 from report.tables import summarize_all
 from report.text import (config_columns, config_note, config_table, fold_columns, fold_table, markdown,
                          participant_columns, participant_table, seeds_replicate, write_csv)
 
-TABLE_NAMES = ["per_fold", "per_participant", "per_config", "comparisons", "data_efficiency"]
+TABLE_NAMES = ["per_fold", "per_participant", "per_config", "per_class", "comparisons", "data_efficiency"]
 # What a report writes; in -o, the ones this report does not write are an earlier report's, removed
 # (a .tex file only when its first line says this tool wrote it: -o may be a manuscript's folder).
 OWN_FILES = ({f"{name}.csv" for name in TABLE_NAMES} | {f"{name}.tex" for name in TABLE_NAMES}
@@ -70,6 +70,8 @@ def csv_tables(summary):
     tables = {"per_fold": (summary.fold_rows, fold_columns(summary.varying, summary.seed_keys)),
               "per_participant": (summary.participant_rows, participant_columns(summary.varying)),
               "per_config": (summary.config_rows, config_columns(summary.varying))}
+    if summary.class_rows:  # recognizers only
+        tables["per_class"] = (summary.class_rows, classes.columns(summary.varying))
     if summary.comparisons:
         tables["comparisons"] = (summary.comparisons, compare.COLUMNS)
     if summary.efficiency:
@@ -79,13 +81,16 @@ def csv_tables(summary):
 
 def shown_tables(summary, metric):
     """{name: (heading, note, headers, lines)} of the tables shown as Markdown, LaTeX and HTML,
-    in reading order; the per-participant one only where seeds replicate."""
+    in reading order; the per-participant one only where seeds replicate, the per-class one only
+    where there are recognizers."""
     f1_name = METRICS[metric][2]
-    tables = {"per_config": ("Per configuration", config_note(metric),
+    tables = {"per_config": ("Per configuration", config_note(metric, bool(summary.class_rows)),
                              *config_table(summary.config_rows, summary.varying))}
     if seeds_replicate(summary.participant_rows):
         tables["per_participant"] = ("Per participant", "Each figure: mean ± sd over the participant's seeds.",
                                      *participant_table(summary.participant_rows, summary.varying))
+    if summary.class_rows:
+        tables["per_class"] = ("Per class", classes.note(summary), *classes.table(summary.class_rows, summary.varying))
     if summary.comparisons:
         tables["comparisons"] = (f"Comparisons of {summary.compared}",
                                  f"Difference = second − first in {f1_name}, paired by participant (seed means); "
@@ -176,6 +181,7 @@ def main(args, prog="summarize_results.py"):
             return 2
         compare.compare(args.compare, summary)
     efficiency.efficiency(summary)
+    classes.per_class(summary)
     flagged = [row for row in summary.fold_rows if row["under_trained"]]
     if flagged:
         warn(f"{len(flagged)} run(s) had their best epoch at their last one, so early stopping never fired "

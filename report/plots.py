@@ -161,11 +161,31 @@ def efficiency_figure(rows, path, ylim=(0.0, 1.0), f1_name="macro F1"):
     return finish(ax, f1_name, path)
 
 
+def class_figure(rows, varying, path, ylim=(0.0, 1.0)):
+    """A recognizer configuration's per-class rows: each class's mean F1, base and final side by side."""
+    figure, ax = new_axes(max(4.0, 0.8 * len(rows) + 2), 4.2)
+    xs = np.arange(len(rows))
+    final = "target-only" if rows[0]["mode"] == "target_only" else "personalized"
+    for offset, key, name, color in ((-0.2, "base_f1", "base", "tab:gray"), (0.2, "f1", final, "tab:green")):
+        values = [row[key] for row in rows]
+        if any(value is not None for value in values):
+            ax.bar(xs + offset, [np.nan if value is None else value for value in values], width=0.4, color=color,
+                   label=name)
+    ax.set_xticks(xs, [str(row["class"]) for row in rows], rotation=30 if len(rows) > 6 else 0)
+    ax.set_ylim(*ylim)
+    ax.set_ylabel("the class's F1 on the target's test split")
+    ax.set_title(f"config {rows[0]['config']}: {label(rows[0], varying)}\n"
+                 "per-class F1, mean across participants", fontsize=9)
+    ax.legend(fontsize=8)
+    plotting.save_atomic(figure, path, dpi=100, bbox_inches="tight")
+    return path
+
+
 def write_plots(summary, out_dir, ylim=(0.0, 1.0), f1_name="macro F1"):
     """Draws the plots the data supports; returns their paths. Participants count once per
     configuration: their rows are the means over their seeds."""
-    for old in [p for pattern in ("paired_config*.png", "scores_config*.png", "f1_vs_*.png", "compare_*.png",
-                                  "data_efficiency.png") for p in out_dir.glob(pattern)]:
+    for old in [p for pattern in ("paired_config*.png", "scores_config*.png", "per_class_config*.png", "f1_vs_*.png",
+                                  "compare_*.png", "data_efficiency.png") for p in out_dir.glob(pattern)]:
         old.unlink()
     paths = []
     rows_of = summary.participant_rows
@@ -177,6 +197,9 @@ def write_plots(summary, out_dir, ylim=(0.0, 1.0), f1_name="macro F1"):
         else:
             ax = scores_figure(row, rows, summary.varying, ylim)
             paths.append(finish(ax, f1_name, out_dir / f"scores_config{row['config']}.png"))
+    for number in dict.fromkeys(row["config"] for row in summary.class_rows):  # recognizers only
+        rows = [row for row in summary.class_rows if row["config"] == number]
+        paths.append(class_figure(rows, summary.varying, out_dir / f"per_class_config{number}.png", ylim))
     for setting in PLOT_SETTINGS:
         xs = {as_number(row.get(setting)) for row in rows_of} - {None}
         if setting in summary.varying and len(xs) > 1:

@@ -15,8 +15,9 @@ from engine import flags, modes
 from engine.fileio import ConfigError, read_json
 
 # Not settings: the registry's output and runtime flags and fold, and the fields the engine adds per run.
+# A recognizer's class names follow its data (data_path, classes.json), as the channels do: not a setting.
 NOT_SETTINGS = flags.not_settings() | {"target_participant", "base_participants", "script", "job_id", "base_key",
-                                       "pack_size", "pack_id"}
+                                       "pack_size", "pack_id", "classes"}
 BASE_PHASE_SETTINGS = flags.base_phase_only()
 # --metric: (base model's key, personalized model's key, the name the report gives it).
 METRICS = {
@@ -93,10 +94,18 @@ def read_object(path):
     return data, None
 
 
-def load_run(fold_dir, metric="f1"):
+def recognizer_classes(hyper):
+    """A recognizer's class names (hyperparameters.json's classes), or None for a detector."""
+    names = hyper.get("classes")
+    return [str(name) for name in names] if isinstance(names, list) and len(names) > 2 else None
+
+
+def load_run(fold_dir, metric="f1", recognizers=None):
     """One run as a dict, or None after a warning that names the folder.
 
-    base_f1 and personalized_f1 hold the chosen --metric (macro F1 by default).
+    base_f1 and personalized_f1 hold the chosen --metric (macro F1 by default). A recognizer has no
+    positive class: with --metric f1_pos it is skipped, its folder added to `recognizers` (load_runs
+    says so once) or, without that list, warned about here.
     """
     base_key, personalized_key, _ = METRICS[metric]
     hyper, problem = read_object(fold_dir / "hyperparameters.json")
@@ -107,6 +116,13 @@ def load_run(fold_dir, metric="f1"):
     mode = metrics.get("mode") or hyper.get("mode")
     if not isinstance(mode, str):
         warn(f"{fold_dir}: skipped, no mode in metrics.json or hyperparameters.json")
+        return None
+    classes = recognizer_classes(hyper)
+    if classes and metric == "f1_pos":
+        if recognizers is None:
+            warn(f"{fold_dir}: skipped, a recognizer has no positive class (--metric f1_pos)")
+        else:
+            recognizers.append(fold_dir)
         return None
     known = modes.BY_NAME.get(mode)  # a mode this version does not know needs both scores
     needed = ([base_key] if not known or known.base_phase else []) + \
@@ -123,7 +139,7 @@ def load_run(fold_dir, metric="f1"):
         settings["n_base_participants"] = len(hyper["base_participants"])
     run = {"dir": fold_dir, "prefix": fold_dir.parent.name, "fold": int(number),
            "participant": metrics.get("target_participant") or hyper.get("target_participant") or name,
-           "mode": mode, "settings": settings, "metrics": metrics,
+           "mode": mode, "settings": settings, "metrics": metrics, "classes": classes,
            "code_version": (origin or {}).get("code_hash"), "data_fingerprint": (origin or {}).get("data_fingerprint"),
            "pack_size": hyper.get("pack_size", 1), "slurm_job": (origin or {}).get("slurm_job"),
            "base_f1": as_number(metrics.get(base_key)), "personalized_f1": as_number(metrics.get(personalized_key))}
@@ -157,12 +173,15 @@ def find_prefixes(folders):
 
 def load_runs(prefix_dirs, metric="f1"):
     """Complete runs of every fold folder under the given prefix folders."""
-    runs = []
+    runs, recognizers = [], []
     for prefix_dir in prefix_dirs:
         for fold_dir in sorted(fold_dirs_in(prefix_dir), key=lambda d: int(FOLD_DIR.fullmatch(d.name).group(1))):
-            run = load_run(fold_dir, metric)
+            run = load_run(fold_dir, metric, recognizers)
             if run:
                 runs.append(run)
+    if recognizers:
+        warn(f"{len(recognizers)} recognizer run(s) skipped, first {recognizers[0]}: --metric f1_pos is a "
+             "detector's positive class; a recognizer's F1 is the macro F1 over its classes (--metric f1)")
     # A setting some runs lack is null there, so train.py and oct1_train.py runs compare.
     keys = set().union(*(run["settings"] for run in runs))
     for run in runs:

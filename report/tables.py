@@ -26,8 +26,9 @@ TEST_COLUMNS = ["n", "n_paired", "responders", "responder_rate", "wilcoxon_n", "
 @dataclass
 class Summary:
     """The report's rows. varying: the settings that tell configurations apart; seed_keys: the seeds
-    that vary between runs of one configuration. comparisons and efficiency are filled by
-    report.compare and report.efficiency when asked for and possible."""
+    that vary between runs of one configuration; groups: (number, settings, {participant: runs})
+    of each configuration. comparisons, efficiency and class_rows are filled by report.compare,
+    report.efficiency and report.classes when asked for and possible."""
     fold_rows: list
     participant_rows: list
     config_rows: list
@@ -36,6 +37,8 @@ class Summary:
     comparisons: list = field(default_factory=list)
     compared: str = None
     efficiency: list = field(default_factory=list)
+    groups: list = field(default_factory=list)
+    class_rows: list = field(default_factory=list)
 
 
 def varying_settings(runs):
@@ -228,6 +231,7 @@ def summarize_all(runs):
     target_only_f1s = target_only_means(configs)
     summary = Summary([], [], [], varying, seed_keys)
     for number, (settings, participants) in enumerate(configs, 1):
+        summary.groups.append((number, settings, participants))
         for line in provenance_conflicts(number, [run for runs in participants.values() for run in runs]):
             warn(line)
         rows = []

@@ -68,6 +68,8 @@ def change_text(base, final, change, digits=3):
         return cell(base, digits)
     if base is None:
         return cell(final, digits)
+    if change is None:
+        return f"{base:.{digits}f} → {final:.{digits}f}"
     return f"{base:.{digits}f} → {final:.{digits}f} ({change:+.{digits}f})"
 
 
@@ -132,9 +134,12 @@ def config_table(rows, varying):
     return headers, lines
 
 
-def config_note(metric="f1"):
-    return (f"F1 = {METRICS[metric][2]} on the target's test split. Figures per configuration: mean ± sd (median) "
-            "across participants, each participant once (the mean over its seeds).")
+def config_note(metric="f1", recognizers=False):
+    """The per-configuration table's note; with recognizers, what their macro F1 is."""
+    classes = (" A recognizer's macro F1 is the mean F1 over its classes (those in the test labels or the "
+               "predictions)." if recognizers else "")
+    return (f"F1 = {METRICS[metric][2]} on the target's test split.{classes} Figures per configuration: mean ± sd "
+            "(median) across participants, each participant once (the mean over its seeds).")
 
 
 def config_markdown(rows, varying, metric="f1"):

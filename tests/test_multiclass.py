@@ -147,6 +147,8 @@ def test_a_user_factory_gets_the_number_of_classes(recognizer, tmp_path, capsys)
     assert cli.main(argv(dict(job, model=f"{tmp_path / 'lab.py'}:make")), enhanced=True) == 0
     state = torch.load(tmp_path / "exp" / "u" / "fold0_a" / "best_target_model.pt", weights_only=True)
     assert state["4.weight"].shape[0] == 4
+    m = json.loads((tmp_path / "exp" / "u" / "fold0_a" / "metrics.json").read_text())
+    assert m["best_base_model_target_test_per_class"] is None and m["best_base_model_target_test_confusion"] is None
     (tmp_path / "lab.py").write_text(LAB.replace("n_classes or 1", "1"))  # one logit for four classes
     assert cli.main(argv(dict(job, model=f"{tmp_path / 'lab.py'}:make", prefix="v")), enhanced=True) == 2
     assert "4 logits per window" in capsys.readouterr().err
