@@ -1,7 +1,9 @@
 """Make datasets in the project's format: DATA/{participant}_{split}.pt.
 
 Each file holds `torch.save((X, y))`: X float32 (N, C, T), channels first, and
-y float32 (N,) with values 0/1. Splits are train, val and test.
+y float32 (N,) with values 0/1, or for a multi-class dataset (K >= 3 classes) y int64
+(N,) of class ids 0..K-1 and DATA/classes.json beside them: the K class names in id
+order, as a JSON list. Splits are train, val and test.
 
 Two subcommands:
 
@@ -24,15 +26,24 @@ Two subcommands:
              imperfectly; within one participant puff and confounder stay
              apart, so fine-tuning on their own windows can learn where their
              boundary lies. Same --seed, same bytes.
+             --n_classes K (3..8) makes a multi-class dataset instead: each
+             window one of K activities (walking, sitting, standing, lying,
+             running, upstairs, downstairs, cycling: the first K), with
+             classes.json.
 
   csv        Raw recordings to windowed splits. INPUT_DIR holds one subfolder
              per participant (the folder name is the participant name) with
              CSV recordings (*.csv, header row). Windows of --window_size
              samples every --stride samples, within one recording.
+             Labels: 0/1 in the file, or --positive_label against the rest,
+             or --classes A,B,C (or all) for a multi-class dataset of those
+             label values, ids 0, 1, 2 in that order (all: every value found,
+             sorted); rows of other labels are left out like --keep_labels.
              Window label (--label_rule):
-               any       1 if any sample in the window is positive
+               any       1 if any sample in the window is positive (binary only)
                majority  1 if more than half of the samples are positive
-                         (default)
+                         (default); multi-class: the class most samples have,
+                         a tie going to the lower class id
                center    the label of sample window_size // 2
              --stride defaults to --window_size (no overlap).
              Split per participant (--split train,val,test fractions):
@@ -51,16 +62,16 @@ smaller than --batch_size, and a CSV recording shorter than one window
 The output folder is written in a temporary sibling and renamed at the end, so
 it appears whole or not at all. A non-empty folder is refused unless
 --overwrite, which replaces it whole; a folder that holds anything but
-NAME_{train,val,test}.pt files, or that is, holds or lies inside --input_dir,
-is refused even with --overwrite (one line, exit 2, nothing written or deleted).
+NAME_{train,val,test}.pt files and classes.json, or that is, holds or lies inside
+--input_dir, is refused even with --overwrite (one line, exit 2, nothing written or deleted).
 
-The makers live in dataset/ (synthetic.py, csv_import.py, splits.py); this file is
-their command line.
+The makers live in dataset/ (synthetic.py, activities.py, csv_import.py, splits.py); this
+file is their command line.
 """
 import argparse
 import sys
 
-from dataset import csv_import, splits, synthetic
+from dataset import activities, csv_import, splits, synthetic
 from dataset.splits import DatasetError
 from engine.flags import positive_int
 
@@ -107,7 +118,8 @@ def add_synthetic(commands):
     syn = commands.add_parser(
         "synthetic", help="write the synthetic demo dataset", allow_abbrev=False,
         description="Synthetic wrist IMU at 50 Hz: acc_x..z in g (with gravity), "
-                    "gyr_x..z in rad/s. Positive windows: repeated puffs.")
+                    "gyr_x..z in rad/s. Positive windows: repeated puffs; with --n_classes K >= 3, "
+                    "each window one of K activities.")
     syn.add_argument("--output_dir", required=True, help="folder to write (required, no default)")
     syn.add_argument("--n_participants", type=positive_int, default=6, help="participants (default 6)")
     syn.add_argument("--window_size", type=positive_int, default=synthetic.DEMO_WINDOW,
@@ -115,6 +127,9 @@ def add_synthetic(commands):
     for split, n in zip(("train", "val", "test"), synthetic.DEMO_SIZES):
         syn.add_argument(f"--n_{split}", type=positive_int, default=n,
                          help=f"{split} windows per participant (default {n})")
+    syn.add_argument("--n_classes", type=positive_int, default=2,
+                     help="2: the binary demo; 3 to 8: a multi-class dataset of that many activities, "
+                          "with classes.json (default 2)")
     syn.add_argument("--seed", type=int, default=0, help="seeds every draw (default 0)")
     syn.add_argument("--overwrite", action="store_true",
                      help="replace an output folder of NAME_{train,val,test}.pt files; one "
@@ -130,8 +145,9 @@ def add_csv(commands):
         description="INPUT_DIR/{participant}/*.csv (header row) to "
                     "OUTPUT_DIR/{participant}_{train,val,test}.pt.",
         epilog="label rules (--label_rule):\n"
-               "  any       1 if any sample in the window is positive\n"
-               "  majority  1 if more than half of the samples are positive\n"
+               "  any       1 if any sample in the window is positive (binary only)\n"
+               "  majority  1 if more than half of the samples are positive; with --classes,\n"
+               "            the class most samples have (a tie: the lower class id)\n"
                "  center    the label of sample window_size // 2\n"
                "splits (--split_by):\n"
                "  block      each recording is cut into contiguous train, val, test\n"
@@ -144,7 +160,11 @@ def add_csv(commands):
     raw.add_argument("--label_column", required=True, help="column of the labels (required, no default)")
     raw.add_argument("--positive_label", default=None,
                      help="label value that means 1 (everything else is 0); without it "
-                          "labels must be 0/1 (default none)")
+                          "or --classes, labels must be 0/1 (default none)")
+    raw.add_argument("--classes", type=_labels, default=None, metavar="A,B,C",
+                     help="a multi-class dataset: these label values (3 or more) are class ids 0, 1, "
+                          "2, ... in this order, or 'all': every value found, sorted; rows of other "
+                          "labels are left out like --keep_labels; writes classes.json (default none)")
     labels = raw.add_mutually_exclusive_group()
     labels.add_argument("--keep_labels", type=_labels, default=None, metavar="A,B",
                         help="window only the rows with these label values, before anything else "
@@ -168,31 +188,45 @@ def add_csv(commands):
     add_check_flags(raw)
 
 
+def _synthetic_build(args):
+    """build(warnings, notes) -> (splits, class names) of the synthetic subcommand."""
+    def build(warnings, notes):
+        if args.n_classes == 2:
+            return synthetic.synthetic_splits(args.n_participants, args.window_size, args.n_train, args.n_val,
+                                              args.n_test, args.seed), None
+        return activities.activity_splits(args.n_classes, args.n_participants, args.window_size, args.n_train,
+                                          args.n_val, args.n_test, args.seed)
+    return build
+
+
+def _csv_build(args):
+    """build(warnings, notes) -> (splits, class names) of the csv subcommand."""
+    def build(warnings, notes):
+        channels = [c.strip() for c in args.channels.split(",") if c.strip()]
+        if not channels:
+            raise DatasetError("--channels names no column")
+        return csv_import.csv_splits(args.input_dir, channels, args.label_column, args.positive_label,
+                                     args.window_size, args.stride, args.label_rule, args.split,
+                                     args.split_by, warnings, notes, args.keep_labels, args.drop_labels,
+                                     args.classes)
+    return build
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.command == "synthetic":
-        inputs = []
-
-        def build(warnings, notes):
-            return synthetic.synthetic_splits(args.n_participants, args.window_size, args.n_train, args.n_val,
-                                              args.n_test, args.seed)
+        build, inputs = _synthetic_build(args), []
     else:
-        inputs = [args.input_dir]  # the output folder must stay apart from it
-
-        def build(warnings, notes):
-            channels = [c.strip() for c in args.channels.split(",") if c.strip()]
-            if not channels:
-                raise DatasetError("--channels names no column")
-            return csv_import.csv_splits(args.input_dir, channels, args.label_column, args.positive_label,
-                                         args.window_size, args.stride, args.label_rule, args.split,
-                                         args.split_by, warnings, notes, args.keep_labels, args.drop_labels)
+        build, inputs = _csv_build(args), [args.input_dir]  # the output folder must stay apart from it
     try:
-        made = splits.make(build, args.output_dir, args.overwrite, args.batch_size, args.strict, inputs)
+        if args.command == "csv":  # the flags' own errors before any folder's
+            csv_import.check_class_flags(args.classes, args.positive_label, args.label_rule)
+        made, classes = splits.make(build, args.output_dir, args.overwrite, args.batch_size, args.strict, inputs)
     except DatasetError as e:
         print(f"make_dataset.py: error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(splits.summary_table(made))
-    print(f"wrote {len(made)} files to {args.output_dir}")
+    print(splits.summary_table(made, classes))
+    print(f"wrote {len(made)} files{'' if classes is None else f' and {splits.CLASSES_FILE}'} to {args.output_dir}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
 """Raw CSV recordings to windowed splits: one folder per participant, windows of
 --window_size samples every --stride within one recording, a label per window by a rule,
 and splits cut per participant by contiguous blocks of each recording (or by whole
-recordings), so overlapping windows never land in different splits."""
+recordings), so overlapping windows never land in different splits.
+
+Labels are binary (0/1 in the file, or --positive_label against the rest) or, with --classes,
+class ids 0..K-1 of K >= 3 named classes; rows whose label is not among them are left out like
+the rows --keep_labels or --drop_labels leave out: no window holds or spans them."""
 import csv
 import math
 import os
@@ -12,7 +16,8 @@ import numpy as np
 from dataset.splits import DatasetError
 from engine.data import SPLITS
 
-DROPPED = 255  # the label of a row --keep_labels or --drop_labels leaves out: no window holds it
+DROPPED = -1  # the label of a row left out by its label text: no window holds it
+ALL = "all"  # --classes all: every label value found, sorted
 
 
 def _column_index(path, header, name):
@@ -29,8 +34,8 @@ def _cell_label(where, text, positive_label):
     except ValueError:
         value = None
     if value not in (0.0, 1.0):
-        raise DatasetError(f"{where}: label '{text}' is not 0 or 1 "
-                           "(use --positive_label to map class names)")
+        raise DatasetError(f"{where}: label '{text}' is not 0 or 1 (use --positive_label to map "
+                           "class names to 0/1, or --classes for a multi-class dataset)")
     return int(value)
 
 
@@ -44,11 +49,11 @@ def _cell_value(where, text):
     return value
 
 
-def read_recording(path, channels, label_column, positive_label=None, label_counts=None, kept=None):
-    """(data (L, C) float32, labels (L,) uint8) of one CSV recording.
+def read_recording(path, channels, label_column, label_of, label_counts=None):
+    """(data (L, C) float32, labels (L,) int32) of one CSV recording.
 
-    label_counts, a Counter, when given, counts each raw label text seen. kept(text), when
-    given, says whether a row with that label is kept; a row it drops gets the label DROPPED.
+    label_of(where, text) gives a row's label (a number, or DROPPED) from its label text;
+    label_counts, a Counter, when given, counts each raw label text seen.
     """
     with open(path, newline="") as f:
         rows = csv.reader(f)
@@ -68,23 +73,41 @@ def read_recording(path, channels, label_column, positive_label=None, label_coun
             data.append([_cell_value(f"{line}, column '{name}'", row[i])
                          for name, i in zip(channels, columns)])
             text = row[label_index].strip()
-            dropped = kept is not None and not kept(text)
-            labels.append(DROPPED if dropped else _cell_label(f"{line}, column '{label_column}'", text,
-                                                              positive_label))
+            labels.append(label_of(f"{line}, column '{label_column}'", text))
             if label_counts is not None:
                 label_counts[text] += 1
     data = np.array(data, dtype=np.float32).reshape(len(data), len(channels))
-    return data, np.array(labels, dtype=np.uint8)
+    return data, np.array(labels, dtype=np.int32)
 
 
-def window_labels(labels, rule):
-    """One 0/1 label per window from the sample labels of windows (N, W)."""
+def binary_labels(positive_label=None, kept=None):
+    """label_of for read_recording: 0/1 (by --positive_label, or the file's own 0/1), or
+    DROPPED for a row kept(text) leaves out."""
+    def label_of(where, text):
+        if kept is not None and not kept(text):
+            return DROPPED
+        return _cell_label(where, text, positive_label)
+    return label_of
+
+
+def window_labels(labels, rule, n_classes=None):
+    """One label per window from the sample labels of windows (N, W).
+
+    Binary (n_classes None): any (1 if any sample is 1), majority (1 if more than half are),
+    center (the label of sample W // 2). Multi-class: majority is the class most samples
+    have, a tie going to the lower id (as a binary window half positive is 0); center as above.
+    """
+    if rule == "center":
+        return labels[:, labels.shape[1] // 2]
+    if n_classes is not None and rule == "majority":
+        counts = np.stack([(labels == k).sum(axis=1) for k in range(n_classes)], axis=1)
+        return counts.argmax(axis=1)  # the first of the largest counts: the lowest id
+    if n_classes is not None:
+        raise ValueError(f"label rule {rule!r} is binary only")
     if rule == "any":
         return labels.max(axis=1)
     if rule == "majority":
         return (2 * labels.sum(axis=1) > labels.shape[1]).astype(np.uint8)
-    if rule == "center":
-        return labels[:, labels.shape[1] // 2]
     raise ValueError(f"unknown label rule {rule!r}")
 
 
@@ -93,14 +116,16 @@ def samples_in_windows(n_windows, window_size, stride):
     return 0 if n_windows == 0 else (n_windows - 1) * min(stride, window_size) + window_size
 
 
-def make_windows(data, labels, window_size, stride, rule):
-    """X (N, C, W) and y (N,) of the windows starting every `stride` samples."""
+def make_windows(data, labels, window_size, stride, rule, n_classes=None):
+    """X (N, C, W) and y (N,) of the windows starting every `stride` samples: y float32 of
+    0/1, or with n_classes int64 class ids."""
+    y_type = np.float32 if n_classes is None else np.int64
     if len(data) < window_size:
         return (np.zeros((0, data.shape[1], window_size), np.float32),
-                np.zeros(0, np.float32))
+                np.zeros(0, y_type))
     X = np.lib.stride_tricks.sliding_window_view(data, window_size, axis=0)[::stride]
     sample_labels = np.lib.stride_tricks.sliding_window_view(labels, window_size)[::stride]
-    return np.ascontiguousarray(X), window_labels(sample_labels, rule).astype(np.float32)
+    return np.ascontiguousarray(X), window_labels(sample_labels, rule, n_classes).astype(y_type)
 
 
 def kept_runs(data, labels):
@@ -113,16 +138,78 @@ def kept_runs(data, labels):
     return runs
 
 
-def label_filter(positive_label, keep=None, drop=None):
+def label_filter(positive_label, keep=None, drop=None, classes=None):
     """kept(text) for --keep_labels / --drop_labels (lists of raw label texts), or None without
-    them; one that leaves out --positive_label is an error."""
+    them; one that leaves out --positive_label, or a class --classes names, is an error."""
     if not (keep or drop):
         return None
     kept = (lambda text: text in keep) if keep else (lambda text: text not in drop)
+    flag = f"{'--keep_labels' if keep else '--drop_labels'} {','.join(keep or drop)}"
     if positive_label is not None and not kept(positive_label):
-        flag = "--keep_labels" if keep else "--drop_labels"
-        raise DatasetError(f"{flag} {','.join(keep or drop)} leaves out --positive_label '{positive_label}'")
+        raise DatasetError(f"{flag} leaves out --positive_label '{positive_label}'")
+    for name in [] if classes in (None, [ALL]) else classes:
+        if not kept(name):
+            raise DatasetError(f"{flag} leaves out --classes '{name}'")
     return kept
+
+
+def check_class_count(names, given):
+    """A multi-class dataset has at least 3 classes; two are the binary path's."""
+    if len(names) == 2:
+        raise DatasetError(f"{given}: two classes make a binary dataset: use --positive_label {names[1]} "
+                           f"--keep_labels {names[0]},{names[1]} instead")
+    if len(names) < 2:
+        raise DatasetError(f"{given}: {len(names)} class(es); a multi-class dataset needs at least 3")
+
+
+def check_class_flags(classes, positive_label, label_rule):
+    """What --classes cannot go with, and a list of it that names a class twice or too few."""
+    if classes is None:
+        return
+    if positive_label is not None:
+        raise DatasetError("--classes and --positive_label exclude each other: --classes makes a "
+                           "multi-class dataset, --positive_label a binary one")
+    if label_rule == "any":
+        raise DatasetError("--label_rule any is binary only (1 if any sample is positive): "
+                           "with --classes use majority or center")
+    if classes == [ALL]:
+        return
+    given = f"--classes {','.join(classes)}"
+    twice = [name for k, name in enumerate(classes) if name in classes[:k]]
+    if twice:
+        raise DatasetError(f"{given}: names '{twice[0]}' twice")
+    check_class_count(classes, given)
+
+
+class ClassLabels:
+    """label_of for read_recording with --classes. A row's label is first the code of its text
+    (texts numbered as they come); ids() maps codes to class ids, or DROPPED for a text that is
+    no class, once every text is known, so that --classes all can take them all."""
+
+    def __init__(self, classes, kept=None):
+        self.classes, self.kept, self.codes = classes, kept, {}
+
+    def __call__(self, where, text):
+        return self.codes.setdefault(text, len(self.codes))
+
+    def names(self, input_dir, label_column, label_counts):
+        """The class names in id order: the ones --classes gives, each on some row, or every
+        label text of a row kept, sorted (an empty label is never a class)."""
+        if self.classes != [ALL]:
+            check_labels_found(input_dir, label_column, label_counts, self.classes, "--classes")
+            return list(self.classes)
+        names = sorted(text for text in label_counts if text and (self.kept is None or self.kept(text)))
+        check_class_count(names, f"{input_dir}: --classes all found {', '.join(map(repr, names)) or 'no label'} "
+                                 f"in column '{label_column}'")
+        return names
+
+    def ids(self, names):
+        """Text codes to class ids: a table to index the codes with."""
+        index = {name: k for k, name in enumerate(names)}
+        table = np.full(len(self.codes), DROPPED, dtype=np.int32)
+        for text, code in self.codes.items():
+            table[code] = index.get(text, DROPPED)
+        return table
 
 
 def check_labels_found(input_dir, label_column, label_counts, names, flag):
@@ -180,62 +267,98 @@ def _split_segments(recordings, fractions, split_by):
     return segments
 
 
+def read_participant(folder, channels, label_column, label_of, label_counts, window_size, split_by,
+                     warnings):
+    """([(data, labels), ...], samples read): a participant's recordings of at least one window;
+    a shorter one is skipped with a line appended to `warnings`."""
+    paths = _recordings(folder)
+    if split_by == "recording" and len(paths) < 3:
+        raise DatasetError(f"{folder}: --split_by recording needs >= 3 recordings, "
+                           f"found {len(paths)} (use --split_by block)")
+    recordings, n_samples = [], 0
+    for path in paths:
+        data, labels = read_recording(path, channels, label_column, label_of, label_counts)
+        n_samples += len(data)
+        if len(data) < window_size:
+            warnings.append(f"{path}: {len(data)} samples, shorter than one window "
+                            f"(--window_size {window_size}): skipped")
+            continue
+        recordings.append((data, labels))
+    if split_by == "recording" and len(recordings) < 3:
+        raise DatasetError(f"{folder}: --split_by recording needs >= 3 recordings of at least "
+                           f"one window, found {len(recordings)}")
+    return recordings, n_samples
+
+
+def window_participant(folder, recordings, n_samples, window_size, stride, label_rule, fractions,
+                       split_by, n_classes, notes):
+    """{split: (X, y)} of one participant's recordings, as numpy arrays; the samples dropped
+    by their label and the samples in no window go to `notes`."""
+    participant = os.path.basename(folder)
+    out, n_windowed = {}, 0
+    n_dropped = sum(int((labels == DROPPED).sum()) for _, labels in recordings)
+    for split, parts in _split_segments(recordings, fractions, split_by).items():
+        windows = [make_windows(d, l, window_size, stride, label_rule, n_classes)
+                   for part in parts for d, l in kept_runs(*part)]
+        if sum(len(w[1]) for w in windows) == 0:
+            raise DatasetError(f"{folder}: no windows in the {split} split (recordings "
+                               f"too short for --window_size {window_size} and --split)")
+        out[split] = (np.concatenate([w[0] for w in windows]), np.concatenate([w[1] for w in windows]))
+        n_windowed += sum(samples_in_windows(len(w[1]), window_size, stride) for w in windows)
+    if n_dropped:
+        notes.append(f"{participant}: {n_dropped} of {n_samples} samples dropped by their label")
+    if n_windowed + n_dropped < n_samples:
+        notes.append(f"{participant}: {n_samples - n_windowed - n_dropped} of {n_samples} samples fall in "
+                     f"no window (short recordings, recording and block ends) and were dropped")
+    return out
+
+
+def check_binary_labels(input_dir, label_column, label_counts, positive_label):
+    """--positive_label must be on some row (the labels are case-sensitive)."""
+    if positive_label is not None and positive_label not in label_counts:
+        found = ", ".join(f"'{text}' ({n})" for text, n in label_counts.most_common())
+        raise DatasetError(f"{input_dir}: no row has label '{positive_label}' in column "
+                           f"'{label_column}' (labels are case-sensitive; found: {found})")
+
+
 def csv_splits(input_dir, channels, label_column, positive_label=None, window_size=3000,
                stride=None, label_rule="majority", fractions=(0.6, 0.2, 0.2),
-               split_by="block", warnings=None, notes=None, keep_labels=None, drop_labels=None):
-    """{(participant, split): (X, y)} windowed from the CSV recordings.
+               split_by="block", warnings=None, notes=None, keep_labels=None, drop_labels=None,
+               classes=None):
+    """(splits, class names): {(participant, split): (X, y)} windowed from the CSV recordings,
+    and None for a binary dataset (y float32 0/1), or with `classes` (label texts in id order,
+    or [ALL]: every label text found, sorted) the K >= 3 names of the ids in y (int64).
 
     Recordings shorter than one window are skipped with a line appended to
     `warnings`; the samples that fall in no window, per participant, go to
     `notes` (both lists, when given). keep_labels / drop_labels (raw label texts):
-    only rows with those labels, or all but them, are windowed; the splits are cut
-    first, then each part is windowed within its stretches of kept rows.
+    only rows with those labels, or all but them, are windowed, and with `classes` only
+    the rows of a class; the splits are cut first, then each part is windowed within its
+    stretches of kept rows.
     """
     import torch  # here, as in dataset.synthetic: make_dataset.py refuses a bad folder without it
     stride = stride or window_size
     warnings = [] if warnings is None else warnings
     notes = [] if notes is None else notes
-    kept = label_filter(positive_label, keep_labels, drop_labels)
-    splits, label_counts = {}, Counter()
+    check_class_flags(classes, positive_label, label_rule)
+    kept = label_filter(positive_label, keep_labels, drop_labels, classes)
+    label_of = binary_labels(positive_label, kept) if classes is None else ClassLabels(classes, kept)
+    label_counts, read = Counter(), {}
     for participant in _participant_folders(input_dir):
-        folder = os.path.join(input_dir, participant)
-        paths = _recordings(folder)
-        if split_by == "recording" and len(paths) < 3:
-            raise DatasetError(f"{folder}: --split_by recording needs >= 3 recordings, "
-                               f"found {len(paths)} (use --split_by block)")
-        recordings, n_samples = [], 0
-        for path in paths:
-            data, labels = read_recording(path, channels, label_column, positive_label, label_counts, kept)
-            n_samples += len(data)
-            if len(data) < window_size:
-                warnings.append(f"{path}: {len(data)} samples, shorter than one window "
-                                f"(--window_size {window_size}): skipped")
-                continue
-            recordings.append((data, labels))
-        if split_by == "recording" and len(recordings) < 3:
-            raise DatasetError(f"{folder}: --split_by recording needs >= 3 recordings of at least "
-                               f"one window, found {len(recordings)}")
-        n_windowed = 0
-        n_dropped = sum(int((labels == DROPPED).sum()) for _, labels in recordings)
-        for split, parts in _split_segments(recordings, fractions, split_by).items():
-            windows = [make_windows(d, l, window_size, stride, label_rule)
-                       for part in parts for d, l in kept_runs(*part)]
-            X = np.concatenate([w[0] for w in windows] or [np.zeros((0, len(channels), window_size))])
-            if len(X) == 0:
-                raise DatasetError(f"{folder}: no windows in the {split} split (recordings "
-                                   f"too short for --window_size {window_size} and --split)")
-            y = np.concatenate([w[1] for w in windows])
-            n_windowed += sum(samples_in_windows(len(w[1]), window_size, stride) for w in windows)
-            splits[(participant, split)] = (torch.from_numpy(X), torch.from_numpy(y))
-        if n_dropped:
-            notes.append(f"{participant}: {n_dropped} of {n_samples} samples dropped by their label")
-        if n_windowed + n_dropped < n_samples:
-            notes.append(f"{participant}: {n_samples - n_windowed - n_dropped} of {n_samples} samples fall in "
-                         f"no window (short recordings, recording and block ends) and were dropped")
+        read[participant] = read_participant(os.path.join(input_dir, participant), channels, label_column,
+                                             label_of, label_counts, window_size, split_by, warnings)
     check_labels_found(input_dir, label_column, label_counts, keep_labels, "--keep_labels")
     check_labels_found(input_dir, label_column, label_counts, drop_labels, "--drop_labels")
-    if positive_label is not None and positive_label not in label_counts:
-        found = ", ".join(f"'{text}' ({n})" for text, n in label_counts.most_common())
-        raise DatasetError(f"{input_dir}: no row has label '{positive_label}' in column "
-                           f"'{label_column}' (labels are case-sensitive; found: {found})")
-    return splits
+    check_binary_labels(input_dir, label_column, label_counts, positive_label)
+    names = None if classes is None else label_of.names(input_dir, label_column, label_counts)
+    table = None if classes is None else label_of.ids(names)
+    n_classes = None if classes is None else len(names)
+    splits = {}
+    for participant, (recordings, n_samples) in read.items():
+        if table is not None:
+            recordings = [(data, table[codes]) for data, codes in recordings]
+        windows = window_participant(os.path.join(input_dir, participant), recordings, n_samples, window_size,
+                                     stride, label_rule, fractions, split_by, n_classes, notes)
+        for split, (X, y) in windows.items():
+            splits[(participant, split)] = (torch.from_numpy(X), torch.from_numpy(y))
+    return splits, names
