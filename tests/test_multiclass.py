@@ -152,3 +152,35 @@ def test_a_user_factory_gets_the_number_of_classes(recognizer, tmp_path, capsys)
     (tmp_path / "lab.py").write_text(LAB.replace("n_classes or 1", "1"))  # one logit for four classes
     assert cli.main(argv(dict(job, model=f"{tmp_path / 'lab.py'}:make", prefix="v")), enhanced=True) == 2
     assert "4 logits per window" in capsys.readouterr().err
+
+
+def test_a_grid_of_recognizers_runs_and_the_report_has_macro_f1_per_class_scores_and_confusions(tmp_path, capsys,
+                                                                                               monkeypatch):
+    """make_dataset's multi-class synthetic data, a LOPO grid (full fine-tuning and target only) through
+    generate_jobs.py, the runner on this machine (in packs) and the report."""
+    import generate_jobs
+    import make_dataset
+    import run_distributed_training as rdt
+    import summarize_results
+    from test_results_kept import SCRIPT, local_cluster
+    monkeypatch.chdir(tmp_path)
+    assert make_dataset.main(["synthetic", "--output_dir", "data", "--n_participants", "3", "--n_classes", "3",
+                              "--window_size", "64", "--n_train", "24", "--n_val", "12", "--n_test", "12",
+                              "--batch_size", "8"]) is None  # it exits only on an error
+    (tmp_path / "grid.json").write_text(json.dumps({
+        "prefix": "rec", "folds": [0, 1], "grid": {"mode": ["full_fine_tuning", "target_only"]},
+        "fixed": {"data_path": "data", "batch_size": 8, "max_epochs": 2, "base_channels": 4, "device": "cpu",
+                  "early_stopping_patience": 1, "early_stopping_patience_target": 1}}))
+    assert generate_jobs.main(["grid.json", "-o", "jobs.json", "--script", str(SCRIPT)]) == 0
+    assert rdt.main(["--cluster-config", local_cluster(tmp_path, pack=4), "--jobs-config", "jobs.json",
+                     "--quiet"]) == 0
+    names = json.loads((tmp_path / "data" / "classes.json").read_text())
+    folders = sorted((tmp_path / "experiments" / "rec").glob("*/fold*"))
+    assert len(folders) == 4 and all((f / "confusion_matrix.png").exists() for f in folders)
+    for folder in folders:  # every test window scored once, by its true class
+        confusion = json.loads((folder / "metrics.json").read_text())["best_target_model_target_test_confusion"]
+        assert len(confusion) == 3 and sum(map(sum, confusion)) == 12
+    assert summarize_results.main([str(tmp_path / "experiments" / "rec"), "-o", "report"]) == 0
+    per_class = (tmp_path / "report" / "per_class.csv").read_text().splitlines()
+    assert len(per_class) == 1 + 2 * 3 and all(any(name in line for line in per_class) for name in names)
+    assert "macro F1" in capsys.readouterr().out
