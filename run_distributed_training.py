@@ -51,6 +51,9 @@ def parse_args(argv):
                    help="first copy this checkout's tracked files that differ to each host's workdir")
     p.add_argument("--sync-data", action="store_true",
                    help="first copy the data files the jobs read that differ to each host's workdir")
+    p.add_argument("--sync-env", action="store_true",
+                   help="where a host misses a package version requirements.txt pins, first pip install "
+                        "requirements.txt there, in the host's setup environment (Slurm: in the preflight job)")
     p.add_argument("--allow-mismatch", action="store_true",
                    help="run even where a host's code or data differ from this checkout (warns)")
     args = p.parse_args(argv)

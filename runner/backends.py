@@ -46,7 +46,8 @@ class Hosts:
         from runner.ssh.backend import HostOptions, SshBackend  # paramiko, only for SSH
         options = HostOptions(timeout=args.timeout, down_timeout=args.down_timeout,
                               accept_new_hosts=args.accept_new_hosts, sync_code=args.sync_code,
-                              sync_data=args.sync_data, allow_mismatch=args.allow_mismatch)
+                              sync_data=args.sync_data, allow_mismatch=args.allow_mismatch,
+                              sync_env=args.sync_env)
         return SshBackend(config, plan, script, say, options)
 
 
@@ -78,7 +79,7 @@ class Slurm:
         from runner.slurm.backend import SlurmBackend
         return SlurmBackend(plan, config, script, run_dir, say, timeout=args.timeout,
                             resume=history if args.resume else None, detach=args.detach,
-                            allow_mismatch=args.allow_mismatch)
+                            allow_mismatch=args.allow_mismatch, sync_env=args.sync_env)
 
 
 BACKENDS = (Hosts, Slurm)

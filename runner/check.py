@@ -9,6 +9,7 @@ from pathlib import Path
 
 from engine import flags, provenance, user_model
 from engine.fileio import ConfigError
+from runner import requirements
 
 CHECK_MODULE = "engine.provenance"  # run as `python -m` with the code beside the training script
 
@@ -53,9 +54,11 @@ def model_files(jobs):
     return sorted(files)
 
 
-def check_arguments(needs, models):
-    """The arguments of `python -m engine.provenance` for these data needs and model files."""
-    return ["--needs", json.dumps(needs)] + (["--models", json.dumps(models)] if models else [])
+def check_arguments(needs, models, packages=()):
+    """The arguments of `python -m engine.provenance` for these data needs, model files and packages
+    (the names requirements.txt pins: their installed versions are asked)."""
+    return (["--needs", json.dumps(needs)] + (["--models", json.dumps(models)] if models else [])
+            + (["--packages", json.dumps(sorted(packages))] if packages else []))
 
 
 def local_answer(needs, models=()):
@@ -83,17 +86,22 @@ def same_release(library, here, there):
     return here.split("+")[0] == there.split("+")[0]
 
 
-def differences(name, local, remote, fix_code, fix_data):
-    """One line per thing that differs between this checkout and an answer; fix_code, fix_data:
-    what to do about code and data (say, "--sync-code copies this checkout there")."""
-    lines = []
+def differences(name, local, remote, fix_code, fix_data, pins=None, fix_env=""):
+    """One line per thing that differs between this checkout and an answer; fix_code, fix_data,
+    fix_env: what to do about code, data and packages (say, "--sync-code copies this checkout
+    there"); pins: requirements.txt's ({name: version}), which the answer's packages must meet."""
+    lines, told = [], set()
     if remote["code_hash"] != local["code_hash"]:
         lines.append(f"{name}: code differs (code hash here {local['code_hash']}, there {remote['code_hash']}); "
                      f"{fix_code}")
     for library in ("python", "torch"):
         here, there = local.get(library), remote.get(library)
         if there is not None and not same_release(library, here, there):
+            told.add(library)
             lines.append(f"{name}: {library} differs (here {here}, there {there}); install the same there")
+    missed = [item for item in requirements.unmet(pins or {}, remote.get("packages")) if item[0] not in told]
+    if missed:
+        lines.append(f"{name}: packages differ ({requirements.describe(missed)}); {fix_env}")
     for path, here in local["data"].items():
         there = remote["data"].get(path) or {"error": "no answer"}
         if here is None or there == here:

@@ -19,7 +19,7 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIAL|APIKEY|(^|_)(KEY|PAT|AUTH)(_|$)",
                          re.IGNORECASE)
 GPU_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:_-]*$")  # an index, or a GPU/MIG UUID
-TOP_FIELDS = ("servers", "script_path", "known_hosts", "ssh_config")
+TOP_FIELDS = ("servers", "script_path", "known_hosts", "ssh_config", "notify")  # notify: runner.notify
 SSH_ONLY = ("user", "port", "ssh_key", "shared_fs", "remove_results", "max_sessions")
 
 

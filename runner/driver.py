@@ -18,6 +18,9 @@ becomes of an ending. A backend is one package (runner/ssh/, runner/slurm/) with
     stop()              Ctrl-C: stop every task out; each ends interrupted or cancelled
     close()             give back what open() took (connections)
     figures(wall)       runner.report.Figures: its part of the summary and of the run log
+    where()             where the tasks run, in a few words, once open (the run's start message)
+    news                set by the driver before open(): runner.news.News, for what only the backend
+                        sees (the SSH backend: a host lost)
 
 and an entry in runner/backends.py that builds it. There is no fetch(): a backend brings a task's
 results home before it reports the task done (over SSH from the attempt's own thread as each member
@@ -27,6 +30,7 @@ import sys
 import time
 
 from runner.config import PROG
+from runner.news import News
 from runner.report import Progress, summary_lines, write_log_file
 
 
@@ -44,22 +48,26 @@ def error_line(message):
     return f"{PROG}: error: {message}"
 
 
-def drive(backend, plan, early, say, args, skipped, log_file):
+def drive(backend, plan, early, say, args, skipped, log_file, news=None):
     """Run the planned tasks on the backend to their end; returns the exit status.
-    early: tasks may start while their base task runs (the backend queues them behind it)."""
-    plan.cancel = backend.cancel
+    early: tasks may start while their base task runs (the backend queues them behind it).
+    news: runner.news.News, the run's messages (start, quarters, failures; run.py sends the end)."""
+    news = news or News(plan)
+    plan.cancel, backend.news = backend.cancel, news
     try:
         backend.open()
     except Stop as stop:
         backend.close()
         print(stop.line, file=sys.stderr)
+        news.over(None, stop.line)
         return stop.status
     plan.begin()
     started = time.time()
+    news.started(backend.where())
     progress = Progress(plan, say.quiet)
     interrupted, stop = False, None
     try:
-        loop(backend, plan, early, progress)
+        loop(backend, plan, early, progress, news)
     except KeyboardInterrupt:
         interrupted = True
         try:
@@ -73,6 +81,7 @@ def drive(backend, plan, early, say, args, skipped, log_file):
         backend.close()
     ended = time.time()
     wall = max(ended - started, 1e-9)
+    news.over(wall, stop and stop.line)
     figures = backend.figures(wall)
     write_log_file(log_file, plan, args, skipped,
                    {"backend": backend.name, "started": started, "ended": ended, "interrupted": interrupted,
@@ -89,11 +98,12 @@ def drive(backend, plan, early, say, args, skipped, log_file):
     return 1 if plan.failed or plan.blocked or plan.cancelled else 0
 
 
-def loop(backend, plan, early, progress):
-    """Start what is ready, poll, show, wait; until every task has ended and no process runs."""
+def loop(backend, plan, early, progress, news):
+    """Start what is ready, poll, show, tell; wait; until every task has ended and no process runs."""
     start_ready(backend, plan, early)
     while True:
         running = backend.poll()
+        news.progress(lambda: progress.status_line(stamp=False))
         if plan.finished and not running:
             return
         start_ready(backend, plan, early)

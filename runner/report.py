@@ -55,8 +55,9 @@ class Progress:
         plan = self.plan
         return len(plan.ok) + len(plan.failed) + len(plan.cancelled) + len(plan.blocked)
 
-    def status_line(self):
-        """'[12:00:30] 7/40 jobs finished: 6 done, 1 failed, 0 blocked, 2 running; ETA 3 min'"""
+    def status_line(self, stamp=True):
+        """'[12:00:30] 7/40 jobs finished: 6 done, 1 failed, 0 blocked, 2 running; ETA 3 min'
+        (without stamp, no time first)."""
         plan, finished = self.plan, self.finished()
         eta = "unknown"
         if finished:
@@ -64,7 +65,7 @@ class Progress:
             eta = f"{left:.0f} s" if left < 120 else f"{left / 60:.0f} min"
         cancelled = f"{len(plan.cancelled)} cancelled, " if plan.cancelled else ""
         pending = f", {self.pending} pending" if self.pending else ""
-        return (f"[{time.strftime('%H:%M:%S')}] {finished}/{len(plan.tasks)} jobs finished: "
+        return ((f"[{time.strftime('%H:%M:%S')}] " if stamp else "") + f"{finished}/{len(plan.tasks)} jobs finished: "
                 f"{len(plan.ok)} done, {len(plan.failed)} failed, {cancelled}{len(plan.blocked)} blocked, "
                 f"{len(plan.out) - self.pending} running{pending}; ETA {eta}")
 
@@ -103,14 +104,19 @@ def totals(plan, skipped):
             "out_of_memory": sum("pack_cap" in r for r in plan.records)}
 
 
+def totals_line(plan, skipped, wall):
+    """'6 done, 1 failed, 0 cancelled, 0 blocked, 0 skipped (finished earlier), 0 not run; 12.3 s'"""
+    n = totals(plan, skipped)
+    return (f"{n['done']} done, {n['failed']} failed, {n['cancelled']} cancelled, {n['blocked']} blocked, "
+            f"{skipped} skipped (finished earlier), {n['not_run']} not run"
+            + (f" (and {n['base_not_run']} base-model jobs)" if n["base_not_run"] else "") + f"; {wall:.1f} s")
+
+
 def summary_lines(plan, skipped, wall, before=(), base_extra=""):
     """The closing summary. before: the backend's lines first (the per-slot table);
     base_extra: the end of the base-model line (copies made)."""
     n = totals(plan, skipped)
-    lines = list(before)
-    lines.append(f"{n['done']} done, {n['failed']} failed, {n['cancelled']} cancelled, {n['blocked']} blocked, "
-                 f"{skipped} skipped (finished earlier), {n['not_run']} not run"
-                 + (f" (and {n['base_not_run']} base-model jobs)" if n["base_not_run"] else "") + f"; {wall:.1f} s")
+    lines = [*before, totals_line(plan, skipped, wall)]
     if n["out_of_memory"]:
         lines.append(f"{n['out_of_memory']} pack members ran out of GPU memory and ran again in smaller packs "
                      f"(not charged; see their requeued lines in the ledger)")
@@ -156,7 +162,8 @@ def write_log_file(path, plan, args, skipped, run, **extra):
 
 
 def print_report_headline(jobs, max_lines=10):
-    """The personalization report's headline for the prefixes these jobs write, and its command."""
+    """The personalization report's headline for the prefixes these jobs write, and its command;
+    returns the lines printed (the end of the run's messages, runner.news)."""
     patterns = set()
     for job in jobs:
         if job.get("prefix") is None or not publishes(job.get("mode")):
@@ -166,10 +173,11 @@ def print_report_headline(jobs, max_lines=10):
         # generate_jobs.py puts each configuration in its own folder under the grid's prefix.
         patterns.add(str(root / "*") if rest else str(root))
     if not patterns:
-        return
+        return []
     from report.text import headline  # numpy and matplotlib, only once there is something to report
     lines = headline(sorted(patterns)).splitlines()
-    print("report: " + shlex.join(["python", "summarize_results.py", *sorted(patterns)]))
-    print("\n".join(lines[:max_lines]))
+    shown = ["report: " + shlex.join(["python", "summarize_results.py", *sorted(patterns)]), *lines[:max_lines]]
     if len(lines) > max_lines:
-        print(f"... {len(lines) - max_lines} more configurations in the full report")
+        shown.append(f"... {len(lines) - max_lines} more configurations in the full report")
+    print("\n".join(shown))
+    return shown

@@ -11,6 +11,7 @@ stopped on an unexpected error, 130 interrupted.
 import contextlib
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine import base_cache
@@ -21,9 +22,24 @@ from runner.driver import drive
 from runner.jobs import cache_entry, needed_base, plan_jobs, validate_jobs
 from runner.folders import job_folders, refuse_foreign
 from runner.ledger import Ledger, run_dir_lock, run_id
+from runner.news import News, run_label
+from runner.notify import Notifier, load_notify
 from runner.packing import pack_group, trainer_path
 from runner.plan import Plan, Task, run_token
 from runner.report import Say, print_report_headline
+
+@dataclass
+class Given:
+    """What a run was given, read and checked: the backend's config, the training script, the folder
+    here that results land in, the "notify" settings (or None), the jobs file's jobs, and how many of
+    them the ledger shows finished."""
+    config: dict
+    script: str
+    workdir: Path
+    notify: dict
+    jobs: list
+    skipped: int
+
 
 def raise_interrupt(signum, frame):
     """A SIGTERM handler: `kill <runner>` stops the run as Ctrl-C does."""
@@ -77,6 +93,7 @@ def plan_and_run(args, run_dir, kind):
     identity = run_id(run_dir, fresh=not args.resume, create=False)  # None: no folder can carry it yet
     try:
         config, script, workdir = load(args, kind)
+        notify = load_notify(args.cluster_config)
         jobs, todo, bases = plan_jobs(args.jobs_config, run_dir / "ledger.jsonl", history, args.resume, workdir)
         note = validate_jobs(jobs, args.jobs_config, str(workdir / script))
         # Nothing runs that would lose a result: two jobs on one folder, or a folder from elsewhere.
@@ -96,26 +113,36 @@ def plan_and_run(args, run_dir, kind):
         return 0
     if not tasks:
         print("nothing to do", file=sys.stderr)
-        status = 0
-    else:
-        identity = run_id(run_dir, fresh=not args.resume)
-        status = run(args, kind, config, tasks, cached, len(jobs) - len(todo), run_dir, script, history, say,
-                     identity)
-    if status in (0, 1):
-        with contextlib.chdir(workdir):  # the jobs' result folders are relative to it
-            print_report_headline(jobs)
-    return status
+        report_headline(jobs, workdir, 0)
+        return 0
+    given = Given(config, script, workdir, notify, jobs, len(jobs) - len(todo))
+    return run(args, kind, given, tasks, cached, run_dir, history, say, run_id(run_dir, fresh=not args.resume))
 
 
-def run(args, kind, config, tasks, cached, skipped, run_dir, script, history, say, identity):
-    """The planned tasks on the config's backend; returns the exit status."""
+def report_headline(jobs, workdir, status):
+    """The report's headline after a run that ended (status 0 or 1); returns its lines."""
+    if status not in (0, 1):
+        return []
+    with contextlib.chdir(workdir):  # the jobs' result folders are relative to it
+        return print_report_headline(jobs)
+
+
+def run(args, kind, given, tasks, cached, run_dir, history, say, identity):
+    """The planned tasks on the config's backend, then the headline; the run's messages go where the
+    cluster config's "notify" says. Returns the exit status."""
     ledger = Ledger(run_dir / "ledger.jsonl")
     plan = Plan(tasks, ledger, run_dir / "logs", retries=args.retries, cached=cached, say=say, run_id=identity,
                 overwrite=args.overwrite)
+    notifier = Notifier(given.notify, lambda line: say(line, important=True)) if given.notify else None
+    news = News(plan, run_label(run_dir), given.skipped, notifier)
     previous = signal.signal(signal.SIGTERM, raise_interrupt)  # `kill <runner>` stops like Ctrl-C
     try:
-        backend = kind.make(args, config, plan, script, run_dir, history, say)
-        return drive(backend, plan, kind.early, say, args, skipped, args.log_file or run_dir / "run_log.json")
+        backend = kind.make(args, given.config, plan, given.script, run_dir, history, say)
+        status = drive(backend, plan, kind.early, say, args, given.skipped,
+                       args.log_file or run_dir / "run_log.json", news)
+        news.ended(status, report_headline(given.jobs, given.workdir, status))
+        return status
     finally:
+        news.close()
         signal.signal(signal.SIGTERM, previous)
         ledger.close()

@@ -462,6 +462,9 @@ class InstantBackend:
     def figures(self, wall):
         return Figures(lines=["instant: 2 places"])
 
+    def where(self):
+        return "2 places"
+
 
 def test_a_backend_is_its_methods_and_the_driver_owns_the_end(tmp_path, capsys):
     tasks = [Task({"job_id": "base-k"}, builds="k"), Task({"job_id": "a"}, needs="k"), Task({"job_id": "b"})]

@@ -2,6 +2,6 @@
 (scripts.py), squeue/sacct/scontrol (queue.py), and the submissions that run the planner's
 tasks (backend.py: the methods runner.driver calls); run.py opens a run (resume, preflight, limits).
 
-It imports the runner's shared parts (commands, config, driver, ending, jobs, output, plan, report); never
-the SSH backend.
+It imports the runner's shared parts (check, commands, config, driver, ending, jobs, output, plan, report,
+requirements); never the SSH backend.
 """

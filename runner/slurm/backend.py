@@ -40,11 +40,12 @@ class SlurmBackend:
     name = "slurm"
 
     def __init__(self, plan, settings, script, run_dir, say, timeout=None, resume=None, detach=False,
-                 allow_mismatch=False):
+                 allow_mismatch=False, sync_env=False):
         """resume: the ledger's lines, to watch what an earlier run left queued (None: --no-resume);
-        detach: submit the first wave and end the run (--detach)."""
+        detach: submit the first wave and end the run (--detach); sync_env: the preflight job installs
+        requirements.txt first (--sync-env)."""
         self.plan, self.settings, self.script, self.say = plan, settings, script, say
-        self.resume, self.detach, self.allow_mismatch = resume, detach, allow_mismatch
+        self.resume, self.detach, self.allow_mismatch, self.sync_env = resume, detach, allow_mismatch, sync_env
         self.out_dir = run_dir / "slurm"
         self.options = sbatch_options(settings, timeout)
         self.pack = 1  # jobs per array task (scripts.pack_limit, once the preflight has told the GPU)
@@ -55,6 +56,7 @@ class SlurmBackend:
         self.watching = False  # polled once: a submission sbatch refuses is tried again, not the end
         self.wait_s = settings["poll_s"]  # until the next poll
         self.failing_since = self.refused_since = None  # squeue failing, sbatch refusing, since
+        self.news = None  # runner.news.News, set by the driver (nothing here only Slurm sees is told)
 
     def open(self):
         """Take back what an earlier run left queued; with tasks to submit, the preflight, the pack
@@ -62,7 +64,7 @@ class SlurmBackend:
         try:
             adopted = adopt(self, self.resume) if self.resume is not None else 0
             if self.plan.waiting:
-                prepare(self, self.allow_mismatch)
+                prepare(self, self.allow_mismatch, self.sync_env)
         except (ConfigError, PreflightError) as e:
             raise Stop(error_line(e), 2) from None
         except SlurmUnreachable as e:
@@ -72,6 +74,10 @@ class SlurmBackend:
             raise Stop("interrupted before anything was submitted", 130) from None
         if adopted:
             print(f"resume: watching {adopted} jobs already in Slurm", file=sys.stderr)
+
+    def where(self):
+        account = f", account {self.settings['account']}" if self.settings["account"] else ""
+        return f"the Slurm partition {self.settings['partition'] or '(default)'}{account}"
 
     def active(self):
         """{slurm job: its tasks} of the submissions out now (a pack's members share one)."""

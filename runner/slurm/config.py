@@ -47,7 +47,7 @@ SLURM_FIELDS = {  # field: (check, what it must be, default)
 # The sbatch options the runner sets itself on every array; sbatch_args may not replace them.
 OWN_OPTIONS = {"--array": "-a", "--output": "-o", "--job-name": "-J", "--dependency": "-d", "--parsable": None,
                "--wait": "-W", "--kill-on-invalid-dep": None}
-TOP_FIELDS = ("slurm", "script_path")
+TOP_FIELDS = ("slurm", "script_path", "notify")  # notify: runner.notify
 
 
 def load_slurm_config(path):

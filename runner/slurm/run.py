@@ -9,18 +9,18 @@ from runner.slurm.queue import final_states, limits, queue_states
 from runner.slurm.scripts import pack_limit
 
 
-def prepare(backend, allow_mismatch):
-    """The preflight (for this project's scripts), then the pack size it allows and the cluster's
-    limits, set on the backend."""
+def prepare(backend, allow_mismatch, sync_env=False):
+    """The preflight (for this project's scripts; with sync_env it installs requirements.txt first),
+    then the pack size it allows and the cluster's limits, set on the backend."""
     plan, settings, script = backend.plan, backend.settings, backend.script
     gpu_mib = None  # the GPU's memory, as the preflight saw it (0: none, the jobs run on the CPU)
     if is_project_script(script):
         answer = preflight(settings, script, [t.job for t in plan.tasks if not t.builds], backend.out_dir,
-                           allow_mismatch, backend.say)
+                           allow_mismatch, backend.say, sync_env)
         gpu_mib = answer.get("cuda_memory_mib") or 0
-    elif allow_mismatch:
-        raise ConfigError(f"{script} is not one of this project's scripts: --allow-mismatch applies to this "
-                          f"project's own")
+    elif allow_mismatch or sync_env:
+        raise ConfigError(f"{script} is not one of this project's scripts: --allow-mismatch and --sync-env apply "
+                          f"to this project's own")
     backend.pack = pack_limit(settings, gpu_mib)
     backend.limits = limits()
 

@@ -3,6 +3,6 @@
 slots that run the planner's tasks (backend.py: the methods runner.driver calls); run.py reaches
 and checks the hosts.
 
-It imports the runner's shared parts (commands, config, driver, ending, jobs, output, packing, plan, report)
-and paramiko (only for a remote server: local runs need none); the Slurm backend never imports it.
+It imports the runner's shared parts (check, commands, config, driver, ending, jobs, output, packing, plan, report,
+requirements) and paramiko (only for a remote server: local runs need none); the Slurm backend never imports it.
 """

@@ -33,6 +33,7 @@ class HostOptions:
     sync_code: bool = False
     sync_data: bool = False
     allow_mismatch: bool = False
+    sync_env: bool = False  # pip installs requirements.txt where the pinned packages differ
 
 
 class SshBackend:
@@ -51,6 +52,7 @@ class SshBackend:
         self.inboxes = {}  # id(slot): the work handed to it
         self.changed = threading.Event()  # a slot is free or offers itself: the driver looks now
         self.aborted = None
+        self.news = None  # runner.news.News, set by the driver: a host lost is told there
 
     @property
     def unusable(self):
@@ -68,6 +70,8 @@ class SshBackend:
             raise Stop("interrupted", 130) from None
         if not self.slots:
             raise Stop(error_line("no host reachable"), 3)
+        for health in self.health.values():
+            health.news = self.news
         self.say(f"{task_counts(self.plan.tasks)} over {plural(len(self.slots), 'slot')}: "
                  f"{', '.join(s.label for s in self.slots)}")
         say_gpu = lambda message: self.say(message, important=True)  # noqa: E731
@@ -119,6 +123,10 @@ class SshBackend:
             raise Stop(error_line(f"no usable host left ({self.unusable or 'every slot stopped'}); rerun once "
                                   f"fixed"), 2, summary=True)
         return any(s.running for s in self.slots)
+
+    def where(self):
+        hosts = dict.fromkeys(s.host.name for s in self.slots)
+        return f"{plural(len(self.slots), 'slot')} of {', '.join(hosts)}"
 
     def wait(self):
         if self.changed.wait(0.2):

@@ -33,6 +33,7 @@ class Health:
     server: dict = None
     checked: bool = True  # check_host passed (False: down when the run began)
     checker: object = None  # the hostsync.Checker check_host runs, if any
+    news: object = None  # runner.news.News: a host lost or out of the run is told there too
     lock: threading.Lock = field(default_factory=threading.Lock)  # held by the slot trying to reconnect
     state: threading.Lock = field(default_factory=threading.Lock)  # guards down_since and refused
 
@@ -46,6 +47,8 @@ class Health:
         if first:
             say(f"host {host.name} lost ({error}); its running jobs go back to the queue; "
                 f"reconnecting with backoff", important=True)
+            if self.news:
+                self.news.host(f"host {host.name} lost ({error}); its running jobs go back to the queue")
             host.close()  # so every slot of this host notices now
 
     def refuse(self, error, say):
@@ -55,6 +58,8 @@ class Health:
             first, self.refused = self.refused is None, self.refused or str(error)
         if first:
             say(out_of_the_run(error), important=True)
+            if self.news:
+                self.news.host(f"host out of the run: {error}; its jobs go to the other hosts")
 
     def ready(self, host, say):
         """Whether the host can take work now; a down one is tried again when its backoff is over."""

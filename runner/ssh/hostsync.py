@@ -1,11 +1,15 @@
-"""Every host runs the same code on the same data: checked before a run, copied on request.
+"""Every host runs the same code on the same data with the same packages: checked before a run,
+copied or installed on request.
 
 check: each host runs `python -m engine.provenance` in its workdir and answers its code hash,
-the fingerprint of the data files the jobs read and its libraries; any difference from this
-checkout is one line naming the host, what differs, and both values (runner.check).
+the fingerprint of the data files the jobs read, its libraries and the versions of the packages
+requirements.txt pins; any difference from this checkout is one line naming the host, what
+differs, and both values (runner.check).
 sync(): copies the files that differ (by content hash) to a host's workdir: into
 a hidden folder first, then each renamed into place, so a file on the host is
 always either the old one or the new one, whole.
+install(): --sync-env, requirements.txt installed with pip in the host's setup environment, its
+output shown line by line under the host's name; then the host is asked again.
 """
 import os
 import posixpath
@@ -17,12 +21,16 @@ import tempfile
 
 from engine import provenance
 from engine.provenance import PROJECT_DIR
+from runner import requirements
 from runner.check import CHECK_MODULE, check_arguments, data_needs, differences, local_answer, model_files, read_answer
-from runner.commands import module_command, shell_path
+from runner.commands import in_workdir, module_command, shell_path
+from runner.ssh.hosts import last_line
 from runner.ssh.shell import HostRefused
 
 FIX_CODE = "--sync-code copies this checkout there"
 FIX_DATA = "--sync-data copies it there"
+FIX_ENV = "--sync-env installs this checkout's requirements.txt there"
+INSTALL_TIMEOUT_S = 3600.0  # pip may download torch
 
 
 def project_files(root=PROJECT_DIR):
@@ -39,9 +47,9 @@ def project_files(root=PROJECT_DIR):
     return provenance.code_files(root) + ["requirements.txt"]
 
 
-def ask_host(host, server, script, needs, models=()):
+def ask_host(host, server, script, needs, models=(), packages=()):
     """The host's answer (engine.provenance.answer), or (None, why not)."""
-    result = host.run(module_command(server, script, CHECK_MODULE, check_arguments(needs, list(models))))
+    result = host.run(module_command(server, script, CHECK_MODULE, check_arguments(needs, list(models), packages)))
     return read_answer(result.stdout if result.stdout.strip() else f"exit status {result.exit_status}", FIX_CODE)
 
 
@@ -116,8 +124,10 @@ class Checker:
 
     Raises ValueError (one line) when a copy asked for cannot be made from here."""
 
-    def __init__(self, jobs, script, sync_code=False, sync_data=False, allow_mismatch=False):
-        self.needs, self.script, self.allow_mismatch = data_needs(jobs), script, allow_mismatch
+    def __init__(self, jobs, script, sync_code=False, sync_data=False, allow_mismatch=False, sync_env=False):
+        self.needs, self.script, self.allow_mismatch, self.sync_env = data_needs(jobs), script, allow_mismatch, sync_env
+        self.requirements = requirements.text()  # what --sync-env installs, and the pins every host must meet
+        self.pins = requirements.pins(self.requirements)
         self.models = model_files(jobs)  # the jobs' own model files: checked, and copied with the code
         self.code_files = project_files() if sync_code else []
         # Files relative to the folder the runner runs in: the data, and the model files (they travel with the code).
@@ -136,12 +146,44 @@ class Checker:
                                       + sync(host, server, self.local_files, here=self.local_hashes))
         except OSError as e:  # what stopped the copy happens on every try
             raise HostRefused(f"{host.name}: copying to {server['workdir']} failed ({e})") from None
-        answer, why = ask_host(host, server, self.script, self.needs, self.models)
-        lines = [f"{host.name}: {why}"] if why else differences(host.name, self.local, answer, FIX_CODE, FIX_DATA)
+        answer, why = ask_host(host, server, self.script, self.needs, self.models, self.pins)
+        if not why and self.sync_env and requirements.unmet(self.pins, answer.get("packages")):
+            answer, why = self.install(host, server)
+        lines = [f"{host.name}: {why}"] if why else differences(host.name, self.local, answer, FIX_CODE, FIX_DATA,
+                                                                 self.pins, FIX_ENV)
         if lines and not self.allow_mismatch:
             raise Mismatch("; ".join(lines), lines)
         for line in lines:
             print(f"warning: {line} (--allow-mismatch)", file=sys.stderr)
+
+    def install(self, host, server):
+        """--sync-env: pip installs requirements.txt on the host, its output printed under the host's
+        name, then the host is asked again. HostRefused (the host sits this run out) when pip fails or
+        the pins are still not met."""
+        print(f"{host.name}: --sync-env: python -m pip install -r requirements.txt", file=sys.stderr)
+        line = requirements.install_line(shell_path(server["python"]), self.requirements)
+        printer = LinePrinter(f"{host.name}: ")
+        result = host.run(in_workdir(server, line), stream=printer, timeout=INSTALL_TIMEOUT_S)
+        printer(b"\n" if printer.rest else b"")  # a last line without its newline
+        if not result.ok:
+            raise HostRefused(f"{host.name}: {requirements.FAILED} there ({last_line(result)})")
+        answer, why = ask_host(host, server, self.script, self.needs, self.models, self.pins)
+        missed = [] if why else requirements.unmet(self.pins, answer.get("packages"))
+        if missed:
+            raise HostRefused(f"{host.name}: after pip install -r requirements.txt, {requirements.describe(missed)}")
+        return answer, why
+
+
+class LinePrinter:
+    """A command's streamed output (bytes) printed on stderr line by line, each under a prefix."""
+
+    def __init__(self, prefix):
+        self.prefix, self.rest = prefix, b""
+
+    def __call__(self, chunk):
+        *lines, self.rest = (self.rest + chunk).split(b"\n")
+        for line in lines:
+            print(self.prefix + line.decode(errors="replace").rstrip(), file=sys.stderr, flush=True)
 
 
 class Mismatch(HostRefused):

@@ -14,13 +14,13 @@ def make_checker(options, tasks, script):
     """The check of every host's code and data (hostsync), or None when the script is not one of
     this project's (a lab's own script has no engine.provenance beside it to answer)."""
     if not is_project_script(script):
-        if options.sync_code or options.sync_data or options.allow_mismatch:
-            raise ConfigError(f"{script} is not one of this project's scripts: --sync-code, --sync-data "
-                              f"and --allow-mismatch apply to this project's own")
+        if options.sync_code or options.sync_data or options.allow_mismatch or options.sync_env:
+            raise ConfigError(f"{script} is not one of this project's scripts: --sync-code, --sync-data, "
+                              f"--sync-env and --allow-mismatch apply to this project's own")
         return None
     try:
         return hostsync.Checker([t.job for t in tasks if not t.builds], script, options.sync_code,
-                                options.sync_data, options.allow_mismatch)
+                                options.sync_data, options.allow_mismatch, options.sync_env)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
