@@ -31,9 +31,9 @@ def test_the_quick_check_writes_every_part_of_the_report(tmp_path):
     # 4. the packed folds agree with the same folds run alone
     for way, (compared, differ, worst, past) in report["agreement"].items():
         assert compared > 0 and differ == [] and past == [] and worst <= report["tolerance"], way
-    # 5. the manuscript model: one fold both ways, its grid eager and packed (dropout members), agreeing
+    # 5. the manuscript model: its grid eager and packed (dropout members), agreeing (its one fold: not quick)
     manuscript = report["manuscript"]
-    assert set(manuscript["fold"]["seconds"]) == {"base", "target"} and manuscript["fold"]["same_best_epochs"]
+    assert manuscript["fold"] is None
     assert [row["way"][:3] for row in manuscript["grid"]] == ["(a)", "(d)"]
     assert max(manuscript["grid"][1]["pack_sizes"]) > 1
     for way, (compared, differ, worst, past) in manuscript["agreement"].items():

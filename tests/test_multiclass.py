@@ -154,15 +154,14 @@ def test_a_user_factory_gets_the_number_of_classes(recognizer, tmp_path, capsys)
     assert "4 logits per window" in capsys.readouterr().err
 
 
-def test_a_grid_of_recognizers_runs_and_the_report_has_macro_f1_per_class_scores_and_confusions(tmp_path, capsys,
-                                                                                               monkeypatch):
-    """make_dataset's multi-class synthetic data, a LOPO grid (full fine-tuning and target only) through
-    generate_jobs.py, the runner on this machine (in packs) and the report."""
+def test_a_grid_of_recognizers_trains_and_the_report_has_macro_f1_per_class_scores_and_confusions(tmp_path, capsys,
+                                                                                                 monkeypatch):
+    """make_dataset's multi-class synthetic data, a LOPO grid (full fine-tuning and target only) from
+    generate_jobs.py, trained as one pack (its base models first), and the report."""
     import generate_jobs
     import make_dataset
-    import run_distributed_training as rdt
     import summarize_results
-    from test_results_kept import SCRIPT, local_cluster
+    from test_results_kept import SCRIPT
     monkeypatch.chdir(tmp_path)
     assert make_dataset.main(["synthetic", "--output_dir", "data", "--n_participants", "3", "--n_classes", "3",
                               "--window_size", "64", "--n_train", "24", "--n_val", "12", "--n_test", "12",
@@ -172,8 +171,9 @@ def test_a_grid_of_recognizers_runs_and_the_report_has_macro_f1_per_class_scores
         "fixed": {"data_path": "data", "batch_size": 8, "max_epochs": 2, "base_channels": 4, "device": "cpu",
                   "early_stopping_patience": 1, "early_stopping_patience_target": 1}}))
     assert generate_jobs.main(["grid.json", "-o", "jobs.json", "--script", str(SCRIPT)]) == 0
-    assert rdt.main(["--cluster-config", local_cluster(tmp_path, pack=4), "--jobs-config", "jobs.json",
-                     "--quiet"]) == 0
+    jobs = [job for job in json.loads((tmp_path / "jobs.json").read_text()) if job["mode"] != "base_only"]
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    assert pack_train.main(["jobs.json"]) == 0
     names = json.loads((tmp_path / "data" / "classes.json").read_text())
     folders = sorted((tmp_path / "experiments" / "rec").glob("*/fold*"))
     assert len(folders) == 4 and all((f / "confusion_matrix.png").exists() for f in folders)
