@@ -15,6 +15,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from engine import markers
 from engine.adamw import SoloAdamW
 from engine.device import graphs_wanted
 from engine.fileio import ConfigError
@@ -35,6 +36,7 @@ def check_finite(who, phase, epoch, val_loss):
     """Stop at the first epoch whose validation loss is not finite: no checkpoint after it can be
     trusted, so the fold publishes nothing and its base model is not stored. who: the fold."""
     if not math.isfinite(val_loss):
+        markers.say(markers.NOT_FINITE, f"{who}, {phase} phase")
         stored = ", no base model stored" if phase == "base" else ""
         raise NotFiniteError(f"{who}, {phase} phase: validation loss is {val_loss} at epoch {epoch}; nothing "
                              f"published{stored} (training diverged: a lower --lr may help)")

@@ -1,10 +1,12 @@
 """A training process's output, read as it streams (SSH) or from its log (Slurm): the lines the
 runner acts on (RESULT_DIR, BASE_KEY, BASE_MODEL), the base models it trained (BASE_TRAINED),
-argparse's usage line, a result folder it refused to replace (RESULT_EXISTS), and a pack's
+argparse's usage line, a result folder it refused to replace (RESULT_EXISTS), a validation loss
+that was not finite (NOT_FINITE), and a pack's
 MEMBER_DONE and PACK_OUT_OF_MEMORY lines (engine.pack prints them)."""
 from collections import deque
 
-from engine.markers import BASE_KEY, BASE_MODEL, BASE_TRAINED, MEMBER_DONE, OUT_OF_MEMORY, RESULT_DIR, RESULT_EXISTS
+from engine.markers import (BASE_KEY, BASE_MODEL, BASE_TRAINED, MEMBER_DONE, NOT_FINITE, OUT_OF_MEMORY, RESULT_DIR,
+                            RESULT_EXISTS)
 
 
 class OutputLines:
@@ -20,6 +22,7 @@ class OutputLines:
         self.usage = False  # argparse printed its usage line (before an error and exit status 2)
         self.out_of_memory = False  # a pack said its device ran out of memory
         self.exists = None  # the result folder it refused to replace (RESULT_EXISTS), if any
+        self.diverged = None  # the fold and phase whose validation loss was not finite (NOT_FINITE), if any
 
     def feed(self, chunk):
         self.pending += chunk
@@ -39,6 +42,8 @@ class OutputLines:
         self.out_of_memory = self.out_of_memory or line.startswith(f"{OUT_OF_MEMORY} ")
         if line.startswith(f"{RESULT_EXISTS} "):
             self.exists = line.split(" ", 1)[1].strip()
+        if line.startswith(f"{NOT_FINITE} "):
+            self.diverged = line.split(" ", 1)[1].strip()
         if line.startswith(f"{BASE_TRAINED} "):
             self.trained.add(line.split(" ", 1)[1].strip())
         elif line.startswith(self.TAGS):
@@ -50,9 +55,12 @@ class OutputLines:
 
     def fails_alike(self, exit_status):
         """Why this process would fail the same way on any slot and attempt, so it is not retried:
-        argparse refused its flags, or its result folder exists and this run did not write it."""
+        argparse refused its flags, its result folder exists and this run did not write it, or its
+        training diverged (the same settings diverge again)."""
         if self.exists:
             return f"{self.exists} exists and this run did not write it (--overwrite replaces it): not retried"
+        if self.diverged and exit_status == 2:
+            return f"{self.diverged}: validation loss not finite (a lower --lr may help): not retried"
         if exit_status == 2 and self.usage:
             return "bad flags: not retried"
         return None

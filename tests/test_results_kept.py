@@ -165,3 +165,15 @@ def test_results_come_home_to_the_jobs_experiments_dir_and_never_over_a_folder_h
     assert (host.workdir / "elsewhere" / "p" / "fold1_p1" / "record.json").exists()
     out = capsys.readouterr().out
     assert f"{Path('elsewhere/p/fold1_p1')}: result folder exists and this run did not write it" in out
+
+
+def test_a_job_whose_training_diverges_says_so_and_is_not_retried(tmp_path, data, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # An lr whose first AdamW step sends the weights past float32: the validation loss is NaN.
+    jobs = [quick_job(tmp_path, "nan", 0, "d", lr=1e30), quick_job(tmp_path, "fine", 1, "d")]
+    assert run(tmp_path, jobs, "--retries", "2") == 1
+    records = ledger(tmp_path / "runs" / "jobs")
+    assert [r["status"] for r in records if r["job_id"] == "nan"] == ["failed"]  # one try only
+    assert [r["status"] for r in records if r["job_id"] == "fine"][-1] == "ok"
+    log = (tmp_path / "runs" / "jobs" / "logs" / "nan.log").read_text()
+    assert "NOT_FINITE fold 0 (a), target phase" in log
