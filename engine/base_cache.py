@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine import flags, markers, user_model
+from engine.flag_types import SEEDED_DROPOUT_MODELS
 from engine.modes import mode_of
 from engine.fileio import publish_folder, staged_folder
 
@@ -38,12 +39,13 @@ class CacheError(Exception):
 def key_settings(args, base_participants):
     """Every setting that determines the base model, and nothing else: the registry's
     keyed base-phase flags (flags.py), a user model's source hash and arguments (engine.user_model),
-    a recognizer's class names (classes.json of three or more; a detector's keys stay as they were)
-    and the sorted base participants."""
-    from engine.data import read_classes
-    classes = read_classes(args.data_path)
+    the sorted base participants, and for a model whose fixed dropout once drew from torch's global
+    generator (flag_types.SEEDED_DROPOUT_MODELS) that its masks now come from the phase's own, so
+    that no base model cached before is reused as if it were the same. The data decides the rest,
+    a recognizer's classes included (classes.json is in the data fingerprint), so a key can be
+    computed where the data is not."""
     settings = dict(flags.base_key_values(vars(args)), **user_model.key_values(args),
-                    **({"classes": classes} if classes and len(classes) > 2 else {}),
+                    **({"dropout_masks": "phase generator"} if args.model in SEEDED_DROPOUT_MODELS else {}),
                     base_participants=sorted(base_participants))
     if user_model.is_spec(args.model):  # its file's content decides, not how its path is written
         settings["model"] = user_model.parts(args.model)[1]

@@ -11,7 +11,7 @@ from dataset.synthetic import ensure_demo_data
 from engine import base_cache, flags, markers
 from engine.data import DataError
 from engine.fileio import ConfigError
-from engine.flags import resolve_preset
+from engine.presets import resolve_preset
 from engine.runlog import process_state, setup_logging
 
 

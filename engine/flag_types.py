@@ -4,6 +4,9 @@ import argparse
 import math
 
 MODEL_NAMES = ("medium", "test", "test_pool4")  # engine.models.MODELS (which needs torch) builds them
+# Built-in models whose fixed dropout drew its masks from torch's global generator before the phase
+# generators drew them (engine.models.SeededDropout): their base keys say so (engine.base_cache).
+SEEDED_DROPOUT_MODELS = ("medium",)
 
 
 def positive_int(text):

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from engine import modes
 from engine.fileio import ConfigError
+from engine.presets import ARCHITECTURE_FLAGS, PRESETS, PROJECT_DEFAULTS, preset_values
 from engine.flag_types import (MODEL_NAMES, dropout_rate, epoch_cap, finite_float, fold_value, fraction, model_value,  # noqa: F401
                                n_base, positive_float, positive_int)
 
@@ -34,7 +35,6 @@ BASE_MODES = modes.names(base_phase=True)
 ALL_MODES = modes.names()
 EPOCH_RULES = ("target_pass", "shortest")
 COUNT_RULES = ("round", "floor")
-ARCHITECTURE_FLAGS = ("base_channels", "num_blocks", "use_dilation", "use_residual", "dropout")  # shape `test`
 DEMO_DATA_PATH = "data/demo"
 NOT_FLAGS = ("job_id", "base_key")  # what a jobs JSON adds to a job's flags
 # Flags in which the members of one pack (engine.pack) may differ; every other flag must be equal.
@@ -42,30 +42,6 @@ MAY_DIFFER = {"fold", "seed", "lr", "mode", "target_data_pct", "target_batch_pct
               "early_stopping_patience", "early_stopping_patience_target", "prefix", "overwrite", "run_token",
               "seed_finetune", "pos_weight", "class_weights", "early_stopping_metric"}
 
-# Flags whose default depends on --preset: without one they keep this project's
-# values; `--preset original` gives every behaviour of the original's oct1_train.py, `--preset
-# manuscript` the protocol of its authors' final grid (their configurable model with 64 channels,
-# dilation and dropout, early stopping on F1 with no epoch cap). A preset leaves out what it keeps.
-PROJECT_DEFAULTS = {
-    "lr": 1e-3, "early_stopping_patience": 10, "early_stopping_patience_target": 10,
-    "base_val_pct": 1.0, "target_val_pct": 1.0, "target_count": "round", "epoch_rule": "target_pass",
-    "augmentation": "window", "jitter_std": 0.03, "magnitude_range": [0.9, 1.1], "aug_prob": 0.5,
-    "batch_size": 64, "max_epochs": 500, "use_augmentation": False, "early_stopping_metric": "loss",
-    "base_channels": 8, "use_dilation": False, "dropout": 0.0,
-}
-_ORIGINAL_AUGMENTATION = {"augmentation": "batch", "jitter_std": 0.005, "magnitude_range": [0.98, 1.02],
-                          "aug_prob": 0.3}
-PRESETS = {
-    "original": {
-        "lr": 3e-4, "early_stopping_patience": 40, "early_stopping_patience_target": 40,
-        "base_val_pct": 0.5, "target_val_pct": 0.1, "target_count": "floor", "epoch_rule": "shortest",
-        **_ORIGINAL_AUGMENTATION},
-    "manuscript": {
-        "lr": 3e-4, "early_stopping_patience": 50, "early_stopping_patience_target": 200,
-        "target_count": "floor", "epoch_rule": "shortest", **_ORIGINAL_AUGMENTATION,
-        "batch_size": 32, "max_epochs": "none", "use_augmentation": True, "early_stopping_metric": "f1",
-        "base_channels": 64, "use_dilation": True, "dropout": 0.5},
-}
 
 
 def share_count(pct, n, rule):
@@ -268,16 +244,6 @@ def add_arguments(parser, enhanced):
                             **options)
 
 
-def resolve_preset(args):
-    """Fill every preset-dependent flag the command line left unset (explicit flags win)."""
-    chosen = PRESETS.get(args.preset, {})
-    for name, default in PROJECT_DEFAULTS.items():
-        if hasattr(args, name) and getattr(args, name) is None:
-            value = chosen.get(name, default)
-            setattr(args, name, list(value) if isinstance(value, list) else value)
-    return args
-
-
 def prefix_problem(prefix):
     """Why a --prefix would put results outside --experiments_dir (absolute, or climbing out with
     '..'), or None."""
@@ -356,7 +322,7 @@ def settings_with_defaults(flags):
     """A job's flags with every registry default filled in (preset-dependent ones resolved)."""
     settings = {flag.name: flag.default for flag in FLAGS}
     settings.update({name: value for name, value in PROJECT_DEFAULTS.items()})
-    settings.update(PRESETS.get(flags.get("preset"), {}))
+    settings.update(preset_values(flags.get("preset"), flags.get("model", "test")))
     settings.update(flags)
     return settings
 

@@ -47,7 +47,7 @@ class Hosts:
         options = HostOptions(timeout=args.timeout, down_timeout=args.down_timeout,
                               accept_new_hosts=args.accept_new_hosts, sync_code=args.sync_code,
                               sync_data=args.sync_data, allow_mismatch=args.allow_mismatch,
-                              sync_env=args.sync_env)
+                              sync_env=args.sync_env, cluster_config=args.cluster_config)
         return SshBackend(config, plan, script, say, options)
 
 

@@ -23,7 +23,8 @@ import run_distributed_training as rdt
 from conftest import write_json
 from engine import base_cache
 from engine import cli as engine_cli
-from engine.flags import job_argv
+from engine.fileio import ConfigError
+from engine.flags import check_args, job_argv
 from engine.models import build, head_names, set_dropout_generator
 from engine.phase import PhaseTracker
 from runner import grid
@@ -187,6 +188,21 @@ def test_the_base_key_holds_what_changes_the_base_model_and_nothing_else():
     changed = [key(*flags) for flags in (["--base_channels", 16], ["--dropout", 0.5], ["--use_dilation"],
                                          ["--num_blocks", 5], ["--use_residual"], ["--early_stopping_metric", "f1"])]
     assert plain not in changed and len(set(changed)) == len(changed)
+
+
+def test_medium_whose_dropout_masks_now_come_from_the_phase_generator_has_keys_of_its_own():
+    # Its fixed dropout drew from torch's global generator before: a base model cached then is another one.
+    assert base_cache.key_settings(parse("--model", "medium"), ["a"])["dropout_masks"] == "phase generator"
+    assert "dropout_masks" not in base_cache.key_settings(parse(), ["a"])  # test's keys stay
+
+
+def test_the_manuscript_preset_shapes_test_only_and_runs_the_protocol_with_another_model():
+    lab = parse("--preset", "manuscript", "--model", "medium")
+    assert (lab.base_channels, lab.use_dilation, lab.dropout) == (8, False, 0.0)  # medium's own architecture
+    assert (lab.batch_size, lab.max_epochs, lab.early_stopping_metric, lab.lr) == (32, "none", "f1", 3e-4)
+    check_args(lab)  # not refused for flags the user never gave
+    with pytest.raises(ConfigError, match="--dropout shape --model test only"):
+        check_args(parse("--preset", "manuscript", "--model", "medium", "--dropout", "0.3"))
 
 
 # ---------------------------------------------------------------- 3. early stopping on F1

@@ -96,9 +96,16 @@ def test_the_detectors_path_is_unchanged_and_two_named_classes_are_a_detector(tm
     assert models.build(args, 3)(torch.zeros(2, 3, 64)).shape == (2,)  # one logit
 
 
-def test_the_class_list_enters_the_base_key(recognizer, tmp_path):
-    args = cli.build_parser(True).parse_args(["--data_path", str(recognizer), "--participants", "a", "b"])
-    assert base_cache.key_settings(args, ["b"])["classes"] == list(NAMES)
+def test_the_class_list_is_in_the_data_fingerprint_and_the_key_needs_no_data(recognizer, tmp_path):
+    import shutil
+    fingerprint = base_cache.data_fingerprint(recognizer, ["a", "b"])
+    assert fingerprint["classes.json"] == base_cache._sha256(recognizer / "classes.json")
+    copy = tmp_path / "data"
+    shutil.copytree(recognizer, copy)
+    args = cli.build_parser(True).parse_args(["--data_path", str(copy), "--participants", "a", "b"])
+    key = base_cache.key_for_args(args)
+    shutil.rmtree(copy)  # a planning machine without the data computes the hosts' key
+    assert base_cache.key_for_args(args) == key
 
 
 @pytest.mark.parametrize("extra, fragment", [

@@ -181,3 +181,14 @@ def test_a_bad_notify_section_is_one_line_that_never_shows_the_url(notify, error
     assert rdt.main(["--cluster-config", config, "--jobs-config", jobs, "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and error in err[0] and SECRET not in err[0]
+
+
+def test_sync_code_never_sends_the_cluster_config_that_holds_the_url(tmp_path, monkeypatch):
+    from engine.provenance import PROJECT_DIR
+    from runner.ssh.hostsync import Checker
+    monkeypatch.chdir(tmp_path)
+    jobs = [{"job_id": "a", "fold": 0, "data_path": "d", "participants": ["a", "b"]}]
+    shipped = PROJECT_DIR / "cluster_config.json"  # tracked by git: --sync-code would send it
+    assert "cluster_config.json" in Checker(jobs, "oct1_train.py", sync_code=True).code_files
+    assert "cluster_config.json" not in Checker(jobs, "oct1_train.py", sync_code=True,
+                                                cluster_config=str(shipped)).code_files

@@ -152,3 +152,27 @@ def test_only_exact_pins_are_compared_and_a_local_build_tag_is_no_difference():
     assert requirements.unmet(pins, {"torch": "2.12.1", "tiny-pkg": None}) == [("torch", "2.13.0", "2.12.1"),
                                                                                 ("tiny-pkg", "1.0", None)]
     assert requirements.meets("2.13.*", "2.13.1+cpu") and not requirements.meets("2.13.*", "2.14.0")
+
+
+def test_this_machine_is_held_to_the_pins_only_with_sync_env_and_a_missing_module_is_what_it_mends(
+        tmp_path, monkeypatch):
+    from runner.ssh.hostsync import missing_module
+    monkeypatch.chdir(tmp_path)
+    pinned = tmp_path / "requirements.txt"
+    pinned.write_text("tinypkg==1.0\n")  # not installed here
+    monkeypatch.setattr(requirements, "REQUIREMENTS", pinned)
+    write_tiny_dataset(tmp_path / "d", participants=("a", "b", "c"))
+    config = load_cluster_config(write_json(tmp_path / "cluster.json", {
+        "servers": [{"host": "here", "local": True, "gpus": 0}], "script_path": str(provenance.PROJECT_DIR /
+                                                                                     "oct1_train.py")}))
+    hosts = [make_host(server, config, False) for server in config["servers"]]
+    try:  # the README's demo on this machine is not refused for its own packages
+        slots, _ = open_hosts(config["servers"], hosts, HostOptions(), [Task(JOB)], config["script_path"])
+    finally:
+        for host in hosts:
+            host.close()
+    assert [slot.label for slot in slots] == ["here:cpu"]
+    assert missing_module("cannot tell its code version (python -m engine.provenance: ModuleNotFoundError: No "
+                          "module named 'torch'); --sync-code copies this checkout there")
+    assert not missing_module("cannot tell its code version (python -m engine.provenance: exit status 2)")
+    assert not missing_module(None)

@@ -34,6 +34,7 @@ class HostOptions:
     sync_data: bool = False
     allow_mismatch: bool = False
     sync_env: bool = False  # pip installs requirements.txt where the pinned packages differ
+    cluster_config: str = None  # never sent by --sync-code: a "notify" URL in it is a secret
 
 
 class SshBackend:

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 from engine import provenance
 from engine.provenance import PROJECT_DIR
@@ -124,12 +125,14 @@ class Checker:
 
     Raises ValueError (one line) when a copy asked for cannot be made from here."""
 
-    def __init__(self, jobs, script, sync_code=False, sync_data=False, allow_mismatch=False, sync_env=False):
+    def __init__(self, jobs, script, sync_code=False, sync_data=False, allow_mismatch=False, sync_env=False,
+                 cluster_config=None):
         self.needs, self.script, self.allow_mismatch, self.sync_env = data_needs(jobs), script, allow_mismatch, sync_env
         self.requirements = requirements.text()  # what --sync-env installs, and the pins every host must meet
         self.pins = requirements.pins(self.requirements)
         self.models = model_files(jobs)  # the jobs' own model files: checked, and copied with the code
-        self.code_files = project_files() if sync_code else []
+        self.code_files = [name for name in project_files() if not same_file(PROJECT_DIR / name, cluster_config)] \
+            if sync_code else []  # the cluster config stays here: its "notify" URL is a secret
         # Files relative to the folder the runner runs in: the data, and the model files (they travel with the code).
         self.local_files = (data_files(self.needs) if sync_data else []) + (self.models if sync_code else [])
         # Hashed once here, not once per host.
@@ -146,11 +149,13 @@ class Checker:
                                       + sync(host, server, self.local_files, here=self.local_hashes))
         except OSError as e:  # what stopped the copy happens on every try
             raise HostRefused(f"{host.name}: copying to {server['workdir']} failed ({e})") from None
-        answer, why = ask_host(host, server, self.script, self.needs, self.models, self.pins)
-        if not why and self.sync_env and requirements.unmet(self.pins, answer.get("packages")):
+        # This machine (a local server) is held to the pins only when --sync-env asks to install them.
+        pins = self.pins if self.sync_env or not server["local"] else {}
+        answer, why = ask_host(host, server, self.script, self.needs, self.models, pins)
+        if self.sync_env and (missing_module(why) or not why and requirements.unmet(pins, answer.get("packages"))):
             answer, why = self.install(host, server)
         lines = [f"{host.name}: {why}"] if why else differences(host.name, self.local, answer, FIX_CODE, FIX_DATA,
-                                                                 self.pins, FIX_ENV)
+                                                                 pins, FIX_ENV)
         if lines and not self.allow_mismatch:
             raise Mismatch("; ".join(lines), lines)
         for line in lines:
@@ -172,6 +177,17 @@ class Checker:
         if missed:
             raise HostRefused(f"{host.name}: after pip install -r requirements.txt, {requirements.describe(missed)}")
         return answer, why
+
+
+def same_file(path, other):
+    """Whether path is the file other names (None: no file)."""
+    return other is not None and Path(path).resolve() == Path(other).resolve()
+
+
+def missing_module(why):
+    """Whether a host's check failed because a package it imports is missing or broken there (torch
+    not installed, say): what --sync-env's install can mend."""
+    return bool(why) and ("No module named" in why or "ImportError" in why)
 
 
 class LinePrinter:

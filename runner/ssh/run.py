@@ -20,7 +20,7 @@ def make_checker(options, tasks, script):
         return None
     try:
         return hostsync.Checker([t.job for t in tasks if not t.builds], script, options.sync_code,
-                                options.sync_data, options.allow_mismatch, options.sync_env)
+                                options.sync_data, options.allow_mismatch, options.sync_env, options.cluster_config)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
