@@ -142,6 +142,9 @@ def run(args, kind, given, tasks, cached, run_dir, history, say, identity):
                        args.log_file or run_dir / "run_log.json", news)
         news.ended(status, report_headline(given.jobs, given.workdir, status))
         return status
+    except Exception as error:  # a one-line error, or a bug: whoever waits for the end message still hears it
+        news.ended(2 if isinstance(error, ConfigError) else 1, [f"stopped: {error}"])
+        raise
     finally:
         news.close()
         signal.signal(signal.SIGTERM, previous)

@@ -192,3 +192,30 @@ def test_sync_code_never_sends_the_cluster_config_that_holds_the_url(tmp_path, m
     assert "cluster_config.json" in Checker(jobs, "oct1_train.py", sync_code=True).code_files
     assert "cluster_config.json" not in Checker(jobs, "oct1_train.py", sync_code=True,
                                                 cluster_config=str(shipped)).code_files
+
+
+def test_a_run_that_stops_on_a_one_line_error_still_sends_its_end(tmp_path, monkeypatch, capsys):
+    from engine.provenance import PROJECT_DIR
+    monkeypatch.chdir(tmp_path)
+    heard = tmp_path / "heard.txt"
+    config = write_json(tmp_path / "cluster.json", {
+        "servers": [{"host": "localhost", "local": True, "gpus": 0}], "script_path": str(PROJECT_DIR / "oct1_train.py"),
+        "notify": {"command": f"cat >> {heard}"}})
+    outside = tmp_path.parent / f"{tmp_path.name}_lab.py"  # a model file the hosts cannot get: refused at the check
+    outside.write_text("def make(c):\n    return None\n")
+    jobs = write_json(tmp_path / "jobs.json", [{"fold": 0, "mode": "target_only", "model": f"{outside}:make"}])
+    assert rdt.main(["--cluster-config", config, "--jobs-config", jobs, "--quiet"]) == 2
+    assert "not inside the folder the jobs run from" in capsys.readouterr().err
+    said = heard.read_text()
+    assert "did not start, exit status 2" in said and "is not inside the folder the jobs run from" in said
+
+    # A crash of the runner itself (a bug, here made on purpose) ends with a message too.
+    def crash(*_):
+        raise RuntimeError("boom")
+    monkeypatch.setattr("runner.driver.start_ready", crash)
+    jobs = write_json(tmp_path / "jobs.json", [{"fold": 0, "mode": "target_only", "data_path": "nowhere"}])
+    heard.write_text("")
+    with pytest.raises(RuntimeError, match="boom"):
+        rdt.main(["--cluster-config", config, "--jobs-config", jobs, "--quiet", "--no-resume"])
+    said = heard.read_text()
+    assert "exit status 1" in said and "stopped: boom" in said
