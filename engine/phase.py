@@ -107,7 +107,8 @@ def capture_steps(model, optimizer, loader, val, device, setting, loss_fn):
         log.info("CUDA graphs: no full batch to replay; running eagerly")
         return None, None
     try:
-        dropout = dropout_layers(model)
+        # A built-in model takes each step's mask from outside the graph; a model of your own draws its own.
+        dropout = dropout_layers(model) if hasattr(model, "feature_width") else []
         training = cuda_step.GraphedTraining(model, optimizer, (loader.X, loader.y), loader.batch_size,
                                              device, loss_fn, dropout[0] if dropout else None)
         evaluation = cuda_step.GraphedEvaluation(model, loss_fn)
