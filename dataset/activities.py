@@ -7,10 +7,9 @@ Same seed, same bytes. The binary demo (dataset.synthetic) stays as it is.
 """
 import numpy as np
 
-from dataset.splits import DatasetError, write_splits
-from dataset.synthetic import (DEMO_SIZES, DEMO_WINDOW, FS, _drift, _imu_from_angles, _random_rotation,
+from dataset.splits import DatasetError
+from dataset.synthetic import (DEMO_SIZES, DEMO_WINDOW, FS, _drift, _imu_from_angles, _random_rotation, checked_sizes,
                                participant_names)
-from engine.data import SPLITS
 
 # name, forearm pitch (deg; -90 hangs down), roll (deg), steps per second, arm swing (deg),
 # vertical bounce (g). The first K are the classes of --n_classes K, in this order. Each differs
@@ -92,14 +91,7 @@ def activity_splits(n_classes=3, n_participants=6, window_size=DEMO_WINDOW, n_tr
     """({(participant, split): (X, y)}, class names): X float32 (N, 6, T), y int64 class ids."""
     import torch  # here, as in dataset.synthetic
     names = activity_names(n_classes)
-    if n_participants < 2:
-        raise DatasetError(f"--n_participants must be >= 2, got {n_participants}")
-    if window_size < 2:
-        raise DatasetError(f"--window_size must be >= 2, got {window_size}")
-    sizes = dict(zip(SPLITS, (n_train, n_val, n_test)))
-    for split, n in sizes.items():
-        if n < 1:
-            raise DatasetError(f"--n_{split} must be >= 1, got {n}")
+    sizes = checked_sizes(n_participants, window_size, n_train, n_val, n_test)
     splits = {}
     for index, name in enumerate(participant_names(n_participants)):
         profile = _participant_profile(seed, index, n_classes)
@@ -112,12 +104,3 @@ def activity_splits(n_classes=3, n_participants=6, window_size=DEMO_WINDOW, n_tr
             X = activity_windows(profile, kinds, window_size, rng)
             splits[(name, split)] = (torch.from_numpy(X), torch.from_numpy(y.astype(np.int64)))
     return splits, names
-
-
-def write_activity_dataset(output_dir, n_classes=3, n_participants=6, window_size=DEMO_WINDOW,
-                           n_train=DEMO_SIZES[0], n_val=DEMO_SIZES[1], n_test=DEMO_SIZES[2], seed=0,
-                           overwrite=False):
-    """Write the multi-class synthetic dataset, classes.json with it; return the participant names."""
-    splits, names = activity_splits(n_classes, n_participants, window_size, n_train, n_val, n_test, seed)
-    write_splits(splits, output_dir, overwrite, classes=names)
-    return participant_names(n_participants)

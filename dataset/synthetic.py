@@ -195,10 +195,8 @@ def _n_positive(rate, n):
     return min(max(k, 1), n - 1) if n >= 2 else k
 
 
-def synthetic_splits(n_participants=6, window_size=DEMO_WINDOW, n_train=DEMO_SIZES[0], n_val=DEMO_SIZES[1],
-                     n_test=DEMO_SIZES[2], seed=0):
-    """{(participant, split): (X, y)} of the synthetic dataset, in memory."""
-    import torch  # here: generate_jobs.py imports this module, and only writes the demo data once
+def checked_sizes(n_participants, window_size, n_train, n_val, n_test):
+    """{split: windows} of a synthetic dataset's sizes (DatasetError in one line for a size too small)."""
     if n_participants < 2:
         raise DatasetError(f"--n_participants must be >= 2, got {n_participants}")
     if window_size < 2:
@@ -207,6 +205,14 @@ def synthetic_splits(n_participants=6, window_size=DEMO_WINDOW, n_train=DEMO_SIZ
     for split, n in sizes.items():
         if n < 1:
             raise DatasetError(f"--n_{split} must be >= 1, got {n}")
+    return sizes
+
+
+def synthetic_splits(n_participants=6, window_size=DEMO_WINDOW, n_train=DEMO_SIZES[0], n_val=DEMO_SIZES[1],
+                     n_test=DEMO_SIZES[2], seed=0):
+    """{(participant, split): (X, y)} of the synthetic dataset, in memory."""
+    import torch  # here: generate_jobs.py imports this module, and only writes the demo data once
+    sizes = checked_sizes(n_participants, window_size, n_train, n_val, n_test)
     splits = {}
     for index, name in enumerate(participant_names(n_participants)):
         profile = _participant_profile(seed, index)

@@ -19,14 +19,19 @@ def positive_int(text):
     return value
 
 
-def epoch_cap(text):
-    """--max_epochs: a whole number >= 1, or 'none' (each phase runs until its patience ends)."""
-    if text == "none":
+def positive_int_or(word, text):
+    """text when it is word, else a whole number >= 1."""
+    if text == word:
         return text
     try:
         return positive_int(text)
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected 'none' or a whole number >= 1, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected '{word}' or a whole number >= 1, got {text!r}") from None
+
+
+def epoch_cap(text):
+    """--max_epochs: a whole number >= 1, or 'none' (each phase runs until its patience ends)."""
+    return positive_int_or("none", text)
 
 
 def fold_value(text):
@@ -81,9 +86,4 @@ def fraction(text):
 
 def n_base(text):
     """--n_base_participants: 'all' or a positive integer."""
-    if text == "all":
-        return text
-    try:
-        return positive_int(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected 'all' or a whole number >= 1, got {text!r}") from None
+    return positive_int_or("all", text)

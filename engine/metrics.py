@@ -110,7 +110,7 @@ def evaluate(model, X, y, device, graphed=None, loss_fn=None):
 @torch.no_grad()
 def evaluation_counts(model, X, y, device, graphed=None, loss_fn=None):
     """graphed: a cuda_step.GraphedEvaluation of this model, or None for eager. loss_fn: the
-    phase's (bce_loss), plain BCE by default."""
+    phase's (PhaseLoss), plain BCE (or cross-entropy) by default."""
     batches = ((xb.to(device, non_blocking=True), yb.to(device, non_blocking=True))
                for xb, yb in TensorBatchLoader(X, y, EVAL_BATCH_SIZE, shuffle=False))
     if graphed is not None:

@@ -88,10 +88,6 @@ def fold_table(rows, varying, seed_keys=()):
     return headers, lines
 
 
-def fold_markdown(rows, varying, seed_keys=()):
-    return markdown(*fold_table(rows, varying, seed_keys))
-
-
 def seeds_replicate(rows):
     """Whether any participant of any configuration has several seeds."""
     return any(row["n_seeds"] != 1 for row in rows)
@@ -140,10 +136,6 @@ def config_note(metric="f1", recognizers=False):
                "predictions)." if recognizers else "")
     return (f"F1 = {METRICS[metric][2]} on the target's test split.{classes} Figures per configuration: mean ± sd "
             "(median) across participants, each participant once (the mean over its seeds).")
-
-
-def config_markdown(rows, varying, metric="f1"):
-    return config_note(metric) + "\n\n" + markdown(*config_table(rows, varying))
 
 
 def headline_line(row, varying, metric="f1"):

@@ -23,19 +23,26 @@ ARCHITECTURES = [(name, {}, 2) for name in sorted(MODELS)] + [
     ("test", {"num_blocks": 5}, 4)]
 
 
-@pytest.mark.parametrize("name, architecture, classes", ARCHITECTURES)
-def test_the_fast_kernels_compute_the_same_outputs_and_gradients(name, architecture, classes):
-    torch.manual_seed(0)
-    model = build_model(name, 6, architecture=architecture, n_classes=classes).eval()  # eval: dropout draws nothing
-    x = torch.randn(4, 6, 301)  # an odd length: the pools' floor and ceil modes matter
-    results, called = [], []
-    model.features[0][0].register_forward_hook(lambda *_: called.append(model.fast_kernels))  # the reference way
+def both_ways(model, x):
+    """[(output, parameter gradients)] of the reference kernels, then the fast ones."""
+    results = []
     for fast in (False, True):
         model.fast_kernels = fast
         model.zero_grad()
         out = model(x)
         out.sum().backward()
         results.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    return results
+
+
+@pytest.mark.parametrize("name, architecture, classes", ARCHITECTURES)
+def test_the_fast_kernels_compute_the_same_outputs_and_gradients(name, architecture, classes):
+    torch.manual_seed(0)
+    model = build_model(name, 6, architecture=architecture, n_classes=classes).eval()  # eval: dropout draws nothing
+    x = torch.randn(4, 6, 301)  # an odd length: the pools' floor and ceil modes matter
+    called = []
+    model.features[0][0].register_forward_hook(lambda *_: called.append(model.fast_kernels))  # the reference way
+    results = both_ways(model, x)
     assert called == [False]  # the fast way does not run the blocks' convolutions as modules
     (ref_out, ref_grads), (out, grads) = results
     assert torch.allclose(out, ref_out, rtol=1e-5, atol=1e-6)

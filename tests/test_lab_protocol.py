@@ -28,6 +28,7 @@ from engine.flags import check_args, job_argv
 from engine.models import build, head_names, set_dropout_generator
 from engine.phase import PhaseTracker
 from runner import grid
+from test_fast_kernels import both_ways
 from test_pack import compare, data, noisy, read, shared  # noqa: F401 (data, noisy: fixtures)
 from tiny_data import write_tiny_dataset
 
@@ -150,13 +151,7 @@ def test_a_residual_variant_builds_and_its_fast_kernels_match_the_reference():
     torch.manual_seed(0)
     model.eval()
     x = torch.randn(3, 6, 67)  # odd length: the floor pools drop a sample
-    results = []
-    for fast in (False, True):
-        model.fast_kernels = fast
-        model.zero_grad()
-        out = model(x)
-        out.sum().backward()
-        results.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    results = both_ways(model, x)
     (reference, ref_grads), (out, grads) = results
     assert (out - reference).abs().max() <= 1e-5
     for ref, grad in zip(ref_grads, grads):

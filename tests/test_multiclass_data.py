@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import make_dataset
 from dataset import activities, csv_import
+from test_make_dataset import run_main
 
 SPLITS = ("train", "val", "test")
 # One recording of 5 activities with a stretch of an unlisted one ("jump") in the middle.
@@ -18,17 +18,6 @@ ACTIVITY_ROWS = (["walking"] * 12 + ["sitting"] * 8 + ["jump"] * 4 + ["standing"
                  + ["upstairs"] * 8 + ["sitting"] * 4 + ["standing"] * 12)
 CSV = ["--channels", "t,acc_x", "--label_column", "activity", "--window_size", 4, "--batch_size", 1]
 SMALL_SYNTHETIC = ["--n_participants", 3, "--window_size", 60, "--n_train", 12, "--n_val", 6, "--n_test", 6]
-
-
-def run_main(capsys, *args):
-    """Run main() in this process; return (exit status, stdout, stderr)."""
-    try:
-        make_dataset.main([str(a) for a in args])
-        status = 0
-    except SystemExit as e:
-        status = e.code
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def load(folder, participant, split):
